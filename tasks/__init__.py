@@ -1,0 +1,7 @@
+"""One module per stage: its parameters, its plain function, and the Prefect task wrapping it."""
+
+import os
+
+# Stage functions log to the standard "sentiflow" logger; inside a Prefect run these lines go to
+# the run's logs too. Must be set before Prefect configures logging (at its import).
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sentiflow")

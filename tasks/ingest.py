@@ -1,0 +1,130 @@
+"""Stage 1, ingest: any source → ``train.parquet`` and ``test.parquet`` with ``id``, ``text``,
+``label`` (int8, 0 = negative, 1 = positive).
+
+The key is the source's fingerprint (a content hash, or the hub revision), so changed data reruns
+everything downstream and unchanged data, wherever it lies, never does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from prefect import task
+
+from storage.store import StageRef
+from tasks import stage
+from tasks.sources import SPLITS, RawPart, SourceError, fingerprint, read_source
+
+STAGE = "ingest"
+SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("label", pa.int8())])
+TEXT_COLUMNS = ("text", "review")
+LABEL_COLUMNS = ("label", "sentiment")
+ID_COLUMNS = ("id", "source_id")
+LABEL_NAMES = {"0": 0, "1": 1, "neg": 0, "pos": 1, "negative": 0, "positive": 1}
+
+
+def _pick(table: pa.Table, names: tuple[str, ...], what: str, origin: str) -> str:
+    for name in names:
+        if name in table.column_names:
+            return name
+    raise SourceError(
+        f"{origin}: no {what} column (looked for {', '.join(map(repr, names))}; "
+        f"found {', '.join(map(repr, table.column_names)) or 'no columns'})"
+    )
+
+
+def _labels(column: pa.ChunkedArray, name: str, origin: str) -> pa.Array:
+    values = column.to_pylist()
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool):
+            v = int(v)
+        elif isinstance(v, str):
+            v = LABEL_NAMES.get(v.strip().lower(), v)
+        elif isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if v not in (0, 1) or isinstance(v, str):
+            raise SourceError(
+                f"{origin}, row {i + 1}, column {name!r}: label {values[i]!r} is not "
+                "0/1 or one of pos/neg/positive/negative"
+            )
+        out.append(v)
+    return pa.array(out, type=pa.int8())
+
+
+def normalize(part: RawPart, start: int = 0) -> pa.Table:
+    """Raw columns → the ingest schema, or a ``SourceError`` naming file, row and column."""
+    t = part.table
+    text_col = _pick(t, TEXT_COLUMNS, "text", part.origin)
+    label_col = _pick(t, LABEL_COLUMNS, "label", part.origin)
+    text = t.column(text_col)
+    if not pa.types.is_string(text.type) and not pa.types.is_large_string(text.type):
+        raise SourceError(f"{part.origin}, column {text_col!r}: expected text, found {text.type}")
+    text = text.cast(pa.string())
+    bad = pc.or_kleene(pc.is_null(text), pc.equal(pc.utf8_trim_whitespace(text), ""))
+    bad = pc.fill_null(bad, True)
+    if pc.any(bad).as_py():
+        row = pc.index(bad, True).as_py()
+        what = "null" if text[row].as_py() is None else "empty"
+        raise SourceError(f"{part.origin}, row {row + 1}, column {text_col!r}: {what} review text")
+    id_col = next((c for c in ID_COLUMNS if c in t.column_names), None)
+    if id_col is not None:
+        ids = t.column(id_col).cast(pa.string())
+        if ids.null_count:
+            row = pc.index(pc.is_null(ids), True).as_py()
+            raise SourceError(f"{part.origin}, row {row + 1}, column {id_col!r}: null id")
+    else:
+        ids = pa.array([f"{part.split}-{i}" for i in range(start, start + t.num_rows)])
+    return pa.Table.from_arrays(
+        [ids, text, _labels(t.column(label_col), label_col, part.origin)], schema=SCHEMA
+    )
+
+
+def ingest(source: str, out_dir: Path) -> dict[str, int]:
+    """Read ``source`` and write ``train.parquet`` and ``test.parquet`` into ``out_dir``."""
+    tables: dict[str, list[pa.Table]] = {s: [] for s in SPLITS}
+    for part in read_source(source):
+        tables[part.split].append(normalize(part, sum(t.num_rows for t in tables[part.split])))
+    counts = {s: sum(t.num_rows for t in tables[s]) for s in SPLITS}
+    if counts["train"] == 0:
+        raise SourceError(f"source {source!r}: no training reviews found (empty source)")
+    for split in SPLITS:
+        table = pa.concat_tables(tables[split]) if tables[split] else SCHEMA.empty_table()
+        ids = table.column("id")
+        if pc.count_distinct(ids).as_py() != table.num_rows:
+            counts_by_id = pc.value_counts(ids)
+            dup = counts_by_id.filter(pc.greater(counts_by_id.field("counts"), 1))[0]
+            raise SourceError(f"source {source!r}, {split}: duplicate id {dup['values'].as_py()!r}")
+        pq.write_table(table, out_dir / f"{split}.parquet", compression="zstd")
+    return counts
+
+
+# -- stage and task ------------------------------------------------------------------------------
+
+def plan(root: Path | str, fingerprint: str) -> StageRef:
+    return stage.plan(root, STAGE, None, [fingerprint], stage.code_version(__name__))
+
+
+def run(source: str, root: Path | str, source_fingerprint: str | None = None,
+        force: bool = False) -> StageRef:
+    fp = source_fingerprint or fingerprint(source)
+    ref = plan(root, fp)
+    return stage.run_stage(root, ref, None, [fp], lambda out: ingest(source, out), force)
+
+
+def _planner(p: dict[str, Any]) -> StageRef:
+    return plan(p["root"], p["source_fingerprint"])
+
+
+@task(name="ingest", cache_key_fn=stage.cache_key_fn(_planner))
+def ingest_task(source: str, root: str, source_fingerprint: str, force: bool = False) -> StageRef:
+    return run(source, root, source_fingerprint, force)
+
+
+@task(name="fingerprint-source")
+def fingerprint_task(source: str) -> str:
+    return fingerprint(source)

@@ -1,0 +1,68 @@
+"""Stage 2, split: ingest's train part → ``train.parquet`` (proper-train) and ``val.parquet``,
+seeded and stratified by label. Rows keep their original order inside each part."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from prefect import task
+from pydantic import BaseModel, Field
+
+from storage.store import StageRef
+from tasks import stage
+
+STAGE = "split"
+
+
+class SplitParams(BaseModel):
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each label held out")
+    seed: int = Field(1234, description="Seed of the stratified shuffle")
+
+
+def split_indices(labels: np.ndarray, params: SplitParams) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of proper-train and validation: per label, a seeded ``val_fraction``."""
+    rng = np.random.default_rng(params.seed)
+    val = []
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        n_val = int(round(len(rows) * params.val_fraction))
+        val.append(rng.permutation(rows)[:n_val])
+    val_idx = np.sort(np.concatenate(val)) if val else np.array([], dtype=np.int64)
+    train_mask = np.ones(len(labels), dtype=bool)
+    train_mask[val_idx] = False
+    return np.flatnonzero(train_mask), val_idx
+
+
+def split(train_file: Path, out_dir: Path, params: SplitParams) -> None:
+    table = pq.read_table(train_file)
+    train_idx, val_idx = split_indices(table.column("label").to_numpy(), params)
+    pq.write_table(table.take(train_idx), out_dir / "train.parquet", compression="zstd")
+    pq.write_table(table.take(val_idx), out_dir / "val.parquet", compression="zstd")
+
+
+def plan(root: Path | str, params: SplitParams, ingested: StageRef) -> StageRef:
+    return stage.plan(root, STAGE, params, _inputs(ingested), stage.code_version(__name__))
+
+
+def _inputs(ingested: StageRef) -> list[str]:
+    return [stage.input_token(ingested, "train")]
+
+
+def run(params: SplitParams, ingested: StageRef, root: Path | str, force: bool = False) -> StageRef:
+    ref = plan(root, params, ingested)
+    return stage.run_stage(
+        root, ref, params, _inputs(ingested),
+        lambda out: split(ingested.file("train.parquet"), out, params), force,
+    )
+
+
+def _planner(p: dict[str, Any]) -> StageRef:
+    return plan(p["root"], p["params"], p["ingested"])
+
+
+@task(name="split", cache_key_fn=stage.cache_key_fn(_planner))
+def split_task(params: SplitParams, ingested: StageRef, root: str, force: bool = False) -> StageRef:
+    return run(params, ingested, root, force)
