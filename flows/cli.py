@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,6 +15,7 @@ from rich.table import Table
 app = typer.Typer(help="sentiflow: train an LSTM sentiment classifier on reviews, score new ones.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 console = Console()
+err_console = Console(stderr=True)
 
 DataRoot = Annotated[Optional[Path], typer.Option(
     "--data-root", help="Stage store root [env: SENTIFLOW_DATA_ROOT; default: ./data]")]
@@ -24,6 +26,18 @@ def _quiet_env() -> None:
     for k, v in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
                  "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}.items():
         os.environ.setdefault(k, v)
+
+
+@contextmanager
+def _user_errors():
+    """Bad input ends with one clear line (the file, row and column) and exit code 1."""
+    from tasks.sources import SourceError
+
+    try:
+        yield
+    except SourceError as e:
+        err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from None
 
 
 def _human_bytes(n: int) -> str:
@@ -68,8 +82,9 @@ def prepare(
         tokenize=TokenizeParams(lowercase=lowercase, html_breaks=html_breaks),
         vocab=VocabParams(min_freq=min_freq, max_size=max_size or None),
     )
-    result = prepare_data(config=config, data_root=str(data_root) if data_root else None,
-                          force=force or [], workers=workers)
+    with _user_errors():
+        result = prepare_data(config=config, data_root=str(data_root) if data_root else None,
+                              force=force or [], workers=workers)
     table = Table(title="data stages")
     for col in ("task", "state", "key", "rows"):
         table.add_column(col)

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
@@ -36,6 +37,10 @@ class StageRef(BaseModel):
 
     def shards(self, prefix: str = "part-") -> list[Path]:
         return sorted(self.path.glob(f"{prefix}*.parquet"))
+
+    def read_shards(self, columns: list[str] | None = None) -> pa.Table:
+        """All ``part-*.parquet`` shards, in order, as one table."""
+        return pa.concat_tables(pq.read_table(p, columns=columns) for p in self.shards())
 
     def manifest(self) -> dict[str, Any]:
         return json.loads((self.path / MANIFEST).read_text())

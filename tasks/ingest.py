@@ -37,7 +37,12 @@ def _pick(table: pa.Table, names: tuple[str, ...], what: str, origin: str) -> st
     )
 
 
-def _labels(column: pa.ChunkedArray, name: str, origin: str) -> pa.Array:
+def _row(part: RawPart, i: int) -> int:
+    """The 1-based row of the file that row ``i`` of the part's table came from."""
+    return (part.rows[i] if part.rows is not None else i) + 1
+
+
+def _labels(column: pa.ChunkedArray, name: str, part: RawPart) -> pa.Array:
     values = column.to_pylist()
     out = []
     for i, v in enumerate(values):
@@ -49,7 +54,7 @@ def _labels(column: pa.ChunkedArray, name: str, origin: str) -> pa.Array:
             v = int(v)
         if v not in (0, 1) or isinstance(v, str):
             raise SourceError(
-                f"{origin}, row {i + 1}, column {name!r}: label {values[i]!r} is not "
+                f"{part.origin}, row {_row(part, i)}, column {name!r}: label {values[i]!r} is not "
                 "0/1 or one of pos/neg/positive/negative"
             )
         out.append(v)
@@ -62,6 +67,8 @@ def normalize(part: RawPart, start: int = 0) -> pa.Table:
     text_col = _pick(t, TEXT_COLUMNS, "text", part.origin)
     label_col = _pick(t, LABEL_COLUMNS, "label", part.origin)
     text = t.column(text_col)
+    if pa.types.is_null(text.type):  # a CSV column with no value at all: every row is missing
+        text = text.cast(pa.string())
     if not pa.types.is_string(text.type) and not pa.types.is_large_string(text.type):
         raise SourceError(f"{part.origin}, column {text_col!r}: expected text, found {text.type}")
     text = text.cast(pa.string())
@@ -70,17 +77,19 @@ def normalize(part: RawPart, start: int = 0) -> pa.Table:
     if pc.any(bad).as_py():
         row = pc.index(bad, True).as_py()
         what = "null" if text[row].as_py() is None else "empty"
-        raise SourceError(f"{part.origin}, row {row + 1}, column {text_col!r}: {what} review text")
+        raise SourceError(
+            f"{part.origin}, row {_row(part, row)}, column {text_col!r}: {what} review text"
+        )
     id_col = next((c for c in ID_COLUMNS if c in t.column_names), None)
     if id_col is not None:
         ids = t.column(id_col).cast(pa.string())
         if ids.null_count:
             row = pc.index(pc.is_null(ids), True).as_py()
-            raise SourceError(f"{part.origin}, row {row + 1}, column {id_col!r}: null id")
+            raise SourceError(f"{part.origin}, row {_row(part, row)}, column {id_col!r}: null id")
     else:
         ids = pa.array([f"{part.split}-{i}" for i in range(start, start + t.num_rows)])
     return pa.Table.from_arrays(
-        [ids, text, _labels(t.column(label_col), label_col, part.origin)], schema=SCHEMA
+        [ids, text, _labels(t.column(label_col), label_col, part)], schema=SCHEMA
     )
 
 

@@ -32,6 +32,7 @@ class RawPart:
     split: str  # "train" or "test"
     table: pa.Table  # raw columns as found in the file
     origin: str  # file (or archive member) the rows came from, for error messages
+    rows: list[int] | None = None  # the file's 0-based row of each table row, when not 0, 1, 2...
 
 
 def source_kind(source: str) -> str:
@@ -71,9 +72,12 @@ def fingerprint(source: str) -> str:
     kind = source_kind(source)
     if kind == "hub":
         return f"hub:{source}@{_hub_revision(source)}"
+    p = Path(source).expanduser()
+    # paths relative to the aclImdb folder itself, whether it or its parent was given
+    base = _acl_root(p) if kind == "aclimdb" else p
     digest = hashlib.sha256(kind.encode())
-    for path in _local_files(Path(source).expanduser(), kind):
-        digest.update(str(path.relative_to(Path(source).expanduser())).encode() + b"\0")
+    for path in _local_files(p, kind):
+        digest.update(str(path.relative_to(base)).encode() + b"\0")
         with open(path, "rb") as f:
             digest.update(hashlib.file_digest(f, "sha256").digest())
     return f"{kind}:{digest.hexdigest()}"
@@ -153,7 +157,7 @@ def _split_by_column(table: pa.Table, origin: str) -> Iterator[RawPart]:
     for split in SPLITS:
         rows = [i for i, s in enumerate(splits) if s == split]
         if rows:
-            yield RawPart(split, table.take(rows).drop_columns(["split"]), origin)
+            yield RawPart(split, table.take(rows).drop_columns(["split"]), origin, rows)
 
 
 def _acl_table(items: list[tuple[int, str, str, bytes]], origin: str) -> pa.Table:
@@ -162,11 +166,14 @@ def _acl_table(items: list[tuple[int, str, str, bytes]], origin: str) -> pa.Tabl
     texts = []
     for _, label, name, data in items:
         try:
-            texts.append(data.decode("utf-8"))
+            text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             raise SourceError(
                 f"{origin}{name}: not valid UTF-8 (byte {e.start}: {data[e.start:e.start + 1]!r})"
             ) from e
+        if not text.strip():  # caught here, where the file is known, not as "row N" later
+            raise SourceError(f"{origin}{name}: empty review text")
+        texts.append(text)
     return pa.table(
         {"id": [r[2] for r in items], "text": texts, "label": [r[1] for r in items]}
     )

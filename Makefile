@@ -1,0 +1,37 @@
+# Two commands on a fresh machine:  `make train` (set up, run the main job)  and  `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The tested PyTorch. Where a CPU wheel lies on disk (PIP_FIND_LINKS), uv is told to look there.
+TORCH  ?= torch==2.13.0
+export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
+# The default source is the Hugging Face hub's stanfordnlp/imdb; a local copy beside the
+# checkout (no hub access here) is used when present. Override: make train SENTIFLOW_SOURCE=...
+export SENTIFLOW_SOURCE ?= $(if $(wildcard ../shared/data/imdb/train.parquet),../shared/data/imdb,stanfordnlp/imdb)
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export DO_NOT_TRACK ?= 1
+
+.PHONY: setup train test bench lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv
+	$(BIN)/uv pip install -q --python $(BIN)/python "$(TORCH)" -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+train: setup
+	$(BIN)/sentiflow prepare
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python tests/bench/bench_data.py --source $(SENTIFLOW_SOURCE)
+
+lint: setup
+	$(BIN)/ruff check flows tasks storage tests
+
+clean:
+	rm -rf $(VENV) data

@@ -1,0 +1,79 @@
+"""Shared fixtures: real Prefect (a test harness server), real Parquet files, small data made here.
+
+Environment first, before anything imports Prefect: a private PREFECT_HOME (cache records and
+the harness database live there), the Hugging Face hub offline (its path fails at once), and no
+telemetry from any library.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_HOME = tempfile.mkdtemp(prefix="sentiflow-tests-")
+os.environ["PREFECT_HOME"] = os.path.join(_HOME, "prefect")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
+os.environ.pop("SENTIFLOW_DATA_ROOT", None)
+os.environ.pop("SENTIFLOW_SOURCE", None)
+
+import random  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import pytest  # noqa: E402
+
+POSITIVE = ["great", "wonderful", "superb", "moving", "brilliant", "delightful", "touching"]
+NEGATIVE = ["awful", "boring", "dreadful", "clumsy", "terrible", "tedious", "lifeless"]
+NEUTRAL = ["the", "film", "plot", "actors", "scene", "director", "story", "camera", "and", "a"]
+
+
+def make_reviews(n: int, seed: int = 0, prefix: str = "r") -> pa.Table:
+    """``n`` synthetic reviews, half positive, each with a few label words among neutral ones
+    and the IMDb quirks: ``<br />`` tags, capitals, punctuation."""
+    rng = random.Random(seed)
+    ids, texts, labels = [], [], []
+    for i in range(n):
+        label = i % 2
+        words = [rng.choice(NEUTRAL) for _ in range(rng.randint(4, 30))]
+        for _ in range(rng.randint(1, 3)):
+            words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label else NEGATIVE))
+        if i % 4 == 0:  # a word seen once: rare tokens for min_freq to drop
+            words.append(f"cameo{i}")
+        text = " ".join(words).capitalize() + "." + (" <br /><br />Really!" if i % 3 == 0 else "")
+        ids.append(f"{prefix}{i}")
+        texts.append(text)
+        labels.append(label)
+    return pa.table({"id": ids, "text": texts, "label": pa.array(labels, pa.int8())})
+
+
+def write_imdb_folder(folder: Path, n_train: int = 200, n_test: int = 100, seed: int = 0) -> Path:
+    """A folder like ``../shared/data/imdb``: ``train.parquet`` and ``test.parquet``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(make_reviews(n_train, seed, "train-"), folder / "train.parquet")
+    pq.write_table(make_reviews(n_test, seed + 1, "test-"), folder / "test.parquet")
+    return folder
+
+
+@pytest.fixture
+def imdb_folder(tmp_path: Path) -> Path:
+    return write_imdb_folder(tmp_path / "source")
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A real Prefect server (temporary database) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
