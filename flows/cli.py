@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -19,13 +18,6 @@ err_console = Console(stderr=True)
 
 DataRoot = Annotated[Optional[Path], typer.Option(
     "--data-root", help="Stage store root [env: SENTIFLOW_DATA_ROOT; default: ./data]")]
-
-
-def _quiet_env() -> None:
-    """No calls home from the libraries we drive."""
-    for k, v in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
-                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}.items():
-        os.environ.setdefault(k, v)
 
 
 @contextmanager
@@ -66,7 +58,6 @@ def prepare(
     workers: Annotated[int, typer.Option(help="Tokenizer processes (0 = all cores)")] = 0,
 ) -> None:
     """Run the data stages (ingest → split → tokenize → vocab → encode), reusing cached ones."""
-    _quiet_env()
     from flows.data_flow import STAGES, DataConfig, prepare_data
     from storage.settings import get_settings
     from tasks.split import SplitParams

@@ -5,3 +5,7 @@ import os
 # Stage functions log to the standard "sentiflow" logger; inside a Prefect run these lines go to
 # the run's logs too. Must be set before Prefect configures logging (at its import).
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sentiflow")
+# No calls home from the libraries we drive.
+for _name, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
+                      "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}.items():
+    os.environ.setdefault(_name, _value)

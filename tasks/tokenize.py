@@ -8,9 +8,9 @@ into ``<``, ``br`` and ``/><br`` pieces that teach the model nothing about senti
 ``<br/>`` or ``<br />`` tag is replaced by a space before tokenizing; ``"keep"`` leaves the text
 as it is, as the seed did. Whitespace-only tokens (from double spaces or newlines) are dropped.
 
-Shards are tokenized in parallel by a process pool; each worker reads its rows from the input
-Parquet, tokenizes with ``Doc.to_array`` (no Python ``Token`` objects), writes its shard and
-returns only counts.
+Shards are tokenized in parallel by a process pool; each worker gets its shard's reviews,
+tokenizes with ``Doc.to_array`` (no Python ``Token`` objects), writes its shard and returns only
+a count.
 """
 
 from __future__ import annotations
@@ -82,40 +82,43 @@ def tokenize_texts(texts: list[str], params: TokenizeParams = TokenizeParams()) 
     return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), values)
 
 
-def _tokenize_shard(in_file: str, start: int, stop: int, out_file: str, params: TokenizeParams) -> int:
-    """Worker: rows ``start:stop`` of ``in_file`` → one shard. Returns its token count."""
-    table = pq.read_table(in_file, columns=["id", "text", "label"]).slice(start, stop - start)
-    tokens = tokenize_texts(table.column("text").to_pylist(), params)
-    out = pa.Table.from_arrays([table.column("id"), table.column("label"), tokens], schema=SCHEMA)
+def _tokenize_shard(ids: list[str], texts: list[str], labels: list[int], out_file: str,
+                    params: TokenizeParams) -> int:
+    """Worker: one shard's reviews → one Parquet file. Returns its token count."""
+    tokens = tokenize_texts(texts, params)
+    out = pa.Table.from_arrays(
+        [pa.array(ids, pa.string()), pa.array(labels, pa.int8()), tokens], schema=SCHEMA)
     pq.write_table(out, out_file, compression="zstd")
     return len(tokens.values)
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    # fork: workers inherit the imported spaCy (its import alone takes ~3.5 s); they only
-    # compute and write their own file. Elsewhere (macOS, Windows) spawn.
+    # fork: workers inherit the imported spaCy and its tokenizer (importing spaCy alone takes
+    # ~3.5 s); they only compute and write their own file. Elsewhere (macOS, Windows) spawn.
+    _tokenizer()
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     return ProcessPoolExecutor(workers, mp_context=mp.get_context(method))
 
 
 def tokenize_file(in_file: Path, out_dir: Path, params: TokenizeParams, workers: int = 1) -> int:
     """Tokenize a Parquet file of reviews into ``part-NNNNN.parquet`` shards in ``out_dir``."""
-    n = pq.ParquetFile(in_file).metadata.num_rows
+    table = pq.read_table(in_file, columns=["id", "text", "label"])
+    n = table.num_rows
+    columns = {c: table.column(c).to_pylist() for c in ("id", "text", "label")}
     bounds = [(s, min(s + params.shard_rows, n)) for s in range(0, n, params.shard_rows)] or [(0, 0)]
-    jobs = [(str(in_file), a, b, str(out_dir / f"part-{i:05d}.parquet"), params)
-            for i, (a, b) in enumerate(bounds)]
+    jobs = [(columns["id"][a:b], columns["text"][a:b], columns["label"][a:b],
+             str(out_dir / f"part-{i:05d}.parquet"), params) for i, (a, b) in enumerate(bounds)]
     total = 0
     with progress(log, f"tokenize {in_file.name}", n, "reviews") as bar:
         if workers <= 1 or len(jobs) == 1:
             for job in jobs:
                 total += _tokenize_shard(*job)
-                bar.advance(job[2] - job[1])
+                bar.advance(len(job[0]))
         else:
             with _pool(min(workers, len(jobs))) as pool:
-                futures = [(pool.submit(_tokenize_shard, *job), job) for job in jobs]
-                for fut, job in futures:
-                    total += fut.result()
-                    bar.advance(job[2] - job[1])
+                for job, count in zip(jobs, pool.map(_tokenize_shard, *zip(*jobs))):
+                    total += count
+                    bar.advance(len(job[0]))
     return total
 
 
