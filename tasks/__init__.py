@@ -7,5 +7,11 @@ import os
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "sentiflow")
 # No calls home from the libraries we drive.
 for _name, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
-                      "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}.items():
+                      "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                      "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
     os.environ.setdefault(_name, _value)
+
+import logging  # noqa: E402
+
+# stage progress and per-epoch lines are INFO: shown on the terminal and in the Prefect run
+logging.getLogger("sentiflow").setLevel(logging.INFO)

@@ -42,18 +42,18 @@ def encode_shards(shards: list[Path], vocab: Vocab, out_dir: Path) -> int:
 
 # -- stage and task ------------------------------------------------------------------------------
 
-def _inputs(tokens: StageRef, vocab: StageRef) -> list[str]:
-    return [stage.input_token(tokens), stage.input_token(vocab)]
+def spec(tokens: StageRef, vocab: StageRef) -> stage.StageSpec:
+    return stage.StageSpec(STAGE, None, (stage.input_token(tokens), stage.input_token(vocab)),
+                           stage.code_version(__name__))
 
 
 def plan(root: Path | str, tokens: StageRef, vocab: StageRef) -> StageRef:
-    return stage.plan(root, STAGE, None, _inputs(tokens, vocab), stage.code_version(__name__))
+    return spec(tokens, vocab).ref(root)
 
 
 def run(tokens: StageRef, vocab: StageRef, root: Path | str, force: bool = False) -> StageRef:
-    ref = plan(root, tokens, vocab)
     return stage.run_stage(
-        root, ref, None, _inputs(tokens, vocab),
+        root, spec(tokens, vocab),
         lambda out: encode_shards(tokens.shards(), Vocab.read(vocab.file("vocab.parquet")), out), force,
     )
 

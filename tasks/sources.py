@@ -1,7 +1,9 @@
 """Readers for every kind of review source, and a content fingerprint for each.
 
-Kinds: a Hugging Face dataset id, a Parquet file or folder, a CSV file or folder, an ``aclImdb``
-folder (``train/pos``, ``train/neg``, ``test/...``) or its ``.tar.gz``. Each reader yields
+Kinds: a Hugging Face dataset id, a Parquet file, a CSV file, a TSV file, a folder of Parquet,
+CSV or TSV files, an ``aclImdb`` folder (``train/pos``, ``train/neg``, ``test/...``) or its
+``.tar.gz``. The kind is part of the fingerprint: a ``.csv`` and a ``.tsv`` with the same bytes
+parse differently, so they must not share an ingest key. Each reader yields
 ``RawPart``s: one table of raw columns per file, named so that errors can point at it.
 """
 
@@ -17,6 +19,8 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from storage.store import file_sha256
 
 SPLITS = ("train", "test")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -47,8 +51,10 @@ def source_kind(source: str) -> str:
             return "aclimdb-tar"
         if name.endswith(".parquet"):
             return "parquet"
-        if name.endswith((".csv", ".tsv")):
+        if name.endswith(".csv"):
             return "csv"
+        if name.endswith(".tsv"):
+            return "tsv"
         raise SourceError(
             f"{p}: unsupported file type (expected .parquet, .csv, .tsv or an aclImdb .tar.gz)"
         )
@@ -78,8 +84,7 @@ def fingerprint(source: str) -> str:
     digest = hashlib.sha256(kind.encode())
     for path in _local_files(p, kind):
         digest.update(str(path.relative_to(base)).encode() + b"\0")
-        with open(path, "rb") as f:
-            digest.update(hashlib.file_digest(f, "sha256").digest())
+        digest.update(bytes.fromhex(file_sha256(path)))
     return f"{kind}:{digest.hexdigest()}"
 
 
@@ -100,9 +105,7 @@ def read_source(source: str) -> Iterator[RawPart]:
     p = Path(source).expanduser()
     if kind == "hub":
         yield from _read_hub(source)
-    elif kind == "parquet":
-        yield from _split_by_column(_read_table(p), str(p))
-    elif kind == "csv":
+    elif kind in ("parquet", "csv", "tsv"):  # one file: _read_table goes by its suffix
         yield from _split_by_column(_read_table(p), str(p))
     elif kind == "folder":
         files = _split_files(p)

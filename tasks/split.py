@@ -1,5 +1,10 @@
 """Stage 2, split: ingest's train part → ``train.parquet`` (proper-train) and ``val.parquet``,
-seeded and stratified by label. Rows keep their original order inside each part."""
+seeded and stratified by label. Rows keep their original order inside each part.
+
+A source too small to give both parts at least one review is refused with a ``SourceError``.
+numpy's version is part of the code version: its ``Generator`` streams may change between
+releases, and with them which reviews are held out.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from storage.store import StageRef
 from tasks import stage
+from tasks.sources import SourceError
 
 STAGE = "split"
 
@@ -39,22 +45,31 @@ def split_indices(labels: np.ndarray, params: SplitParams) -> tuple[np.ndarray, 
 def split(train_file: Path, out_dir: Path, params: SplitParams) -> None:
     table = pq.read_table(train_file)
     train_idx, val_idx = split_indices(table.column("label").to_numpy(), params)
+    for part, idx in (("train", train_idx), ("validation", val_idx)):
+        if len(idx) == 0:
+            raise SourceError(
+                f"split: {table.num_rows} training review(s) with val_fraction "
+                f"{params.val_fraction} leave the {part} part empty; use a larger source "
+                "or another --val-fraction"
+            )
     pq.write_table(table.take(train_idx), out_dir / "train.parquet", compression="zstd")
     pq.write_table(table.take(val_idx), out_dir / "val.parquet", compression="zstd")
 
 
+# -- stage and task ------------------------------------------------------------------------------
+
+def spec(params: SplitParams, ingested: StageRef) -> stage.StageSpec:
+    return stage.StageSpec(STAGE, params, (stage.input_token(ingested, "train"),),
+                           stage.code_version(__name__, f"numpy=={np.__version__}"))
+
+
 def plan(root: Path | str, params: SplitParams, ingested: StageRef) -> StageRef:
-    return stage.plan(root, STAGE, params, _inputs(ingested), stage.code_version(__name__))
-
-
-def _inputs(ingested: StageRef) -> list[str]:
-    return [stage.input_token(ingested, "train")]
+    return spec(params, ingested).ref(root)
 
 
 def run(params: SplitParams, ingested: StageRef, root: Path | str, force: bool = False) -> StageRef:
-    ref = plan(root, params, ingested)
     return stage.run_stage(
-        root, ref, params, _inputs(ingested),
+        root, spec(params, ingested),
         lambda out: split(ingested.file("train.parquet"), out, params), force,
     )
 

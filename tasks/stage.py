@@ -1,19 +1,23 @@
 """Run-or-reuse for stages, and the Prefect cache key that mirrors it.
 
-A stage is described by its name, its parameters, the keys of its inputs and its code version.
-``run_stage`` returns the stored folder at once when it is valid, otherwise builds it atomically.
-``cache_key_fn`` gives Prefect the same key, or ``None`` (run, store no record) when the folder is
-missing or damaged, so a stored Prefect record never points at a folder that is not there.
+A stage is described by a ``StageSpec``: its name, its parameters, the keys of its inputs and its
+code version. The spec gives both the folder (``spec.ref(root)``) and what its manifest records,
+so the key and the manifest cannot drift apart. ``run_stage`` returns the stored folder at once
+when it is valid, otherwise builds it atomically, holding the key's lock so that two runs on one
+data root build it once. ``cache_key_fn`` gives Prefect the same key, or ``None`` (run, store no
+record) when the folder is missing or damaged, so a stored Prefect record never points at a
+folder that is not there.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import logging
-import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel
 
@@ -22,10 +26,12 @@ from storage.store import StageRef, Store, stable_hash, stage_key
 log = logging.getLogger("sentiflow.stage")
 
 
-def code_version(module_name: str, *extra: str) -> str:
-    """A hash of a stage module's source (plus any library versions that change its output)."""
-    source = inspect.getsource(sys.modules[module_name])
-    return hashlib.sha256("\n".join([source, *extra]).encode()).hexdigest()[:16]
+def code_version(modules: str | Sequence[str], *extra: str) -> str:
+    """A hash of the source of a stage's module(s) (plus any library versions that change its
+    output). One name gives the same hash as before several were accepted."""
+    names = [modules] if isinstance(modules, str) else list(modules)
+    sources = [inspect.getsource(importlib.import_module(name)) for name in names]
+    return hashlib.sha256("\n".join([*sources, *extra]).encode()).hexdigest()[:16]
 
 
 def input_token(ref: StageRef, part: str = "") -> str:
@@ -33,33 +39,53 @@ def input_token(ref: StageRef, part: str = "") -> str:
     return f"{ref.stage}/{ref.key}" + (f":{part}" if part else "")
 
 
-def plan(
-    root: Path | str, stage: str, params: BaseModel | None, inputs: list[str], code: str
-) -> StageRef:
-    params_json = params.model_dump(mode="json") if params is not None else {}
-    return Store(root).ref(stage, stage_key(stage, params_json, inputs, code))
+@dataclass(frozen=True)
+class StageSpec:
+    """Everything a stage's key depends on; also what its manifest records."""
+
+    stage: str
+    params: BaseModel | None
+    inputs: tuple[str, ...]
+    code: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inputs", tuple(self.inputs))
+
+    @property
+    def params_json(self) -> dict[str, Any]:
+        return self.params.model_dump(mode="json") if self.params is not None else {}
+
+    @property
+    def key(self) -> str:
+        return stage_key(self.stage, self.params_json, list(self.inputs), self.code)
+
+    def ref(self, root: Path | str) -> StageRef:
+        return Store(root).ref(self.stage, self.key)
 
 
 def run_stage(
     root: Path | str,
-    ref: StageRef,
-    params: BaseModel | None,
-    inputs: list[str],
+    spec: StageSpec,
     build: Callable[[Path], None],
     force: bool = False,
 ) -> StageRef:
-    """Return ``ref`` when its folder is valid, else call ``build(tmp_dir)`` and publish it."""
+    """Return the spec's folder when it is valid, else call ``build(tmp_dir)`` and publish it.
+
+    Check and build happen under the key's lock: a second run of the same key waits, then
+    finds the folder valid and reuses it (unless ``force``).
+    """
     store = Store(root)
-    if not force:
-        problem = store.problem(ref)
-        if problem is None:
-            log.info("%s %s: valid, reused", ref.stage, ref.key)
-            return ref
-        if problem != "missing":
-            log.warning("%s %s: %s; recomputing", ref.stage, ref.key, problem)
-    params_json = params.model_dump(mode="json") if params is not None else {}
-    with store.build(ref, params_json, inputs) as tmp:
-        build(tmp)
+    ref = spec.ref(root)
+    with store.lock(ref):
+        if not force:
+            problem = store.problem(ref)
+            if problem is None:
+                log.info("%s %s: valid, reused", ref.stage, ref.key)
+                return ref
+            if problem != "missing":
+                log.warning("%s %s: %s; recomputing", ref.stage, ref.key, problem)
+        with store.build(ref, spec.params_json, list(spec.inputs)) as tmp:
+            build(tmp)
     log.info("%s %s: written to %s", ref.stage, ref.key, ref.path)
     return ref
 

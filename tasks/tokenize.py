@@ -124,19 +124,19 @@ def tokenize_file(in_file: Path, out_dir: Path, params: TokenizeParams, workers:
 
 # -- stage and task ------------------------------------------------------------------------------
 
-def _code() -> str:
-    return stage.code_version(__name__, f"spacy=={spacy.__version__}")
+def spec(params: TokenizeParams, source: StageRef, part: str) -> stage.StageSpec:
+    return stage.StageSpec(STAGE, params, (stage.input_token(source, part),),
+                           stage.code_version(__name__, f"spacy=={spacy.__version__}"))
 
 
 def plan(root: Path | str, params: TokenizeParams, source: StageRef, part: str) -> StageRef:
-    return stage.plan(root, STAGE, params, [stage.input_token(source, part)], _code())
+    return spec(params, source, part).ref(root)
 
 
 def run(params: TokenizeParams, source: StageRef, part: str, root: Path | str,
         workers: int = 1, force: bool = False) -> StageRef:
-    ref = plan(root, params, source, part)
     return stage.run_stage(
-        root, ref, params, [stage.input_token(source, part)],
+        root, spec(params, source, part),
         lambda out: tokenize_file(source.file(f"{part}.parquet"), out, params, workers), force,
     )
 

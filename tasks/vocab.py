@@ -89,14 +89,17 @@ def vocab_from_shards(shards: list[Path], params: VocabParams) -> Vocab:
 
 # -- stage and task ------------------------------------------------------------------------------
 
+def spec(params: VocabParams, tokens: StageRef) -> stage.StageSpec:
+    return stage.StageSpec(STAGE, params, (stage.input_token(tokens),), stage.code_version(__name__))
+
+
 def plan(root: Path | str, params: VocabParams, tokens: StageRef) -> StageRef:
-    return stage.plan(root, STAGE, params, [stage.input_token(tokens)], stage.code_version(__name__))
+    return spec(params, tokens).ref(root)
 
 
 def run(params: VocabParams, tokens: StageRef, root: Path | str, force: bool = False) -> StageRef:
-    ref = plan(root, params, tokens)
     return stage.run_stage(
-        root, ref, params, [stage.input_token(tokens)],
+        root, spec(params, tokens),
         lambda out: vocab_from_shards(tokens.shards(), params).write(out / "vocab.parquet"), force,
     )
 

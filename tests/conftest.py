@@ -21,8 +21,12 @@ os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
 os.environ.pop("SENTIFLOW_DATA_ROOT", None)
 os.environ.pop("SENTIFLOW_SOURCE", None)
 
+import inspect  # noqa: E402
+import logging  # noqa: E402
 import random  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Iterator  # noqa: E402
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
@@ -58,6 +62,33 @@ def write_imdb_folder(folder: Path, n_train: int = 200, n_test: int = 100, seed:
     pq.write_table(make_reviews(n_train, seed, "train-"), folder / "train.parquet")
     pq.write_table(make_reviews(n_test, seed + 1, "test-"), folder / "test.parquet")
     return folder
+
+
+def edit_module_source(monkeypatch: pytest.MonkeyPatch, module_name: str) -> None:
+    """Make ``inspect.getsource`` see module ``module_name`` as edited (a comment appended), as
+    the stage code versions do after a change to that file."""
+    real = inspect.getsource
+
+    def getsource(obj):
+        text = real(obj)
+        return text + "\n# edited\n" if getattr(obj, "__name__", None) == module_name else text
+
+    monkeypatch.setattr(inspect, "getsource", getsource)
+
+
+@contextmanager
+def capture_log(logger_name: str) -> Iterator[list[logging.LogRecord]]:
+    """The records logged on ``logger_name`` (and below) inside the block, whatever handlers
+    and propagation Prefect set up."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 @pytest.fixture

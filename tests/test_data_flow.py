@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from flows.data_flow import DataConfig, prepare_data
+from flows.data_flow import DataConfig, PreparedData, prepare_data
+from storage.store import MANIFEST, StageRef
 from tasks.tokenize import TokenizeParams
 from tasks.vocab import Vocab, VocabParams
 from tests.conftest import write_imdb_folder
@@ -18,15 +20,66 @@ ALL = ["ingest", "split", "tokenize-train", "tokenize-val", "tokenize-test", "vo
        "encode-train", "encode-val", "encode-test"]
 
 
-def run(source: Path, root: Path, **kw):
+class Run(PreparedData):
+    """A flow result, plus the stages whose folder the run actually (re)wrote."""
+
+    rebuilt: set[str]
+    flow_run_id: str
+
+
+def _refs(result: PreparedData) -> dict[str, StageRef]:
+    return {"ingest": result.ingest, "split": result.split, "vocab": result.vocab,
+            **{f"tokenize-{k}": v for k, v in result.tokens.items()},
+            **{f"encode-{k}": v for k, v in result.encoded.items()}}
+
+
+def _manifest_stamps(root: Path) -> dict[Path, tuple[int, int]]:
+    """Each stage folder's manifest (inode, mtime): a rewritten folder has a new manifest."""
+    stamps = {}
+    for m in root.glob(f"*/*/{MANIFEST}"):
+        st = m.stat()
+        stamps[m.parent.resolve()] = (st.st_ino, st.st_mtime_ns)
+    return stamps
+
+
+def run(source: Path, root: Path, **kw) -> Run:
     config = DataConfig(source=str(source), **{k: v for k, v in kw.items() if k != "force"})
-    return prepare_data(config=config, data_root=str(root), force=kw.get("force", []), workers=2)
+    before = _manifest_stamps(root)
+    state = prepare_data(config=config, data_root=str(root), force=kw.get("force", []), workers=2,
+                         return_state=True)
+    result = state.result()
+    after = _manifest_stamps(root)
+    rebuilt = {name for name, ref in _refs(result).items() if before.get(ref.path) != after[ref.path]}
+    return Run(**dict(result), rebuilt=rebuilt, flow_run_id=str(state.state_details.flow_run_id))
 
 
-def recomputed(result) -> set[str]:
+def recomputed(result: Run) -> set[str]:
+    """The stages that ran; each must have rewritten its folder ("ran but reused" fails here),
+    and each Cached one must have left its folder alone."""
     assert set(result.states) == set(ALL)
     assert set(result.states.values()) <= {"Cached", "Completed"}
-    return {name for name, state in result.states.items() if state != "Cached"}
+    ran = {name for name, state in result.states.items() if state != "Cached"}
+    assert result.rebuilt == ran, f"ran {sorted(ran)} but rewrote {sorted(result.rebuilt)}"
+    return ran
+
+
+def task_run_states(flow_run_id: str, expected: int) -> list[str]:
+    """The final state of every task run the API recorded for a flow run (task runs reach the
+    API as events: wait until ``expected`` of them are final, then a little longer)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flt = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:
+            states = [r.state.name if r.state else "?" for r in client.read_task_runs(flow_run_filter=flt)]
+            done = [s for s in states if s in ("Cached", "Completed", "Failed")]
+            if len(done) >= expected or time.monotonic() > deadline:
+                time.sleep(1.0)
+                runs = client.read_task_runs(flow_run_filter=flt)
+                return sorted(r.state.name if r.state else "?" for r in runs)
+            time.sleep(0.2)
 
 
 def test_first_run_builds_all_then_everything_is_cached(imdb_folder, data_root):
@@ -43,7 +96,17 @@ def test_first_run_builds_all_then_everything_is_cached(imdb_folder, data_root):
 
     second = run(imdb_folder, data_root)
     assert recomputed(second) == set()
-    assert second.model_dump() == {**first.model_dump(), "states": second.states}
+    volatile = {"states", "rebuilt", "flow_run_id"}
+    assert second.model_dump(exclude=volatile) == first.model_dump(exclude=volatile)
+
+
+def test_rerun_with_no_change_has_only_cached_task_runs(imdb_folder, data_root):
+    """Every task run of an unchanged rerun is Cached, as Prefect's API records them: no task
+    outside ``states`` (the source fingerprint is a plain call, not a task) runs each time."""
+    run(imdb_folder, data_root)
+    second = run(imdb_folder, data_root)
+    assert recomputed(second) == set()
+    assert task_run_states(second.flow_run_id, len(ALL)) == ["Cached"] * len(ALL)
 
 
 def test_tokenizer_change_reruns_tokenize_vocab_encode_only(imdb_folder, data_root):
@@ -77,9 +140,15 @@ def test_deleted_folder_and_damaged_shard_are_recomputed(imdb_folder, data_root)
 
 
 def test_force_one_stage(imdb_folder, data_root):
-    run(imdb_folder, data_root)
+    first = run(imdb_folder, data_root)
+    before = {part: (ref.path.stat().st_ino, ref.manifest()) for part, ref in first.tokens.items()}
     forced = run(imdb_folder, data_root, force=["tokenize"])
     assert recomputed(forced) == {"tokenize-train", "tokenize-val", "tokenize-test"}
+    assert forced.tokens == first.tokens  # the same keys and folders...
+    for part, ref in forced.tokens.items():
+        ino, manifest = before[part]
+        assert ref.path.stat().st_ino != ino  # ...rewritten: a new folder renamed into place
+        assert ref.manifest()["files"] == manifest["files"]  # with the same content
 
 
 def test_changed_source_data_reruns_everything(tmp_path, data_root):

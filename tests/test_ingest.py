@@ -8,6 +8,8 @@ folder of ``.txt`` files, and its ``.tar.gz`` made with tarfile. The hub path is
 from __future__ import annotations
 
 import csv
+import hashlib
+import logging
 import shutil
 import tarfile
 import time
@@ -23,7 +25,7 @@ from storage.store import MANIFEST, Store
 from tasks import ingest as ingest_mod
 from tasks.ingest import SCHEMA, ingest, normalize
 from tasks.sources import SourceError, fingerprint, read_source, source_kind
-from tests.conftest import make_reviews, write_imdb_folder
+from tests.conftest import capture_log, edit_module_source, make_reviews, write_imdb_folder
 
 REAL_IMDB = Path("/work/shared/data/imdb")
 
@@ -202,12 +204,13 @@ def test_parquet_folder_keeps_source_id_column_as_id(tmp_path):
     assert col(t["test"], "id") == ["test/pos/0_10.txt"]
 
 
-@pytest.mark.parametrize("name,delimiter", [("reviews.csv", ","), ("reviews.tsv", "\t")])
-def test_csv_file_is_all_train(tmp_path, name, delimiter):
+@pytest.mark.parametrize("name,delimiter,kind", [("reviews.csv", ",", "csv"),
+                                                 ("reviews.tsv", "\t", "tsv")])
+def test_csv_file_is_all_train(tmp_path, name, delimiter, kind):
     tricky = 'He said "no", then left.\nA second line, with commas.'
     src = write_csv(tmp_path / name, ["id", "text", "label"],
                     [[7, "Loved it", 1], [8, tricky, 0], [9, "Meh <br />", 0]], delimiter)
-    assert source_kind(str(src)) == "csv"
+    assert source_kind(str(src)) == kind
     counts, t = run_ingest(src, tmp_path / "out")
     assert counts == {"train": 3, "test": 0}
     assert col(t["train"], "id") == ["7", "8", "9"]  # numeric ids become strings
@@ -576,8 +579,7 @@ def test_failed_run_leaves_no_stage_folder(tmp_path, data_root, make):
         ingest_mod.run(str(src), data_root)
     assert leftovers(data_root) == []
     assert Store(data_root).list() == []
-    stage_dir = data_root / "ingest"
-    assert not stage_dir.exists() or list(stage_dir.iterdir()) == []
+    assert not (data_root / "ingest").exists()  # not even an empty stage folder
 
 
 def test_successful_run_writes_a_valid_stage_and_reuses_it(imdb_folder, data_root):
@@ -730,6 +732,48 @@ def test_folder_fingerprint_ignores_files_that_are_not_read(tmp_path):
     (src / "README.md").write_text("notes\n")
     (src / "validation.parquet").write_bytes(b"not read")
     assert fingerprint(str(src)) == base
+
+
+def test_csv_and_tsv_with_the_same_bytes_have_different_fingerprints(tmp_path):
+    """The same bytes parse differently as CSV and as TSV: they must not share an ingest key."""
+    data = b"text\tlabel\ngood, really\t1\nbad\t0\n"
+    (tmp_path / "reviews.csv").write_bytes(data)
+    (tmp_path / "reviews.tsv").write_bytes(data)
+    as_csv, as_tsv = fingerprint(str(tmp_path / "reviews.csv")), fingerprint(str(tmp_path / "reviews.tsv"))
+    assert as_csv.startswith("csv:") and as_tsv.startswith("tsv:")
+    assert as_csv.split(":")[1] != as_tsv.split(":")[1]
+    assert ingest_mod.plan(tmp_path, as_csv).key != ingest_mod.plan(tmp_path, as_tsv).key
+    counts, t = run_ingest(tmp_path / "reviews.tsv", tmp_path / "out")
+    assert col(t["train"], "text") == ["good, really", "bad"]
+
+
+@pytest.mark.parametrize("make", FP_SOURCES, ids=lambda f: f.__name__[4:])
+def test_fingerprint_needs_no_hashlib_file_digest(tmp_path, monkeypatch, make):
+    """``hashlib.file_digest`` is Python 3.11+; the project supports 3.10. Same values without it."""
+    src = make(tmp_path)
+    expected = fingerprint(str(src))
+    monkeypatch.delattr(hashlib, "file_digest", raising=False)
+    assert fingerprint(str(src)) == expected
+
+
+def test_ingest_key_follows_the_readers_in_sources(tmp_path, monkeypatch):
+    """The readers live in tasks.sources: editing them must change ingest's key like editing
+    tasks.ingest does."""
+    before = ingest_mod.plan(tmp_path, "folder:abc").key
+    edit_module_source(monkeypatch, "tasks.sources")
+    after_sources = ingest_mod.plan(tmp_path, "folder:abc").key
+    edit_module_source(monkeypatch, "tasks.ingest")
+    after_both = ingest_mod.plan(tmp_path, "folder:abc").key
+    assert len({before, after_sources, after_both}) == 3
+
+
+def test_source_without_test_reviews_is_accepted_with_a_warning(tmp_path, data_root):
+    src = write_parquet(tmp_path / "train_only.parquet", text=["good", "bad"], label=[1, 0])
+    with capture_log("sentiflow.ingest") as records:
+        ref = ingest_mod.run(str(src), data_root)
+    assert ref.manifest()["rows"] == {"train.parquet": 2, "test.parquet": 0}
+    assert any(r.levelno == logging.WARNING and "no test reviews" in r.getMessage()
+               for r in records)
 
 
 # -- 6. the real data ------------------------------------------------------------------------------

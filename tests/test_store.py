@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage.store import MANIFEST, Store, stage_key
+from storage.store import MANIFEST, Store, file_sha256, stage_key
 
 
 def _build(store: Store, key: str = "k1", rows: int = 3):
@@ -93,3 +96,227 @@ def test_list_reports_stages(tmp_path: Path):
     rows = store.list()
     assert [(r["stage"], r["key"], r["rows"]) for r in rows] == [("demo", "k1", 3), ("demo", "k2", 4)]
     assert all(r["bytes"] > 0 and r["created"] for r in rows)
+
+
+# -- review fixes: 3.10 hashing, malformed manifests, subfolders, races, leftovers ---------------
+
+
+def test_file_sha256_reads_in_chunks_without_hashlib_file_digest(tmp_path: Path, monkeypatch):
+    """``hashlib.file_digest`` is Python 3.11+; the project supports 3.10."""
+    data = bytes(range(256)) * 20_000  # 5 MB: several chunks
+    (tmp_path / "f").write_bytes(data)
+    monkeypatch.delattr(hashlib, "file_digest", raising=False)
+    assert file_sha256(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+    assert file_sha256(tmp_path / "f", chunk_size=7) == hashlib.sha256(data).hexdigest()
+    ref = _build(Store(tmp_path))  # build and check use it too
+    assert Store(tmp_path).is_valid(ref)
+
+
+def _entry_without_bytes(m: dict) -> dict:
+    del m["files"]["part-00000.parquet"]["bytes"]
+    return m
+
+
+@pytest.mark.parametrize("rewrite", [
+    lambda m: [],
+    lambda m: None,
+    lambda m: "manifest",
+    lambda m: {**m, "files": ["part-00000.parquet"]},
+    lambda m: {**m, "files": None},
+    lambda m: {k: v for k, v in m.items() if k != "files"},
+    _entry_without_bytes,
+    lambda m: {**m, "files": {"part-00000.parquet": "abc"}},
+], ids=["list", "null", "string", "files-list", "files-null", "no-files", "no-bytes", "entry-str"])
+def test_manifest_of_the_wrong_shape_is_invalid_and_not_listed(tmp_path: Path, rewrite):
+    store = Store(tmp_path)
+    good = _build(store, "good")
+    bad = _build(store, "bad")
+    manifest = json.loads((bad.path / MANIFEST).read_text())
+    (bad.path / MANIFEST).write_text(json.dumps(rewrite(manifest)))
+    assert "malformed manifest" in store.problem(bad)
+    assert [r["key"] for r in store.list()] == ["good"]
+    assert store.is_valid(good)
+    _build(store, "bad")  # and it is rebuilt
+    assert store.is_valid(bad)
+
+
+def test_build_with_a_subfolder_is_refused_and_leaves_nothing(tmp_path: Path):
+    store = Store(tmp_path)
+    ref = store.ref("demo", "k1")
+    with pytest.raises(ValueError, match="'nested'.*not a plain file"):
+        with store.build(ref, {}, []) as tmp:
+            pq.write_table(pa.table({"x": [1]}), tmp / "part-00000.parquet")
+            (tmp / "nested").mkdir()
+            (tmp / "nested" / "part-00001.parquet").write_bytes(b"x")
+    assert not (tmp_path / "demo").exists()
+
+
+def test_failed_build_in_a_new_stage_folder_removes_it(tmp_path: Path):
+    store = Store(tmp_path)
+    with pytest.raises(RuntimeError):
+        with store.build(store.ref("demo", "k1"), {}, []):
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_publish_race_enotempty_keeps_the_valid_folder(tmp_path: Path, monkeypatch):
+    """Another publisher renames its complete folder into place between our check and our
+    rename: the rename fails with ENOTEMPTY; theirs is kept, ours dropped, nothing left over."""
+    store = Store(tmp_path)
+    ref = store.ref("demo", "k1")
+    real_replace = os.replace
+    raced = []
+
+    def replace(src, dst):
+        if Path(src).name.startswith(".tmp-") and not raced:
+            raced.append(True)
+            _build(store, "k1", rows=3)  # the other publisher wins
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with store.build(ref, {"p": 1}, ["up/abc"]) as tmp:
+        pq.write_table(pa.table({"x": list(range(5))}), tmp / "part-00000.parquet")
+    assert raced and store.is_valid(ref)
+    assert ref.manifest()["total_rows"] == 3  # the first complete folder stayed
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["k1"]
+
+
+def test_publish_race_with_an_invalid_folder_retries(tmp_path: Path, monkeypatch):
+    store = Store(tmp_path)
+    ref = store.ref("demo", "k1")
+    real_replace = os.replace
+    raced = []
+
+    def replace(src, dst):
+        if Path(src).name.startswith(".tmp-") and not raced:
+            raced.append(True)
+            Path(dst).mkdir(parents=True)
+            (Path(dst) / "junk").write_bytes(b"half-written by someone")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with store.build(ref, {}, []) as tmp:
+        pq.write_table(pa.table({"x": list(range(5))}), tmp / "part-00000.parquet")
+    assert raced and store.is_valid(ref) and ref.manifest()["total_rows"] == 5
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["k1"]
+
+
+def _age(path: Path, seconds: float) -> None:
+    when = time.time() - seconds
+    for p in [path, *path.rglob("*")]:
+        os.utime(p, (when, when), follow_symlinks=False)
+
+
+def test_build_sweeps_stale_temporary_and_trash_folders(tmp_path: Path):
+    store = Store(tmp_path)
+    stage_dir = tmp_path / "demo"
+    stale = [stage_dir / ".tmp-k0-deadbeef", stage_dir / ".trash-k0-cafebabe"]
+    fresh = [stage_dir / ".tmp-k9-12345678", stage_dir / ".trash-k9-87654321"]
+    for d in stale + fresh:
+        d.mkdir(parents=True)
+        (d / "part-00000.parquet").write_bytes(b"left by a killed process")
+    for d in stale:
+        _age(d, 2 * 3600)
+    old_lock = stage_dir / ".lock-k0"
+    old_lock.touch()
+    _age(old_lock, 2 * 3600)
+    ref = _build(store)
+    assert store.is_valid(ref)
+    assert sorted(p.name for p in stage_dir.iterdir()) == sorted(["k1", *(d.name for d in fresh)])
+
+
+def test_sweep_keeps_a_stale_looking_folder_still_being_written(tmp_path: Path):
+    stage_dir = tmp_path / "demo"
+    busy = stage_dir / ".tmp-k0-deadbeef"
+    busy.mkdir(parents=True)
+    (busy / "part-00000.parquet").write_bytes(b"x")
+    _age(busy, 2 * 3600)
+    (busy / "part-00001.parquet").write_bytes(b"just written")
+    os.utime(busy, (time.time() - 7200, time.time() - 7200))
+    assert Store(tmp_path).sweep(stage_dir) == []
+    assert busy.exists()
+
+
+def test_sweep_leaves_a_held_lock(tmp_path: Path):
+    store = Store(tmp_path)
+    ref = store.ref("demo", "k1")
+    with store.lock(ref):
+        lock = tmp_path / "demo" / ".lock-k1"
+        _age(lock, 2 * 3600)
+        assert store.sweep(tmp_path / "demo") == [] and lock.exists()
+    assert not (tmp_path / "demo").exists()  # released: lock file and empty folder removed
+
+
+def test_lock_excludes_across_processes(tmp_path: Path):
+    """``flock`` between processes: the child waits until the parent releases."""
+    import subprocess
+    import sys
+
+    store = Store(tmp_path)
+    ref = store.ref("demo", "k1")
+    child = (
+        "import sys, time; from storage.store import Store; s = Store(sys.argv[1]); "
+        "print('ready', flush=True); t = time.time(); ctx = s.lock(s.ref('demo', 'k1')); "
+        "ctx.__enter__(); print(round(time.time() - t, 2), flush=True); ctx.__exit__(None, None, None)"
+    )
+    with store.lock(ref):
+        proc = subprocess.Popen([sys.executable, "-c", child, str(tmp_path)],
+                                stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1.0)
+        assert proc.poll() is None  # still waiting for our lock
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and float(out) >= 0.9
+    assert not (tmp_path / "demo").exists()
+
+
+def test_two_runs_building_the_same_key_build_it_once(tmp_path: Path):
+    """Two runs on one data root: the second waits for the first's lock, then finds the folder
+    valid and reuses it (before the lock it built again and moved the first's folder to trash)."""
+    import threading
+
+    from tasks.stage import StageSpec, run_stage
+
+    spec = StageSpec("demo", None, ("up/abc",), "code-1")
+    builds, results, errors = [], [], []
+    start = threading.Barrier(2)
+
+    def build(out: Path) -> None:
+        builds.append(out)
+        time.sleep(0.5)
+        pq.write_table(pa.table({"x": [1, 2, 3]}), out / "part-00000.parquet")
+
+    def one_run() -> None:
+        try:
+            start.wait()
+            ref = run_stage(tmp_path, spec, build)
+            results.append((ref, ref.path.stat().st_ino, ref.manifest()["created"]))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one_run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(builds) == 1
+    (ref1, ino1, created1), (ref2, ino2, created2) = results
+    assert ref1 == ref2 == spec.ref(tmp_path) and Store(tmp_path).is_valid(ref1)
+    assert (ino1, created1) == (ino2, created2)  # the same folder, not a second build
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == [ref1.key]
+
+
+def test_spec_gives_the_key_and_the_manifest(tmp_path: Path):
+    """Key and manifest come from one spec: its inputs and params are what the manifest records."""
+    from pydantic import BaseModel
+
+    from tasks.stage import StageSpec, run_stage
+
+    class P(BaseModel):
+        a: int = 1
+
+    spec = StageSpec("demo", P(a=2), ["up/abc", "up/def:train"], "code-1")
+    ref = run_stage(tmp_path, spec, lambda out: (out / "x.txt").write_text("x"))
+    assert ref.key == stage_key("demo", {"a": 2}, ["up/abc", "up/def:train"], "code-1")
+    m = ref.manifest()
+    assert m["params"] == {"a": 2} and m["inputs"] == ["up/abc", "up/def:train"]

@@ -9,11 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from storage.store import StageRef, Store
+from tasks import split as split_mod
 from tasks.encode import encode_table
+from tasks.sources import SourceError
 from tasks.split import SplitParams, split_indices
 from tasks.tokenize import TokenizeParams, tokenize_file, tokenize_text, tokenize_texts
 from tasks.vocab import PAD, UNK, Vocab, VocabParams, build_vocab
-from tests.conftest import make_reviews
+from tests.conftest import edit_module_source, make_reviews
 
 SEED_SENTENCE = "Master cinéaste Alain Resnais likes to work with those actors"
 SEED_TOKENS = ["master", "cinéaste", "alain", "resnais", "likes", "to", "work", "with", "those", "actors"]
@@ -123,3 +126,42 @@ def test_split_is_stratified_seeded_and_disjoint():
 def test_split_rejects_degenerate_fraction(frac):
     with pytest.raises(ValueError):
         SplitParams(val_fraction=frac)
+
+
+# -- split: numpy in the key, empty parts refused --------------------------------------------------
+
+
+def _ingested(tmp_path: Path, n: int) -> StageRef:
+    """A fake ingest stage folder holding ``n`` training reviews."""
+    ref = Store(tmp_path / "data").ref("ingest", "fake")
+    ref.path.mkdir(parents=True)
+    pq.write_table(make_reviews(n), ref.file("train.parquet"))
+    return ref
+
+
+def test_split_key_follows_numpy_version_and_module(tmp_path: Path, monkeypatch):
+    """Generator streams are not guaranteed stable across numpy releases: a new numpy may hold
+    out other reviews, so it must give another split key."""
+    ingested = _ingested(tmp_path, 10)
+    base = split_mod.plan(tmp_path, SplitParams(), ingested).key
+    monkeypatch.setattr(np, "__version__", "99.0.0")
+    new_numpy = split_mod.plan(tmp_path, SplitParams(), ingested).key
+    edit_module_source(monkeypatch, "tasks.split")
+    assert len({base, new_numpy, split_mod.plan(tmp_path, SplitParams(), ingested).key}) == 3
+
+
+@pytest.mark.parametrize("n, frac, empty", [(2, 0.2, "validation"), (1, 0.2, "validation"),
+                                            (2, 0.9, "train")])
+def test_split_refuses_an_empty_part(tmp_path: Path, n, frac, empty):
+    ingested = _ingested(tmp_path, n)
+    root = tmp_path / "data"
+    with pytest.raises(SourceError, match=f"leave the {empty} part empty") as exc:
+        split_mod.run(SplitParams(val_fraction=frac), ingested, root)
+    assert f"{n} training review" in str(exc.value) and "\n" not in str(exc.value)
+    assert not (root / "split").exists()
+
+
+def test_split_of_a_small_source_gives_both_parts(tmp_path: Path):
+    ingested = _ingested(tmp_path, 10)
+    ref = split_mod.run(SplitParams(), ingested, tmp_path / "data")
+    assert ref.manifest()["rows"] == {"train.parquet": 8, "val.parquet": 2}

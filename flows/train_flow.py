@@ -1,0 +1,86 @@
+"""The train flow: the data stages (cached), training, selection and registration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel
+
+from flows.data_flow import DataConfig, PreparedData, Stage, prepare_data
+from storage.settings import Settings, get_settings
+from tasks.model import ModelParams
+from tasks.select import SelectResult, select_task
+from tasks.train import TrainConfig, TrainParams, TrainResult, train_task
+
+
+class TrainFlowConfig(BaseModel):
+    """Everything a training depends on (a form in the Prefect UI)."""
+
+    data: DataConfig = DataConfig()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    model_name: str = "sentiflow"
+
+
+class TrainOutcome(BaseModel):
+    data: PreparedData
+    train: TrainResult
+    selected: SelectResult
+    tracking_uri: str
+
+
+def lineage(data: PreparedData, config: DataConfig) -> dict[str, str]:
+    """The data side of the run's params: the resolved data configuration and stage keys."""
+    out = {"data.source": config.source}
+    for section in ("split", "tokenize", "vocab"):
+        out.update({f"{section}.{k}": v for k, v in getattr(config, section).model_dump(mode="json").items()})
+    out.update({"key.ingest": data.ingest.key, "key.split": data.split.key, "key.vocab": data.vocab.key,
+                **{f"key.encode_{p}": r.key for p, r in data.encoded.items()}})
+    return out
+
+
+@flow(name="train")
+def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | None = None,
+               force: list[Stage] = [], workers: int = 0) -> TrainOutcome:  # noqa: B006
+    settings = get_settings()
+    if data_root:
+        settings = settings.model_copy(update={"data_root": Path(data_root)})
+    data = prepare_data(config=config.data, data_root=str(settings.data_root), force=force, workers=workers)
+    train_config = TrainConfig(model=config.model, train=config.train)
+    result = train_task(train_config, data.encoded["train"], data.encoded["val"], data.vocab,
+                        lineage(data, config.data), settings)
+    selected = select_task(result, train_config, config.data.tokenize, data.vocab, data.encoded["val"],
+                           data.encoded["test"], config.model_name, settings)
+    create_markdown_artifact(summary(result, selected, settings), key="training-summary",
+                             description="sentiflow training: epochs, best epoch, registered version")
+    return TrainOutcome(data=data, train=result, selected=selected,
+                        tracking_uri=settings.resolved_tracking_uri)
+
+
+def summary(result: TrainResult, selected: SelectResult, settings: Settings) -> str:
+    client = MlflowClient(settings.resolved_tracking_uri)
+    metrics = ("train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds")
+    table: dict[int, dict[str, float]] = {}
+    for name in metrics:
+        for m in client.get_metric_history(result.run_id, name):
+            table.setdefault(m.step, {})[name] = m.value
+    uri = settings.resolved_tracking_uri
+    link = (f"[{result.run_id}]({uri.rstrip('/')}/#/experiments/{result.experiment_id}/runs/{result.run_id})"
+            if uri.startswith("http") else f"`{result.run_id}` (open with `sentiflow ui`; store `{uri}`)")
+    lines = [
+        "# sentiflow training", "",
+        f"MLflow run: {link}", "",
+        f"Best epoch **{selected.best_epoch}**: val_acc **{selected.val_acc:.4f}**, "
+        f"test_acc **{selected.test_acc if selected.test_acc is None else f'{selected.test_acc:.4f}'}**", "",
+        f"Registered `{selected.model_name}` version **{selected.version}** with alias "
+        f"`{selected.alias}` (champion's val_acc before: {selected.champion_val_acc})", "",
+        "| epoch | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|",
+    ]
+    for epoch in sorted(table):
+        mark = " **best**" if epoch == selected.best_epoch else ""
+        lines.append(f"| {epoch}{mark} | " + " | ".join(f"{table[epoch].get(m, float('nan')):.4f}"
+                                                         for m in metrics) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,42 @@
+"""MLflow wiring: the tracking URI and experiment from the settings, and registry helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from storage.settings import Settings, get_settings
+
+REGISTERED_MODEL = "sentiflow"
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def configure(settings: Settings | None = None) -> str:
+    """Point MLflow at the configured store; create the experiment if needed. Returns its id.
+
+    With a SQLite store (the embedded default: ``<data root>/mlflow.db``) artifacts go to
+    ``mlartifacts/`` beside it; with a tracking server, to the server's artifact store."""
+    settings = settings or get_settings()
+    uri = settings.resolved_tracking_uri
+    location = None  # a tracking server chooses (its artifact store)
+    if uri.startswith("sqlite:///"):  # artifacts beside the database file
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        location = (folder / "mlartifacts").resolve().as_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(settings.experiment)
+    if exp is None:
+        return client.create_experiment(settings.experiment, artifact_location=location)
+    return exp.experiment_id
+
+
+def alias_version(name: str, alias: str):
+    """The version holding ``alias``, or None."""
+    try:
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None

@@ -1,0 +1,178 @@
+"""Training, selection and the registry on small data: real MLflow (temporary SQLite stores),
+real Prefect for the data flow, a fresh process to load the registered model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.data_flow import DataConfig, prepare_data
+from storage.settings import Settings
+from tasks.model import ModelParams
+from tasks.select import best_epoch, select
+from tasks.serving import Scorer
+from tasks.train import TrainConfig, TrainParams, build_model, find_run, train
+from tasks.vocab import Vocab
+from tests.conftest import write_imdb_folder
+
+METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds"]
+SMALL = TrainConfig(model=ModelParams(embed_dim=16, hidden_dim=16, dropout=0.2),
+                    train=TrainParams(max_epochs=4, batch_size=16, lr=1e-2))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, prefect_harness):
+    """Small separable reviews through the real data flow, shared by the tests here."""
+    root = tmp_path_factory.mktemp("train-data")
+    src = write_imdb_folder(root / "src", n_train=500, n_test=200, seed=3)
+    return prepare_data(config=DataConfig(source=str(src)), data_root=str(root / "data"), workers=1)
+
+
+@pytest.fixture
+def settings(tmp_path, data) -> Settings:
+    return Settings(data_root=data.ingest.path.parents[1],
+                    tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="test")
+
+
+def fit(data, settings, config=SMALL):
+    return train(config, data.encoded["train"], data.encoded["val"], data.vocab, {"data.source": "t"}, settings)
+
+
+def choose(data, settings, result, config=SMALL):
+    from tasks.tokenize import TokenizeParams
+
+    return select(result, config, TokenizeParams(), data.vocab, data.encoded["val"], data.encoded["test"],
+                  "sentiflow", settings)
+
+
+def test_best_epoch_is_argmax_earliest_on_tie():
+    assert best_epoch([(1, 0.7), (2, 0.9), (3, 0.8)]) == 2
+    assert best_epoch([(1, 0.7), (2, 0.9), (3, 0.9)]) == 2
+    assert best_epoch([(3, 0.5), (1, 0.5), (2, 0.4)]) == 1
+    with pytest.raises(ValueError):
+        best_epoch([])
+
+
+def test_training_learns_and_logs_one_metric_and_checkpoint_per_epoch(data, settings):
+    result = fit(data, settings)
+    client = MlflowClient(settings.resolved_tracking_uri)
+    run = client.get_run(result.run_id)
+    for name in METRICS:
+        steps = [m.step for m in client.get_metric_history(result.run_id, name)]
+        assert steps == [1, 2, 3, 4], name
+    val_acc = [m.value for m in client.get_metric_history(result.run_id, "val_acc")]
+    assert max(val_acc) >= 0.9  # the synthetic reviews are separable by their label words
+    checkpoints = sorted(a.path for a in client.list_artifacts(result.run_id, "checkpoints"))
+    assert checkpoints == [f"checkpoints/epoch-00{i}.pt" for i in range(1, 5)] + ["checkpoints/resume.pt"]
+    assert run.data.params["model.hidden_dim"] == "16" and run.data.params["train.lr"] == "0.01"
+    assert run.data.params["input.0"].startswith("encode/") and run.data.params["data.source"] == "t"
+    assert "sentiflow.code_version" in run.data.tags
+    assert "LSTM" in mlflow.artifacts.load_text(f"runs:/{result.run_id}/model_summary.txt")
+
+
+def test_same_config_same_metrics_and_finished_run_is_reused(data, settings, tmp_path):
+    first = fit(data, settings)
+    again = fit(data, settings)
+    assert again.run_id == first.run_id  # a finished run with the same key is reused
+    other = Settings(data_root=settings.data_root, tracking_uri=f"sqlite:///{tmp_path / 'b.db'}", experiment="t")
+    second = fit(data, other)
+    hist = lambda s, r: [m.value for m in MlflowClient(s.resolved_tracking_uri).get_metric_history(r, "val_loss")]
+    assert hist(settings, first.run_id) == hist(other, second.run_id)
+
+
+def test_select_registers_champion_and_keeps_it_against_a_worse_model(data, settings):
+    good = choose(data, settings, fit(data, settings))
+    client = MlflowClient(settings.resolved_tracking_uri)
+    history = [(m.step, m.value) for m in client.get_metric_history(good.run_id, "val_acc")]
+    assert good.best_epoch == best_epoch(history) and good.val_acc == dict(history)[good.best_epoch]
+    assert (good.version, good.alias, good.champion_val_acc) == ("1", "champion", None)
+    assert good.test_acc is not None and good.test_acc > 0.85
+    run = client.get_run(good.run_id)
+    assert run.data.metrics["test_acc"] == pytest.approx(good.test_acc)
+    artifacts = {a.path for a in client.list_artifacts(good.run_id)}
+    assert {"learning_curve.png", "confusion_matrix_val.png", "confusion_matrix_val.json"} <= artifacts
+
+    worse_config = TrainConfig(model=SMALL.model, train=SMALL.train.model_copy(update={"max_epochs": 1, "lr": 1e-5}))
+    worse = choose(data, settings, fit(data, settings, worse_config), worse_config)
+    assert worse.val_acc < good.val_acc
+    assert (worse.version, worse.alias, worse.champion_val_acc) == ("2", "challenger", good.val_acc)
+    assert str(client.get_model_version_by_alias("sentiflow", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("sentiflow", "challenger").version) == "2"
+    tags = client.get_model_version("sentiflow", "2").tags
+    assert float(tags["val_acc"]) == worse.val_acc and float(tags["champion_val_acc"]) == good.val_acc
+    # selecting the same run again registers nothing new
+    assert choose(data, settings, fit(data, settings)).version == "1"
+
+
+def test_champion_loads_in_a_fresh_process_and_scores_raw_text(data, settings, tmp_path):
+    result = fit(data, settings)
+    choose(data, settings, result)
+    texts = ["A wonderful, superb and moving film.", "Awful. Boring, dreadful and tedious.",
+             "The plot <br /><br />and the actors 😀 — 日本語"]
+    script = ("import json, sys, mlflow, pandas as pd; m = mlflow.pyfunc.load_model('models:/sentiflow@champion'); "
+              "texts = json.loads(sys.argv[1]); a = m.predict(texts); b = m.predict(pd.DataFrame({'text': texts})); "
+              "assert list(a) == list(b); print(json.dumps([float(x) for x in a]))")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": settings.resolved_tracking_uri}
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(texts)], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    probs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert probs[0] > 0.5 > probs[1]
+    # the same numbers as the in-process model
+    from tasks.train import load_checkpoint
+
+    vocab = Vocab.read(data.vocab.file("vocab.parquet"))
+    net, _ = build_model(vocab, SMALL)
+    mlflow.set_tracking_uri(settings.resolved_tracking_uri)
+    load_checkpoint(result.run_id, int(MlflowClient().get_run(result.run_id).data.metrics["best_epoch"]), net, tmp_path)
+    from tasks.tokenize import TokenizeParams
+
+    np.testing.assert_allclose(probs, Scorer(net, vocab, TokenizeParams()).predict_proba(texts), rtol=1e-5)
+
+
+def test_killed_training_resumes_at_the_next_epoch(data, settings, tmp_path):
+    """A real kill (SIGKILL) after a checkpoint; the rerun continues the same run."""
+    config = TrainConfig(model=SMALL.model, train=SMALL.train.model_copy(update={"max_epochs": 12}))
+    args = json.dumps({"config": config.model_dump(mode="json"),
+                       "refs": [r.model_dump(mode="json") for r in
+                                (data.encoded["train"], data.encoded["val"], data.vocab)],
+                       "settings": settings.model_dump(mode="json")})
+    script = ("import json, sys; from storage.settings import Settings; from storage.store import StageRef; "
+              "from tasks.train import TrainConfig, train; a = json.loads(sys.argv[1]); "
+              "train(TrainConfig(**a['config']), *[StageRef(**r) for r in a['refs']], None, Settings(**a['settings']))")
+    proc = subprocess.Popen([sys.executable, "-c", script, args], cwd=Path(__file__).parents[1],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = MlflowClient(settings.resolved_tracking_uri)
+    mlflow.set_tracking_uri(settings.resolved_tracking_uri)
+    deadline = time.time() + 240
+    k = 0
+    while time.time() < deadline and proc.poll() is None:
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()]) \
+            if client.search_experiments() else []
+        if runs:
+            k = len(client.get_metric_history(runs[0].info.run_id, "epoch_seconds"))
+            names = {a.path for a in client.list_artifacts(runs[0].info.run_id, "checkpoints")}
+            if k >= 2 and f"checkpoints/epoch-{k:03d}.pt" in names and "checkpoints/resume.pt" in names:
+                break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_id = runs[0].info.run_id
+    assert find_run(runs[0].info.experiment_id, runs[0].data.tags["sentiflow.train_key"], complete=False)
+    done_before = len(client.get_metric_history(run_id, "epoch_seconds"))
+    assert 2 <= done_before < 12
+    result = train(config, data.encoded["train"], data.encoded["val"], data.vocab, None, settings)
+    assert result.run_id == run_id
+    assert result.resumed_from == done_before
+    steps = [m.step for m in client.get_metric_history(run_id, "val_acc")]
+    assert steps == list(range(1, 13))
