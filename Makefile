@@ -22,13 +22,15 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 train: setup
-	$(BIN)/sentiflow prepare
+	$(BIN)/sentiflow train
 
 test: setup
 	$(BIN)/python -m pytest
 
 bench: setup
 	$(BIN)/python tests/bench/bench_data.py --source $(SENTIFLOW_SOURCE)
+	$(BIN)/sentiflow prepare --source $(SENTIFLOW_SOURCE)
+	$(BIN)/python tests/bench/bench_train.py --data-root data
 
 lint: setup
 	$(BIN)/ruff check flows tasks storage tests

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -34,18 +35,38 @@ Force = Annotated[Optional[list[str]], typer.Option(
 Workers = Annotated[int, typer.Option(help="Tokenizer processes (0 = all cores)")]
 
 
-@contextmanager
-def _user_errors():
-    """Bad input ends with one clear line (the file, row and column) and exit code 1."""
+def _user_error_types() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
     from tasks.sources import SourceError
 
+    return (SourceError, ValidationError, FileNotFoundError)
+
+
+class _NoTracebackForUserErrors(logging.Filter):
+    """Prefect logs a failed task's traceback; for bad input the message alone says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], _user_error_types()):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+@contextmanager
+def _user_errors():
+    """Bad input ends with one clear line (the file, row and column) and exit code 1."""
+    quiet = _NoTracebackForUserErrors()
+    loggers = [logging.getLogger(n) for n in ("prefect.task_runs", "prefect.flow_runs")]
+    for lg in loggers:
+        lg.addFilter(quiet)
     try:
         yield
-    except (SourceError, ValidationError, FileNotFoundError) as e:
+    except _user_error_types() as e:
         err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
         raise typer.Exit(1) from None
+    finally:
+        for lg in loggers:
+            lg.removeFilter(quiet)
 
 
 def _data_config(source, val_fraction, seed, lowercase, html_breaks, min_freq, max_size, force):

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 
 runner = CliRunner()
-COMMANDS = ["prepare", "stages"]
+COMMANDS = ["prepare", "train", "stages"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -60,7 +60,19 @@ def test_bad_source_is_one_clear_error_not_a_traceback(tmp_path, data_root):
         capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and f"{bad}, row 2, column 'label'" in errors[0]
     assert not list(data_root.glob("*/*")) or all(
         p.name != "ingest" for p in data_root.iterdir())
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["prepare", "--html-breaks", "foo"], "html_breaks"),
+    (["prepare", "--val-fraction", "1.5"], "val_fraction"),
+    (["train", "--cell", "transformer"], "cell"),
+])
+def test_bad_option_values_are_one_clear_error(args, fragment, data_root):
+    result = runner.invoke(app, [*args, "--data-root", str(data_root)])
+    assert result.exit_code == 1
+    assert fragment in result.output and "Traceback" not in result.output
