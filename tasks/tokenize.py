@@ -11,6 +11,19 @@ as it is, as the seed did. Whitespace-only tokens (from double spaces or newline
 Shards are tokenized in parallel by a process pool; each worker gets its shard's reviews,
 tokenizes with ``Doc.to_array`` (no Python ``Token`` objects), writes its shard and returns only
 a count.
+
+Why the pool forks (where the platform can), although a Prefect flow has ~6 threads alive. A
+forked child gets a copy of every lock as it was; one held by another thread stays held, so the
+child must not touch what those threads use. The workers only run the spaCy tokenizer (built
+before the fork, by the forking thread), numpy and pyarrow (which re-creates its thread pools
+after a fork), and they never log: ``_worker_init`` turns logging off, so Prefect's API log
+handler and its worker thread, absent in the child, are never reached. ``forkserver`` (workers
+forked from a clean server process that preloads this module) was tried and measured with
+``tests/bench/bench_data.py`` on the 2-core machine: it must import spaCy and Prefect once more
+(~4-5 s of a ~15 s stage) before any worker starts. Tokenize speed-up over the single-process
+loop: fork 1.76x and 1.80x; forkserver with one pool per call 1.18x, with one pool reused for the
+process 1.35x; the aim is >= 1.7x. Python 3.12+ warns (DeprecationWarning) when forking a
+multi-threaded process; on platforms without fork the pool uses spawn.
 """
 
 from __future__ import annotations
@@ -92,12 +105,18 @@ def _tokenize_shard(ids: list[str], texts: list[str], labels: list[int], out_fil
     return len(tokens.values)
 
 
+def _worker_init() -> None:
+    """Workers never log: the handlers they inherit (Prefect's API handler among them) belong to
+    threads of the parent that do not exist here."""
+    logging.disable(logging.CRITICAL)
+
+
 def _pool(workers: int) -> ProcessPoolExecutor:
     # fork: workers inherit the imported spaCy and its tokenizer (importing spaCy alone takes
-    # ~3.5 s); they only compute and write their own file. Elsewhere (macOS, Windows) spawn.
+    # ~3.5 s) - see the module docstring. Elsewhere (macOS, Windows) spawn.
     _tokenizer()
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=mp.get_context(method))
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_worker_init)
 
 
 def tokenize_file(in_file: Path, out_dir: Path, params: TokenizeParams, workers: int = 1) -> int:

@@ -65,6 +65,24 @@ def test_tokenize_file_parallel_equals_single_process(tmp_path: Path):
     assert table.schema.field("tokens").type == pa.list_(pa.string())
 
 
+def _logging_disabled_level() -> int:
+    import logging
+
+    return logging.root.manager.disable
+
+
+def test_tokenizer_workers_do_not_log():
+    """Workers are forked from a process with Prefect's threads alive: they must never reach a
+    log handler (Prefect's API handler hands records to a thread the child does not have)."""
+    import logging
+
+    from tasks import tokenize as tokenize_mod
+
+    with tokenize_mod._pool(1) as pool:
+        assert pool.submit(_logging_disabled_level).result(timeout=60) >= logging.CRITICAL
+    assert logging.root.manager.disable < logging.CRITICAL  # the parent still logs
+
+
 def _tokens(*docs: str) -> pa.ChunkedArray:
     return pa.chunked_array([pa.array([d.split() for d in docs], pa.list_(pa.string()))])
 
