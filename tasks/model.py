@@ -28,7 +28,7 @@ class ModelParams(BaseModel):
     cell: Cell = Field("lstm", description="lstm, gru, or rnn (the vanilla ReLU RNN)")
     layers: int = Field(1, ge=1)
     bidirectional: bool = False
-    dropout: float = Field(0.5, ge=0, lt=1, description="On embeddings, between layers, before the head")
+    dropout: float = Field(0.3, ge=0, lt=1, description="On embeddings, between layers, before the head")
     head: Head = Field("last", description="last: final hidden state (the seed's); max/mean: pooled "
                                            "over time; last+max: both concatenated")
 

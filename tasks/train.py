@@ -37,7 +37,7 @@ TRAIN_KEY_TAG, COMPLETE_TAG = "sentiflow.train_key", "sentiflow.complete"
 
 
 class TrainParams(BaseModel):
-    max_epochs: int = Field(6, ge=1, description="Train this many epochs; the best is selected")
+    max_epochs: int = Field(8, ge=1, description="Train this many epochs; the best is selected")
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0, description="Adam learning rate")
     weight_decay: float = Field(0.0, ge=0)

@@ -1,0 +1,56 @@
+"""The train flow under real Prefect and real MLflow: data (cached) → train → select, with a
+summary artifact; a rerun reuses the finished run and registers nothing new."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.data_flow import DataConfig
+from flows.train_flow import TrainFlowConfig, train_flow
+from tasks.model import ModelParams
+from tasks.train import TrainParams
+from tests.conftest import write_imdb_folder
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _summary_artifacts() -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["training-summary"])))
+
+    return asyncio.run(read())
+
+
+def test_train_flow_end_to_end_and_rerun(tmp_path):
+    src = write_imdb_folder(tmp_path / "src", n_train=300, n_test=100, seed=4)
+    config = TrainFlowConfig(
+        data=DataConfig(source=str(src)),
+        model=ModelParams(embed_dim=16, hidden_dim=16, dropout=0.1, head="last+max"),
+        train=TrainParams(max_epochs=3, batch_size=16, lr=1e-2),
+    )
+    root = str(tmp_path / "data")
+    first = train_flow(config=config, data_root=root, workers=1)
+    assert first.tracking_uri == f"sqlite:///{(tmp_path / 'data' / 'mlflow.db').resolve()}"
+    assert (first.selected.version, first.selected.alias) == ("1", "champion")
+    assert 1 <= first.selected.best_epoch <= 3
+    client = MlflowClient(first.tracking_uri)
+    run = client.get_run(first.train.run_id)
+    assert run.data.params["key.encode_train"] == first.data.encoded["train"].key
+    assert run.data.params["tokenize.html_breaks"] == "space"
+    assert "test_acc" in run.data.metrics
+    markdown = [a.data for a in _summary_artifacts() if first.train.run_id in a.data]
+    assert markdown and f"Best epoch **{first.selected.best_epoch}**" in markdown[0]
+    assert markdown[0].count("\n| ") == 3 + 1  # header + one row per epoch
+
+    again = train_flow(config=config, data_root=root, workers=1)
+    assert set(again.data.states.values()) == {"Cached"}
+    assert again.train.run_id == first.train.run_id and again.selected.version == "1"
+    assert [v.version for v in client.search_model_versions("name='sentiflow'")] in (["1"], [1])
