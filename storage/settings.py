@@ -16,7 +16,7 @@ class Settings(BaseSettings):
     """Where things live. Every field reads ``SENTIFLOW_<FIELD>``; the tracking URI also reads
     the standard ``MLFLOW_TRACKING_URI``."""
 
-    model_config = SettingsConfigDict(env_prefix="SENTIFLOW_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SENTIFLOW_", extra="ignore", populate_by_name=True)
 
     data_root: Path = Field(Path("data"), description="Stage store root: <data_root>/<stage>/<key>/")
     source: str = Field(DEFAULT_SOURCE, description="Hugging Face dataset id or local path")

@@ -3,7 +3,9 @@
 The best epoch has the highest ``val_acc`` (the earlier on a tie). Its checkpoint is reloaded,
 scored once on the test split (``test_acc``), logged as a pyfunc model carrying its vocabulary
 and tokenizer settings, and registered as a new version. The alias ``champion`` moves to it only
-when its ``val_acc`` beats the current champion's; otherwise it gets ``challenger``.
+when its ``val_acc`` beats the current champion's; otherwise it gets ``challenger``. Two selections
+running at the same moment can both read the old champion; the later alias write wins (the
+registry has no compare-and-set).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from tasks.batching import Encoded  # noqa: E402
 from tasks.model import SentimentRNN  # noqa: E402
 from tasks.serving import Scorer, SentimentModel  # noqa: E402
 from tasks.tokenize import TokenizeParams  # noqa: E402
-from tasks.train import TrainConfig, TrainResult, load_checkpoint  # noqa: E402
+from tasks.train import TrainConfig, TrainResult, accuracy, load_checkpoint  # noqa: E402
 from tasks.vocab import Vocab  # noqa: E402
 
 log = logging.getLogger("sentiflow.select")
@@ -60,6 +62,13 @@ def best_epoch(history: list[tuple[int, float]]) -> int:
     return min(history, key=lambda sv: (-sv[1], sv[0]))[0]
 
 
+def _version_or_none(client: MlflowClient, name: str, version: str):
+    try:
+        return client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException:  # deleted since: register again
+        return None
+
+
 def pip_requirements() -> list[str]:
     import pyarrow
     import spacy
@@ -75,9 +84,9 @@ def select(result: TrainResult, config: TrainConfig, tokenize: TokenizeParams, v
     configure(settings)
     client = MlflowClient()
     run = client.get_run(result.run_id)
-    done = run.data.tags.get(VERSION_TAG)
-    if done:  # this run was selected and registered before: report that version
-        v = client.get_model_version(model_name, done)
+    done = run.data.tags.get(f"{VERSION_TAG}.{model_name}")
+    v = _version_or_none(client, model_name, done) if done else None
+    if v is not None:  # this run was selected and registered before: report that version
         log.info("run %s already registered as %s version %s", result.run_id, model_name, done)
         return SelectResult(run_id=result.run_id, best_epoch=int(v.tags["best_epoch"]),
                             val_acc=float(v.tags["val_acc"]),
@@ -100,7 +109,7 @@ def select(result: TrainResult, config: TrainConfig, tokenize: TokenizeParams, v
         test_acc = None
         if test_ref is not None and test_ref.manifest().get("total_rows"):
             test = Encoded.read(test_ref, config.train.max_len)
-            test_acc = float(((scorer.predict_encoded(test) > 0.5) == (test.labels > 0.5)).mean())
+            test_acc = accuracy(scorer.predict_encoded(test), test.labels)
             mlflow.log_metric("test_acc", test_acc)
         mlflow.log_metrics({"best_epoch": epoch, "best_val_acc": val_acc})
         _log_figures(client, result.run_id, epoch, val.labels > 0.5, val_pred)
@@ -123,14 +132,18 @@ def select(result: TrainResult, config: TrainConfig, tokenize: TokenizeParams, v
         version = str(info.registered_model_version)
         champion = alias_version(model_name, CHAMPION)
         champion_acc = float(champion.tags["val_acc"]) if champion and "val_acc" in champion.tags else None
-        alias = CHAMPION if champion_acc is None or val_acc > champion_acc else CHALLENGER
-        client.set_registered_model_alias(model_name, alias, version)
+        # a champion whose val_acc is unknown is never displaced automatically
+        better = champion is None or (champion_acc is not None and val_acc > champion_acc)
+        alias = CHAMPION if better else CHALLENGER
+        # tags first, then the alias, then the run's marker: a crash at any point leaves no
+        # champion without its figure, and a rerun registers again rather than half-reporting
         tags = {"val_acc": val_acc, "best_epoch": epoch, "run_id": result.run_id, "alias": alias,
                 "champion_val_acc": "" if champion_acc is None else champion_acc,
                 "test_acc": "" if test_acc is None else test_acc}
-        for k, v in tags.items():
-            client.set_model_version_tag(model_name, version, k, str(v))
-        mlflow.set_tag(VERSION_TAG, version)
+        for k, value in tags.items():
+            client.set_model_version_tag(model_name, version, k, str(value))
+        client.set_registered_model_alias(model_name, alias, version)
+        mlflow.set_tag(f"{VERSION_TAG}.{model_name}", version)
     log.info("registered %s version %s (%s): best epoch %d, val_acc %.4f, test_acc %s",
              model_name, version, alias, epoch, val_acc, test_acc)
     return SelectResult(run_id=result.run_id, best_epoch=epoch, val_acc=val_acc, test_acc=test_acc,

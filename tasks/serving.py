@@ -44,15 +44,12 @@ class Scorer:
         return Encoded.from_table(table, self.max_len)
 
     def predict_encoded(self, data: Encoded) -> np.ndarray:
-        from tasks.batching import iterate
+        from tasks.train import forward_fn, predict_logits
 
-        probs = np.zeros(len(data), dtype=np.float32)
-        forward = self.net.forward_fast if next(self.net.parameters()).device.type == "cpu" else self.net.forward
-        with torch.no_grad():
-            for rows, text, lengths, _ in iterate(data, self.batch_size, self.vocab.pad_id, shuffle=False):
-                device = next(self.net.parameters()).device
-                probs[rows] = torch.sigmoid(forward(text.to(device), lengths)).float().cpu().numpy()
-        return probs
+        device = next(self.net.parameters()).device
+        logits = predict_logits(self.net, data, self.batch_size, forward_fn(self.net, device), device,
+                                self.vocab.pad_id)
+        return torch.sigmoid(logits).numpy()
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         return self.predict_encoded(self.encode(list(texts)))

@@ -34,6 +34,8 @@ from tasks.vocab import Vocab
 
 log = logging.getLogger("sentiflow.train")
 TRAIN_KEY_TAG, COMPLETE_TAG = "sentiflow.train_key", "sentiflow.complete"
+# the modules whose code decides what a training computes (part of the training key)
+TRAIN_CODE = ["tasks.train", "tasks.model", "tasks.batching", "tasks.embeddings"]
 
 
 class TrainParams(BaseModel):
@@ -72,8 +74,9 @@ def pick_device(params: TrainParams) -> torch.device:
     return torch.device(params.device)
 
 
-def forward_fn(model: SentimentRNN, params: TrainParams, device: torch.device) -> Callable:
-    fast = params.path == "fast" or (params.path == "auto" and device.type == "cpu")
+def forward_fn(model: SentimentRNN, device: torch.device, path: str = "auto") -> Callable:
+    """The model's packed ``forward`` or its unpacked ``forward_fast`` (auto: fast on the CPU)."""
+    fast = path == "fast" or (path == "auto" and device.type == "cpu")
     return model.forward_fast if fast else model.forward
 
 
@@ -85,6 +88,8 @@ def tune_cpu() -> None:
       backward ~15x faster here (values below 1.2e-38 become 0).
     * glibc returns big freed blocks to the OS at once; the RNN backward allocates and frees such
       blocks every step. Raising the thresholds (``mallopt``) keeps them.
+
+    Both hold for the rest of the process (a training process, or a Prefect worker running one).
     """
     torch.set_flush_denormal(True)
     try:
@@ -95,21 +100,30 @@ def tune_cpu() -> None:
         pass
 
 
+def predict_logits(model: nn.Module, data: Encoded, batch_size: int, forward: Callable,
+                   device: torch.device, pad_id: int) -> torch.Tensor:
+    """One logit per row of ``data``, in its own order (batches of similar lengths)."""
+    model.eval()
+    logits = torch.zeros(len(data))
+    with torch.no_grad():
+        for rows, text, lengths, _ in iterate(data, batch_size, pad_id, shuffle=False):
+            with _autocast(device):
+                logits[torch.from_numpy(rows)] = forward(text.to(device), lengths).float().cpu()
+    return logits
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(((probs > 0.5) == (labels > 0.5)).mean()) if len(labels) else 0.0
+
+
 def evaluate(model: nn.Module, data: Encoded, batch_size: int, forward: Callable,
              device: torch.device, pad_id: int) -> tuple[float, float, np.ndarray]:
     """Loss, accuracy and P(positive) per row (in the data's own order)."""
-    model.eval()
-    probs = np.zeros(len(data), dtype=np.float32)
-    loss_sum = 0.0
-    with torch.no_grad():
-        for rows, text, lengths, labels in iterate(data, batch_size * 4, pad_id, shuffle=False):
-            with _autocast(device):
-                logits = forward(text.to(device), lengths).float()
-            loss_sum += nn.functional.binary_cross_entropy_with_logits(
-                logits, labels.to(device), reduction="sum").item()
-            probs[rows] = torch.sigmoid(logits).cpu().numpy()
-    acc = float(((probs > 0.5) == (data.labels > 0.5)).mean()) if len(data) else 0.0
-    return loss_sum / max(len(data), 1), acc, probs
+    logits = predict_logits(model, data, batch_size * 4, forward, device, pad_id)
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(data.labels)).item() \
+        if len(data) else 0.0
+    probs = torch.sigmoid(logits).numpy()
+    return loss, accuracy(probs, data.labels), probs
 
 
 def _autocast(device: torch.device):
@@ -167,7 +181,7 @@ def build_model(vocab: Vocab, config: TrainConfig) -> tuple[SentimentRNN, int]:
 
 def train_key(config: TrainConfig, inputs: list[str]) -> str:
     return stable_hash({"config": config.model_dump(mode="json"), "inputs": inputs,
-                        "code": stage.code_version(__name__), "model": stage.code_version("tasks.model")})[:20]
+                        "code": stage.code_version(TRAIN_CODE, f"torch=={torch.__version__}")})[:20]
 
 
 def find_run(experiment_id: str, key: str, complete: bool):
@@ -206,7 +220,7 @@ def train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_ref
     val_data = Encoded.read(val_ref, config.train.max_len)
     model, found = build_model(vocab, config)
     model.to(device)
-    forward = forward_fn(model, config.train, device)
+    forward = forward_fn(model, device, config.train.path)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                  lr=config.train.lr, weight_decay=config.train.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
@@ -215,11 +229,14 @@ def train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_ref
     start_epoch = 1
     with tempfile.TemporaryDirectory() as tmp:
         if interrupted is not None:
-            run_ctx = mlflow.start_run(run_id=interrupted.info.run_id)
-            start_epoch = _restore(interrupted.info.run_id, model, optimizer, Path(tmp)) + 1
-            log.info("training %s: resuming run %s at epoch %d", key, interrupted.info.run_id, start_epoch)
-        else:
-            run_ctx = mlflow.start_run(experiment_id=experiment_id, tags={TRAIN_KEY_TAG: key})
+            done_epoch = _restore(interrupted.info.run_id, model, optimizer, scaler, Path(tmp))
+            if done_epoch is None:  # its checkpoint cannot be read: leave that run, start anew
+                interrupted = None
+            else:
+                start_epoch = done_epoch + 1
+                log.info("training %s: resuming run %s at epoch %d", key, interrupted.info.run_id, start_epoch)
+        run_ctx = (mlflow.start_run(run_id=interrupted.info.run_id) if interrupted is not None
+                   else mlflow.start_run(experiment_id=experiment_id, tags={TRAIN_KEY_TAG: key}))
         with run_ctx as run:
             if start_epoch == 1:
                 _log_setup(config, inputs, lineage, model, found, len(vocab), device)
@@ -229,13 +246,15 @@ def train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_ref
                                                   forward, device, vocab.pad_id, scaler)
                 val_loss, val_acc, _ = evaluate(model, val_data, config.train.batch_size, forward,
                                                 device, vocab.pad_id)
-                seconds = time.perf_counter() - t0
-                mlflow.log_metrics({"train_loss": train_loss, "train_acc": train_acc,
-                                    "val_loss": val_loss, "val_acc": val_acc,
-                                    "epoch_seconds": seconds}, step=epoch)
-                _save_checkpoint(model, optimizer, epoch, Path(tmp))
+                metrics = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                           "val_acc": val_acc, "epoch_seconds": time.perf_counter() - t0}
+                # checkpoints first, metrics last: a crash in between resumes after this epoch
+                # and logs its metrics from resume.pt, so no epoch is ever logged twice
+                _save_checkpoint(model, optimizer, scaler, epoch, metrics, Path(tmp))
+                mlflow.log_metrics(metrics, step=epoch)
                 log.info("epoch %d/%d: train_loss %.4f train_acc %.4f val_loss %.4f val_acc %.4f (%.1f s)",
-                         epoch, config.train.max_epochs, train_loss, train_acc, val_loss, val_acc, seconds)
+                         epoch, config.train.max_epochs, train_loss, train_acc, val_loss, val_acc,
+                         metrics["epoch_seconds"])
             mlflow.set_tag(COMPLETE_TAG, "true")
             return TrainResult(run_id=run.info.run_id, experiment_id=experiment_id,
                                epochs=config.train.max_epochs, resumed_from=start_epoch - 1)
@@ -250,38 +269,56 @@ def _log_setup(config, inputs, lineage, model, found, vocab_size, device) -> Non
               **{f"input.{i}": token for i, token in enumerate(inputs)}, **(lineage or {}),
               "vocab_size": vocab_size, "device": device.type}
     mlflow.log_params(params)
-    mlflow.set_tags({"sentiflow.code_version": stage.code_version(__name__),
+    mlflow.set_tags({"sentiflow.code_version": stage.code_version(TRAIN_CODE, f"torch=={torch.__version__}"),
                      "sentiflow.model_code_version": stage.code_version("tasks.model")})
     if config.train.pretrained:
         mlflow.log_metric("pretrained_words_found", found)
         log.info("pretrained vectors: %d of %d vocabulary words found", found, vocab_size)
     text, lengths = seed_example()
+    text = text.clamp(max=vocab_size - 1)  # ids valid for any vocabulary
     info = summary(model, input_data=[text.to(device), lengths], verbose=0, device=device)
     mlflow.log_text(str(info), "model_summary.txt")
 
 
-def _save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, tmp: Path) -> None:
-    """One weights file per epoch, plus ``resume.pt`` (optimizer state, epoch), overwritten."""
+def _save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, epoch: int,
+                     metrics: dict[str, float], tmp: Path) -> None:
+    """One weights file per epoch, plus ``resume.pt`` (optimizer and scaler state, the epoch and
+    its metrics), overwritten each epoch."""
     weights = tmp / checkpoint_name(epoch)
     torch.save(model.state_dict(), weights)
     mlflow.log_artifact(str(weights), "checkpoints")
     weights.unlink()
     resume = tmp / "resume.pt"
-    torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, resume)
+    torch.save({"epoch": epoch, "metrics": metrics, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {}}, resume)
     mlflow.log_artifact(str(resume), "checkpoints")
 
 
-def _restore(run_id: str, model: nn.Module, optimizer: torch.optim.Optimizer, tmp: Path) -> int:
-    """Load the interrupted run's last checkpoint; returns its epoch (0 when it has none)."""
-    try:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/resume.pt",
-                                                   dst_path=str(tmp))
-    except Exception:  # no checkpoint yet: start over in the same run
+def _restore(run_id: str, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
+             tmp: Path) -> int | None:
+    """Load an interrupted run's last checkpoint. Returns its epoch: 0 when the run has none yet,
+    None when it has one that cannot be loaded (a warning says why)."""
+    client = MlflowClient()
+    if "checkpoints/resume.pt" not in {a.path for a in client.list_artifacts(run_id, "checkpoints")}:
         return 0
-    state = torch.load(path, weights_only=True, map_location="cpu")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["epoch"])
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/resume.pt",
+                                               dst_path=str(tmp))
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    except (RuntimeError, KeyError, ValueError, OSError) as e:
+        log.warning("run %s: checkpoint cannot be loaded (%s); starting a new run", run_id, e)
+        return None
+    epoch = int(state["epoch"])
+    logged = {m.step for m in client.get_metric_history(run_id, "val_acc")}
+    if epoch not in logged and state.get("metrics"):  # crashed between checkpoint and metrics
+        client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, float(v), int(time.time() * 1000), epoch)
+                                          for k, v in state["metrics"].items()])
+    return epoch
 
 
 def load_checkpoint(run_id: str, epoch: int, model: nn.Module, tmp: Path) -> None:

@@ -155,24 +155,78 @@ def test_killed_training_resumes_at_the_next_epoch(data, settings, tmp_path):
     client = MlflowClient(settings.resolved_tracking_uri)
     mlflow.set_tracking_uri(settings.resolved_tracking_uri)
     deadline = time.time() + 240
-    k = 0
+    runs = []
     while time.time() < deadline and proc.poll() is None:
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()]) \
-            if client.search_experiments() else []
-        if runs:
-            k = len(client.get_metric_history(runs[0].info.run_id, "epoch_seconds"))
-            names = {a.path for a in client.list_artifacts(runs[0].info.run_id, "checkpoints")}
-            if k >= 2 and f"checkpoints/epoch-{k:03d}.pt" in names and "checkpoints/resume.pt" in names:
-                break
-        time.sleep(0.2)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        # metrics are logged after the epoch's checkpoints: two epochs fully done
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "val_acc")) >= 2:
+            break
+        time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert runs, "the training never started"
     run_id = runs[0].info.run_id
     assert find_run(runs[0].info.experiment_id, runs[0].data.tags["sentiflow.train_key"], complete=False)
-    done_before = len(client.get_metric_history(run_id, "epoch_seconds"))
+    done_before = len(client.get_metric_history(run_id, "val_acc"))
     assert 2 <= done_before < 12
     result = train(config, data.encoded["train"], data.encoded["val"], data.vocab, None, settings)
     assert result.run_id == run_id
-    assert result.resumed_from == done_before
-    steps = [m.step for m in client.get_metric_history(run_id, "val_acc")]
-    assert steps == list(range(1, 13))
+    # it resumes after the last checkpoint: the last logged epoch, or the one after it when the
+    # kill fell between that epoch's checkpoint and its metrics
+    assert result.resumed_from in (done_before, done_before + 1)
+    history = lambda s, r: [(m.step, m.value) for m in
+                            sorted(MlflowClient(s.resolved_tracking_uri).get_metric_history(r, "val_loss"),
+                                   key=lambda m: m.step)]
+    assert [step for step, _ in history(settings, run_id)] == list(range(1, 13))
+    # and computes exactly what an uninterrupted training computes
+    other = Settings(data_root=settings.data_root, tracking_uri=f"sqlite:///{tmp_path / 'u.db'}", experiment="u")
+    straight = train(config, data.encoded["train"], data.encoded["val"], data.vocab, None, other)
+    assert history(settings, run_id) == history(other, straight.run_id)
+
+
+def test_packed_path_trains_like_the_fast_path(data, settings, tmp_path):
+    """CUDA trains through the packed forward: on the CPU both paths give the same training."""
+    curves = []
+    for path in ("packed", "fast"):
+        config = TrainConfig(model=SMALL.model, train=SMALL.train.model_copy(update={"max_epochs": 2, "path": path}))
+        s = Settings(data_root=settings.data_root, tracking_uri=f"sqlite:///{tmp_path / path}.db", experiment=path)
+        run = fit(data, s, config)
+        curves.append([m.value for m in MlflowClient(s.resolved_tracking_uri).get_metric_history(run.run_id, "val_loss")])
+    np.testing.assert_allclose(curves[0], curves[1], rtol=1e-4)
+
+
+def test_a_better_model_takes_the_champion_alias(data, settings):
+    weak_config = TrainConfig(model=SMALL.model, train=SMALL.train.model_copy(update={"max_epochs": 1, "lr": 1e-5}))
+    weak = choose(data, settings, fit(data, settings, weak_config), weak_config)
+    strong = choose(data, settings, fit(data, settings))
+    assert strong.val_acc > weak.val_acc
+    assert (weak.alias, strong.alias, strong.champion_val_acc) == ("champion", "champion", weak.val_acc)
+    client = MlflowClient(settings.resolved_tracking_uri)
+    assert str(client.get_model_version_by_alias("sentiflow", "champion").version) == strong.version
+
+
+def test_pretrained_vectors_through_training_frozen(data, settings, tmp_path):
+    vocab = Vocab.read(data.vocab.file("vocab.parquet"))
+    glove = tmp_path / "glove.txt"
+    words = vocab.itos[2:12]
+    glove.write_text("".join(f"{w} {' '.join(str((i + j) / 10) for j in range(16))}\n" for i, w in enumerate(words)))
+    config = TrainConfig(model=SMALL.model, train=SMALL.train.model_copy(
+        update={"max_epochs": 1, "pretrained": str(glove), "freeze_embeddings": True}))
+    result = fit(data, settings, config)
+    client = MlflowClient(settings.resolved_tracking_uri)
+    assert client.get_run(result.run_id).data.metrics["pretrained_words_found"] == 10
+    from tasks.train import load_checkpoint
+
+    net, _ = build_model(vocab, SMALL)
+    mlflow.set_tracking_uri(settings.resolved_tracking_uri)
+    load_checkpoint(result.run_id, 1, net, tmp_path)
+    # frozen: after an epoch the vectors are still GloVe's
+    np.testing.assert_allclose(net.embedding.weight[2].detach().numpy(), [j / 10 for j in range(16)], rtol=1e-6)
+
+
+def test_settings_name_the_tracking_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert Settings(tracking_uri="sqlite:///x.db").resolved_tracking_uri == "sqlite:///x.db"
+    assert Settings(data_root=tmp_path).resolved_tracking_uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert Settings().resolved_tracking_uri == "http://127.0.0.1:5000"
