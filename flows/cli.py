@@ -110,9 +110,7 @@ def _stage_table(result) -> Table:
     table = Table(title="data stages")
     for col in ("task", "state", "key", "rows"):
         table.add_column(col)
-    refs = {"ingest": result.ingest, "split": result.split, "vocab": result.vocab,
-            **{f"tokenize-{k}": v for k, v in result.tokens.items()},
-            **{f"encode-{k}": v for k, v in result.encoded.items()}}
+    refs = result.refs()
     for name, state in result.states.items():
         ref = refs[name]
         table.add_row(name, state, ref.key, str(ref.manifest().get("total_rows", "")))

@@ -44,6 +44,12 @@ class PreparedData(BaseModel):
     encoded: dict[str, StageRef]
     states: dict[str, str] = Field(description="task run name → final state name (Cached, Completed)")
 
+    def refs(self) -> dict[str, StageRef]:
+        """Each task run's stage folder, by the task run names used in ``states``."""
+        return {"ingest": self.ingest, "split": self.split, "vocab": self.vocab,
+                **{f"tokenize-{k}": v for k, v in self.tokens.items()},
+                **{f"encode-{k}": v for k, v in self.encoded.items()}}
+
 
 @flow(name="prepare-data", log_prints=True)
 def prepare_data(

@@ -29,9 +29,7 @@ class Encoded:
 
     @classmethod
     def from_table(cls, table: pa.Table, max_len: int | None = None) -> "Encoded":
-        lists = table.column("ids").combine_chunks()
-        if isinstance(lists, pa.ChunkedArray):
-            lists = lists.chunk(0) if lists.num_chunks else pa.array([], pa.list_(pa.int32()))
+        lists = table.column("ids").combine_chunks()  # one ListArray, also for zero chunks
         offsets = lists.offsets.to_numpy().astype(np.int64)
         flat = lists.values.to_numpy().astype(np.int64)[offsets[0]:]
         offsets = offsets - offsets[0]

@@ -167,7 +167,7 @@ def _acl_table(items: list[tuple[int, str, str, bytes]], origin: str) -> pa.Tabl
     """Rows of the aclImdb layout, sorted negative first, then by numeric file id."""
     items.sort(key=lambda r: (r[1] == "pos", r[0]))
     texts = []
-    for _, label, name, data in items:
+    for _, _, name, data in items:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:

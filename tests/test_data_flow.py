@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from flows.data_flow import DataConfig, PreparedData, prepare_data

@@ -492,27 +492,18 @@ def test_non_existent_local_path(tmp_path):
         assert str(missing) in str(exc.value)
 
 
-@pytest.mark.parametrize("name,content", [
-    ("reviews.json", b'[{"text": "a", "label": 1}]'),
-    ("reviews.txt", b"a great film\n"),
-    ("reviews.xlsx", b"PK\x03\x04"),
+@pytest.mark.parametrize("name,content,problem", [
+    ("reviews.json", b'[{"text": "a", "label": 1}]', "unsupported file type"),
+    ("reviews.txt", b"a great film\n", "unsupported file type"),
+    ("reviews.xlsx", b"PK\x03\x04", "unsupported file type"),
+    ("broken.parquet", b"this is not parquet", "cannot be read"),
+    ("broken.tar.gz", b"this is not a tar archive", "cannot be read"),
 ])
-def test_unsupported_file_type(tmp_path, name, content):
+def test_unsupported_or_unreadable_file(tmp_path, name, content, problem):
     src = tmp_path / name
     src.write_bytes(content)
     msg = source_error(src, tmp_path / "out")
-    assert str(src) in msg and "unsupported file type" in msg
-
-
-@pytest.mark.parametrize("name,content", [
-    ("broken.parquet", b"this is not parquet"),
-    ("broken.tar.gz", b"this is not a tar archive"),
-])
-def test_unreadable_file(tmp_path, name, content):
-    src = tmp_path / name
-    src.write_bytes(content)
-    msg = source_error(src, tmp_path / "out")
-    assert str(src) in msg and "cannot be read" in msg
+    assert str(src) in msg and problem in msg
 
 
 def _assert_hub_message(msg: str) -> None:

@@ -159,21 +159,28 @@ def test_failed_build_in_a_new_stage_folder_removes_it(tmp_path: Path):
     assert list(tmp_path.iterdir()) == []
 
 
+def _race_publish(monkeypatch, other_publisher) -> list[bool]:
+    """Run ``other_publisher(target)`` just before our first rename of a temp folder into place.
+    Returns a list that holds True once the race has happened."""
+    real_replace = os.replace
+    raced: list[bool] = []
+
+    def replace(src, dst):
+        if Path(src).name.startswith(".tmp-") and not raced:
+            raced.append(True)
+            other_publisher(Path(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return raced
+
+
 def test_publish_race_enotempty_keeps_the_valid_folder(tmp_path: Path, monkeypatch):
     """Another publisher renames its complete folder into place between our check and our
     rename: the rename fails with ENOTEMPTY; theirs is kept, ours dropped, nothing left over."""
     store = Store(tmp_path)
     ref = store.ref("demo", "k1")
-    real_replace = os.replace
-    raced = []
-
-    def replace(src, dst):
-        if Path(src).name.startswith(".tmp-") and not raced:
-            raced.append(True)
-            _build(store, "k1", rows=3)  # the other publisher wins
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", replace)
+    raced = _race_publish(monkeypatch, lambda dst: _build(store, "k1", rows=3))  # the other wins
     with store.build(ref, {"p": 1}, ["up/abc"]) as tmp:
         pq.write_table(pa.table({"x": list(range(5))}), tmp / "part-00000.parquet")
     assert raced and store.is_valid(ref)
@@ -184,17 +191,12 @@ def test_publish_race_enotempty_keeps_the_valid_folder(tmp_path: Path, monkeypat
 def test_publish_race_with_an_invalid_folder_retries(tmp_path: Path, monkeypatch):
     store = Store(tmp_path)
     ref = store.ref("demo", "k1")
-    real_replace = os.replace
-    raced = []
 
-    def replace(src, dst):
-        if Path(src).name.startswith(".tmp-") and not raced:
-            raced.append(True)
-            Path(dst).mkdir(parents=True)
-            (Path(dst) / "junk").write_bytes(b"half-written by someone")
-        return real_replace(src, dst)
+    def half_written(dst: Path) -> None:
+        dst.mkdir(parents=True)
+        (dst / "junk").write_bytes(b"half-written by someone")
 
-    monkeypatch.setattr(os, "replace", replace)
+    raced = _race_publish(monkeypatch, half_written)
     with store.build(ref, {}, []) as tmp:
         pq.write_table(pa.table({"x": list(range(5))}), tmp / "part-00000.parquet")
     assert raced and store.is_valid(ref) and ref.manifest()["total_rows"] == 5

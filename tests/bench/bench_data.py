@@ -51,10 +51,7 @@ def main() -> None:
     warm_s = time.perf_counter() - t0
     assert set(warm.states.values()) == {"Cached"}, warm.states
 
-    refs = {"ingest": cold.ingest, "split": cold.split, "vocab": cold.vocab,
-            **{f"tokenize-{k}": v for k, v in cold.tokens.items()},
-            **{f"encode-{k}": v for k, v in cold.encoded.items()}}
-    stage_s = {name: ref.manifest()["seconds"] for name, ref in refs.items()}
+    stage_s = {name: ref.manifest()["seconds"] for name, ref in cold.refs().items()}
 
     # tokenize: the stage's output against a plain single-process loop over the same reviews
     parts = {"train": cold.split.file("train.parquet"), "val": cold.split.file("val.parquet"),
