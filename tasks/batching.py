@@ -69,13 +69,33 @@ class Encoded:
                 torch.from_numpy(self.labels[rows]))
 
 
+def length_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
+    """Row indices in length order, cut into batches of at most ``batch_size`` rows and (when
+    given) at most ``max_tokens`` padded tokens, so one very long review (a 1 MB review is
+    ~200,000 tokens) runs in a small batch instead of padding 255 others to its length. A row
+    longer than ``max_tokens`` gets a batch of its own. For evaluation and scoring."""
+    order = np.argsort(lengths, kind="stable")
+    if max_tokens is None:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    padded = np.maximum(lengths[order], 1)
+    batches, start = [], 0
+    while start < len(order):
+        # sorted ascending: a batch [start, end) is padded to padded[end - 1]
+        end = start + 1
+        while end < len(order) and end - start < batch_size and (end - start + 1) * padded[end] <= max_tokens:
+            end += 1
+        batches.append(order[start:end])
+        start = end
+    return batches
+
+
 def bucketed_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
-                     pool_batches: int = 50, shuffle: bool = True) -> list[np.ndarray]:
-    """Row indices of each batch. ``shuffle=False``: plain length order (for evaluation)."""
+                     pool_batches: int = 50, shuffle: bool = True,
+                     max_tokens: int | None = None) -> list[np.ndarray]:
+    """Row indices of each batch. ``shuffle=False``: plain length order (``length_batches``)."""
     n = len(lengths)
     if not shuffle:
-        order = np.argsort(lengths, kind="stable")
-        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        return length_batches(lengths, batch_size, max_tokens)
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(n)
     pool = batch_size * pool_batches
@@ -88,6 +108,7 @@ def bucketed_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int
 
 
 def iterate(data: Encoded, batch_size: int, pad_id: int, seed: int = 0, epoch: int = 0,
-            shuffle: bool = True) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    for rows in bucketed_batches(data.lengths, batch_size, seed, epoch, shuffle=shuffle):
+            shuffle: bool = True, max_tokens: int | None = None,
+            ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    for rows in bucketed_batches(data.lengths, batch_size, seed, epoch, shuffle=shuffle, max_tokens=max_tokens):
         yield (rows, *data.batch(rows, pad_id))

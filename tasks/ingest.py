@@ -46,22 +46,30 @@ def _row(part: RawPart, i: int) -> int:
     return (part.rows[i] if part.rows is not None else i) + 1
 
 
+def label_value(v: object) -> int:
+    """0 or 1 from 0/1, a bool, a whole float, or pos/neg/positive/negative; else ValueError."""
+    if isinstance(v, bool):
+        v = int(v)
+    elif isinstance(v, str):
+        v = LABEL_NAMES.get(v.strip().lower(), v)
+    elif isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, str) or v not in (0, 1):
+        raise ValueError(f"label {v!r} is not 0/1 or one of pos/neg/positive/negative")
+    return v
+
+
 def _labels(column: pa.ChunkedArray, name: str, part: RawPart) -> pa.Array:
     values = column.to_pylist()
     out = []
     for i, v in enumerate(values):
-        if isinstance(v, bool):
-            v = int(v)
-        elif isinstance(v, str):
-            v = LABEL_NAMES.get(v.strip().lower(), v)
-        elif isinstance(v, float) and v.is_integer():
-            v = int(v)
-        if v not in (0, 1) or isinstance(v, str):
+        try:
+            out.append(label_value(v))
+        except ValueError:
             raise SourceError(
                 f"{part.origin}, row {_row(part, i)}, column {name!r}: label {values[i]!r} is not "
                 "0/1 or one of pos/neg/positive/negative"
-            )
-        out.append(v)
+            ) from None
     return pa.array(out, type=pa.int8())
 
 

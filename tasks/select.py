@@ -32,6 +32,7 @@ from storage.settings import Settings  # noqa: E402
 from storage.store import StageRef  # noqa: E402
 from storage.tracking import CHALLENGER, CHAMPION, alias_version, configure  # noqa: E402
 from tasks.batching import Encoded  # noqa: E402
+from tasks.metrics import confusion, confusion_figure  # noqa: E402
 from tasks.model import SentimentRNN  # noqa: E402
 from tasks.serving import Scorer, SentimentModel  # noqa: E402
 from tasks.tokenize import TokenizeParams  # noqa: E402
@@ -163,16 +164,8 @@ def _log_figures(client: MlflowClient, run_id: str, best: int, truth: np.ndarray
     mlflow.log_figure(fig, "learning_curve.png")
     plt.close(fig)
 
-    cm = np.array([[int(((truth == t) & (pred == p)).sum()) for p in (False, True)] for t in (False, True)])
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.imshow(cm, cmap="Blues")
-    for (i, j), n in np.ndenumerate(cm):
-        ax.text(j, i, f"{n:,}", ha="center", va="center")
-    ax.set_xticks([0, 1], ["neg", "pos"])
-    ax.set_yticks([0, 1], ["neg", "pos"])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"validation, epoch {best}")
+    cm = confusion(truth, pred)
+    fig = confusion_figure(cm, f"validation, epoch {best}")
     mlflow.log_figure(fig, "confusion_matrix_val.png")
     plt.close(fig)
     mlflow.log_dict({"labels": ["neg", "pos"], "matrix": cm.tolist()}, "confusion_matrix_val.json")

@@ -8,6 +8,7 @@ scores text with nothing else at hand.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
 
 from tasks.batching import Encoded
 from tasks.model import ModelParams, SentimentRNN
@@ -23,11 +28,82 @@ from tasks.tokenize import TokenizeParams, tokenize_texts
 from tasks.vocab import Vocab
 
 
+ARTIFACTS = ("config", "vocab", "weights")
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+
+
+class ModelError(ValueError):
+    """A model URI that cannot be resolved, or a model that is not a sentiflow model."""
+
+
+class ModelRef(BaseModel):
+    """A resolved model: ``uri`` never moves (an alias is resolved to its version)."""
+
+    requested: str  # as the user gave it, e.g. models:/sentiflow@champion
+    uri: str  # models:/sentiflow/3, or the runs:/ URI or path as given
+    name: str | None = None
+    version: str | None = None
+    run_id: str | None = None
+    model_id: str | None = None  # MLflow 3's logged model: metrics logged with it show on its page
+    model_uuid: str  # unique to one logged model: the score stage's key uses it
+
+
+def resolve_model(uri: str) -> ModelRef:
+    """``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/PATH`` or a local model
+    folder → a ``ModelRef``; a ``ModelError`` saying what is wrong otherwise."""
+    where = f"(tracking URI {mlflow.get_tracking_uri()})"
+    name = version = None
+    m = MODEL_URI.match(uri)
+    if uri.startswith("models:/"):
+        if not m:
+            raise ModelError(f"model URI {uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+        name = m["name"]
+        try:
+            client = MlflowClient()
+            mv = (client.get_model_version_by_alias(name, m["alias"]) if m["alias"]
+                  else client.get_model_version(name, m["version"]))
+        except MlflowException as e:
+            raise ModelError(f"model {uri!r} not found {where}: {e.message}") from None
+        version = str(mv.version)
+        resolved = f"models:/{name}/{version}"
+    elif uri.startswith("runs:/") or Path(uri).expanduser().is_dir():
+        resolved = uri if uri.startswith("runs:/") else str(Path(uri).expanduser().resolve())
+    else:
+        raise ModelError(f"model URI {uri!r}: expected models:/NAME@ALIAS, models:/NAME/VERSION, "
+                         "runs:/RUN_ID/PATH or a model folder")
+    try:
+        info = mlflow.models.get_model_info(resolved)
+    except (MlflowException, OSError) as e:
+        raise ModelError(f"model {uri!r} cannot be read {where}: {getattr(e, 'message', e)}") from None
+    artifacts = (info.flavors.get("python_function") or {}).get("artifacts") or {}
+    missing = [a for a in ARTIFACTS if a not in artifacts]
+    if missing:
+        raise ModelError(f"model {uri!r} is not a sentiflow model: it lacks the {', '.join(missing)} "
+                         f"artifact(s) of one (flavors: {', '.join(info.flavors) or 'none'})")
+    return ModelRef(requested=uri, uri=resolved, name=name, version=version, run_id=info.run_id,
+                    model_id=getattr(info, "model_id", None), model_uuid=info.model_uuid)
+
+
+def download_model(ref: ModelRef, dst: Path) -> dict[str, Path]:
+    """The model's artifacts (config, vocab, weights) as local files under ``dst``."""
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(dst)))
+    except (MlflowException, OSError) as e:
+        raise ModelError(f"model {ref.uri!r} cannot be downloaded: {getattr(e, 'message', e)}") from None
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    return {a: local / flavor["artifacts"][a]["path"] for a in ARTIFACTS}
+
+
 class Scorer:
     def __init__(self, net: SentimentRNN, vocab: Vocab, tokenize: TokenizeParams,
                  max_len: int | None = None, batch_size: int = 256):
         self.net, self.vocab, self.tokenize, self.max_len = net.eval(), vocab, tokenize, max_len
         self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, ref: ModelRef, dst: Path) -> "Scorer":
+        files = download_model(ref, dst)
+        return cls.from_files(files["config"], files["vocab"], files["weights"])
 
     @classmethod
     def from_files(cls, config_file: Path, vocab_file: Path, weights_file: Path) -> "Scorer":

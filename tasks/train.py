@@ -100,13 +100,17 @@ def tune_cpu() -> None:
         pass
 
 
+# Padded tokens per evaluation batch at most: bounds memory whatever the review lengths.
+MAX_BATCH_TOKENS = 1 << 16
+
+
 def predict_logits(model: nn.Module, data: Encoded, batch_size: int, forward: Callable,
-                   device: torch.device, pad_id: int) -> torch.Tensor:
+                   device: torch.device, pad_id: int, max_tokens: int | None = MAX_BATCH_TOKENS) -> torch.Tensor:
     """One logit per row of ``data``, in its own order (batches of similar lengths)."""
     model.eval()
     logits = torch.zeros(len(data))
-    with torch.no_grad():
-        for rows, text, lengths, _ in iterate(data, batch_size, pad_id, shuffle=False):
+    with torch.inference_mode():
+        for rows, text, lengths, _ in iterate(data, batch_size, pad_id, shuffle=False, max_tokens=max_tokens):
             with _autocast(device):
                 logits[torch.from_numpy(rows)] = forward(text.to(device), lengths).float().cpu()
     return logits

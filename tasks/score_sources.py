@@ -1,0 +1,259 @@
+"""Reviews to score, read as a stream of small batches: every source ingest reads, and a plain
+text file with one review per line.
+
+Unlike ingest, which refuses a training source with a null or empty review, scoring keeps every
+row: a review that cannot be scored is passed on with its raw value, and ``status_of`` says why
+(``null``, ``empty``, ``not_text``). Parquet, CSV, TSV and text files (alone or in a folder) are
+read a batch at a time, so memory does not grow with the file; a Parquet file is read a row group
+at a time, so its row-group size bounds memory. Hub datasets and aclImdb folders or archives come
+whole through ``tasks.sources.read_source`` and are then cut into batches.
+
+Ids: the source's ``id`` or ``source_id`` column, else ``<split>-<n>`` as ingest makes them (n
+counts the split's rows from 0), and ``line-<n>`` (1-based) for a text file. Labels, where the
+source has a ``label`` or ``sentiment`` column: 0/1 or pos/neg/positive/negative; a null or -1
+(the hub's "unlabeled") is no label; anything else is an error naming file, row and column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from storage.store import file_sha256
+from tasks import sources
+from tasks.ingest import ID_COLUMNS, LABEL_COLUMNS, TEXT_COLUMNS, label_value
+from tasks.sources import SourceError
+
+Split = Literal["auto", "test", "train", "all"]
+TEXT_SUFFIXES = (".txt",)
+OK, NULL, EMPTY, NOT_TEXT = "ok", "null", "empty", "not_text"
+STATUSES = (OK, NULL, EMPTY, NOT_TEXT)
+
+
+@dataclass
+class ReviewBatch:
+    ids: list[str]
+    texts: list[Any]  # raw values: str for a review, or whatever the source held instead
+    labels: list[int | None] | None  # None: the source has no labels
+
+
+@dataclass
+class ReviewStream:
+    labeled: bool
+    batches: Iterator[ReviewBatch]
+
+
+def status_of(value: Any) -> str:
+    """Why a raw value cannot be scored, or ``ok``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NULL
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return NOT_TEXT
+    if not isinstance(value, str):
+        return NOT_TEXT
+    return EMPTY if not value.strip() else OK
+
+
+def as_text(value: Any) -> str:
+    """The review of a value whose status is ``ok``."""
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def kind(source: str) -> str:
+    p = Path(source).expanduser()
+    if p.is_file() and p.name.lower().endswith(TEXT_SUFFIXES):
+        return "text"
+    return sources.source_kind(source)
+
+
+def fingerprint(source: str) -> str:
+    if kind(source) == "text":
+        p = Path(source).expanduser()
+        return "text:" + hashlib.sha256(b"text" + bytes.fromhex(file_sha256(p))).hexdigest()
+    return sources.fingerprint(source)
+
+
+# -- opening a source -----------------------------------------------------------------------------
+
+def open_reviews(source: str, split: Split = "auto", batch_rows: int = 2048) -> ReviewStream:
+    """The reviews of ``source`` (``auto``: its test part if it has one, else all of it)."""
+    k = kind(source)
+    p = Path(source).expanduser()
+    if k == "text":
+        return ReviewStream(False, _text_lines(p, batch_rows))
+    if k in ("parquet", "csv", "tsv"):
+        return _single_file(p, split, batch_rows)
+    if k == "folder":
+        found = sources._split_files(p)
+        if not found:
+            raise SourceError(f"{p}: no train/test Parquet, CSV or TSV files found")
+        chosen = _choose(split, [s for s in sources.SPLITS if s in found], str(p))
+        files = [(s, f) for s in chosen for f in found[s]]
+        labeled = any(_columns(f) & set(LABEL_COLUMNS) for _, f in files)
+        return ReviewStream(labeled, _files(files, batch_rows, labeled))
+    return _whole(source, split, batch_rows)  # hub, aclImdb folder or archive
+
+
+def _choose(split: Split, present: list[str], origin: str) -> list[str]:
+    if split == "auto":
+        return ["test"] if "test" in present else present
+    if split == "all":
+        return present
+    if split not in present:
+        raise SourceError(f"{origin}: no {split} reviews (it has: {', '.join(present) or 'none'})")
+    return [split]
+
+
+def _columns(path: Path) -> set[str]:
+    if path.suffix.lower() == ".parquet":
+        try:
+            return set(pq.read_schema(path).names)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise SourceError(f"{path}: cannot be read: {e}") from e
+    return set(_csv_reader(path).schema.names)
+
+
+def _csv_reader(path: Path, include: list[str] | None = None) -> pacsv.CSVStreamingReader:
+    tsv = path.suffix.lower() == ".tsv"
+    try:
+        return pacsv.open_csv(
+            path, read_options=pacsv.ReadOptions(block_size=1 << 22),
+            parse_options=pacsv.ParseOptions(delimiter="\t" if tsv else ",", newlines_in_values=True),
+            # reviews and ids stay text even when a column happens to hold only numbers
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in (*TEXT_COLUMNS, *ID_COLUMNS, "split")},
+                include_columns=include))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SourceError(f"{path}: cannot be read: {e}") from e
+
+
+def _record_batches(path: Path, batch_rows: int, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    try:
+        if path.suffix.lower() == ".parquet":
+            yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns)
+        else:
+            yield from _csv_reader(path, columns)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SourceError(f"{path}: cannot be read: {e}") from e
+
+
+def _single_file(path: Path, split: Split, batch_rows: int) -> ReviewStream:
+    names = _columns(path)
+    if "split" not in names:  # every row is one part: "train", as ingest sees it
+        if split == "test":
+            raise SourceError(f"{path}: no test reviews (no 'split' column)")
+        return ReviewStream(bool(names & set(LABEL_COLUMNS)), _files([("train", path)], batch_rows, None))
+    column = pa.chunked_array([b.column(0) for b in _record_batches(path, 1 << 16, ["split"])], pa.string())
+    present = [s for s in sources.SPLITS if pc.any(pc.equal(column, s)).as_py()]
+    chosen = _choose(split, present, str(path))
+    return ReviewStream(bool(names & set(LABEL_COLUMNS)), _files([(s, path) for s in chosen], batch_rows, None))
+
+
+def _pick(names: list[str], wanted: tuple[str, ...]) -> str | None:
+    return next((c for c in wanted if c in names), None)
+
+
+def _files(files: list[tuple[str, Path]], batch_rows: int, labeled: bool | None) -> Iterator[ReviewBatch]:
+    """Batches of the given (split, file) pairs; a file with a ``split`` column gives only the
+    rows of that split. ``labeled``: give every batch a label list (None where a file has none)."""
+    counters = dict.fromkeys(sources.SPLITS, 0)
+    for split, path in files:
+        names = _columns(path)
+        text_col = _pick(list(names), TEXT_COLUMNS)
+        if text_col is None:
+            raise SourceError(f"{path}: no text column (looked for {', '.join(map(repr, TEXT_COLUMNS))}; "
+                              f"found {', '.join(map(repr, sorted(names)))})")
+        id_col, label_col = _pick(list(names), ID_COLUMNS), _pick(list(names), LABEL_COLUMNS)
+        wanted = [c for c in (id_col, text_col, label_col, "split" if "split" in names else None) if c]
+        row = 0  # rows of the file read so far, for error messages
+        for rb in _record_batches(path, batch_rows, wanted):
+            table = pa.Table.from_batches([rb])
+            rows = list(range(row, row + table.num_rows))
+            row += table.num_rows
+            if "split" in names:
+                keep = pc.fill_null(pc.equal(table.column("split"), split), False)
+                rows = [r for r, k in zip(rows, keep.to_pylist()) if k]
+                table = table.filter(keep)
+            if table.num_rows == 0:
+                continue
+            start = counters[split]
+            counters[split] += table.num_rows
+            ids = table.column(id_col).cast(pa.string()).to_pylist() if id_col else [None] * table.num_rows
+            ids = [i if i is not None else f"{split}-{start + j}" for j, i in enumerate(ids)]
+            labels = None
+            if label_col:
+                labels = _labels(table.column(label_col).to_pylist(), rows, label_col, path)
+            elif labeled:
+                labels = [None] * table.num_rows
+            yield ReviewBatch(ids, table.column(text_col).to_pylist(), labels)
+
+
+def _labels(values: list[Any], rows: list[int], column: str, origin: Path | str) -> list[int | None]:
+    out: list[int | None] = []
+    for v, r in zip(values, rows):
+        if v is None or v == -1 or (isinstance(v, float) and math.isnan(v)):
+            out.append(None)
+            continue
+        try:
+            out.append(label_value(v))
+        except ValueError as e:
+            raise SourceError(f"{origin}, row {r + 1}, column {column!r}: {e}") from None
+    return out
+
+
+def _text_lines(path: Path, batch_rows: int) -> Iterator[ReviewBatch]:
+    """One review per line (``\\n`` or ``\\r\\n``); a line that is not UTF-8 is kept as bytes."""
+    ids, texts, n = [], [], 0
+    with open(path, "rb") as f:
+        for raw in f:
+            n += 1
+            line = raw.rstrip(b"\r\n")
+            try:
+                texts.append(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                texts.append(line)  # status not_text
+            ids.append(f"line-{n}")
+            if len(texts) == batch_rows:
+                yield ReviewBatch(ids, texts, None)
+                ids, texts = [], []
+    if texts:
+        yield ReviewBatch(ids, texts, None)
+
+
+def _whole(source: str, split: Split, batch_rows: int) -> ReviewStream:
+    parts = list(sources.read_source(source))
+    chosen = _choose(split, [s for s in sources.SPLITS if any(p.split == s for p in parts)], source)
+    parts = [p for p in parts if p.split in chosen]
+    labeled = any(set(p.table.column_names) & set(LABEL_COLUMNS) for p in parts)
+
+    def batches() -> Iterator[ReviewBatch]:
+        counters = dict.fromkeys(sources.SPLITS, 0)
+        for part in parts:
+            names = part.table.column_names
+            text_col, id_col, label_col = (_pick(names, TEXT_COLUMNS), _pick(names, ID_COLUMNS),
+                                           _pick(names, LABEL_COLUMNS))
+            if text_col is None:
+                raise SourceError(f"{part.origin}: no text column")
+            for start in range(0, part.table.num_rows, batch_rows):
+                t = part.table.slice(start, batch_rows)
+                first = counters[part.split]
+                counters[part.split] += t.num_rows
+                ids = t.column(id_col).cast(pa.string()).to_pylist() if id_col else [None] * t.num_rows
+                ids = [i if i is not None else f"{part.split}-{first + j}" for j, i in enumerate(ids)]
+                rows = [(part.rows[start + j] if part.rows else start + j) for j in range(t.num_rows)]
+                labels = (_labels(t.column(label_col).to_pylist(), rows, label_col, part.origin)
+                          if label_col else ([None] * t.num_rows if labeled else None))
+                yield ReviewBatch(ids, t.column(text_col).to_pylist(), labels)
+
+    return ReviewStream(labeled, batches())
