@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -38,9 +39,10 @@ Workers = Annotated[int, typer.Option(help="Tokenizer processes (0 = all cores)"
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
+    from tasks.serving import ModelError
     from tasks.sources import SourceError
 
-    return (SourceError, ValidationError, FileNotFoundError)
+    return (SourceError, ModelError, ValidationError, FileNotFoundError)
 
 
 class _NoTracebackForUserErrors(logging.Filter):
@@ -184,6 +186,122 @@ def train(
                   + (f", test_acc {s.test_acc:.4f}" if s.test_acc is not None else ""))
     console.print(f"registered {s.model_name} version {s.version} as @{s.alias}"
                   f"  (models:/{s.model_name}@{s.alias})")
+
+
+ModelUri = Annotated[str, typer.Option(
+    "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a model folder")]
+Threshold = Annotated[float, typer.Option(help="Predict positive where P(positive) > threshold")]
+
+
+@app.command()
+def score(
+    source: Source = None, data_root: DataRoot = None, model: ModelUri = "models:/sentiflow@champion",
+    out: Annotated[Optional[Path], typer.Option(
+        help="Predictions Parquet to write (default: kept in the stage folder, path printed)")] = None,
+    split: Annotated[str, typer.Option(
+        help="auto (the source's test part if it has one, else all), test, train or all")] = "auto",
+    threshold: Threshold = 0.5, workers: Workers = 0,
+    force: Annotated[bool, typer.Option("--force", help="Score again even when cached")] = False,
+) -> None:
+    """Score reviews with a registered model: predictions Parquet (id, prob_pos, pred, label,
+    status) and, where the source has labels, an evaluation run in MLflow."""
+    _use_data_root(data_root)
+    with _user_errors():
+        from flows.score_flow import ScoreConfig, score_flow
+        from storage.settings import get_settings
+        from tasks.score import ScoreParams
+
+        config = ScoreConfig(model=model, source=source or get_settings().source,
+                             out=str(out) if out else None, params=ScoreParams(split=split, threshold=threshold))
+        outcome = score_flow(config=config, workers=workers, force=force)
+    s, m = outcome.stats, outcome.stats.metrics()
+    console.print(f"model {outcome.model.requested} → {outcome.model.uri}")
+    console.print(f"{s.rows:,} rows ({', '.join(f'{k} {v:,}' for k, v in s.statuses.items() if v)}) "
+                  f"in {s.seconds:.1f} s, {s.reviews_per_second:,.0f} reviews/s"
+                  + (" (cached)" if outcome.state == "Cached" else ""))
+    if m:
+        console.print(f"accuracy {m['accuracy']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}"
+                      f"  F1 {m['f1']:.4f}  on {s.labeled_rows:,} labeled rows;"
+                      f"  MLflow evaluation run {outcome.evaluation_run_id}")
+    console.print(f"predictions: {outcome.predictions}")
+
+
+@app.command()
+def predict(
+    texts: Annotated[Optional[list[str]], typer.Argument(
+        help="Reviews to score; none (or '-'): one review per line from standard input")] = None,
+    model: ModelUri = "models:/sentiflow@champion", data_root: DataRoot = None, threshold: Threshold = 0.5,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per review")] = False,
+) -> None:
+    """Print P(positive) for each review given on the command line or standard input."""
+    import tempfile
+
+    _use_data_root(data_root)
+    if not texts or texts == ["-"]:
+        texts = [line.rstrip("\r\n") for line in sys.stdin]
+    with _user_errors():
+        from storage.tracking import configure
+        from tasks.score_sources import OK, as_text, status_of
+        from tasks.serving import Scorer, download_model, resolve_model
+
+        configure()
+        ref = resolve_model(model)
+        with tempfile.TemporaryDirectory(prefix="sentiflow-model-") as tmp:
+            files = download_model(ref, Path(tmp))
+            scorer = Scorer.from_files(files["config"], files["vocab"], files["weights"])
+        statuses = [status_of(t) for t in texts]
+        probs = iter(scorer.predict_proba([as_text(t) for t, s in zip(texts, statuses) if s == OK]))
+    for text, status in zip(texts, statuses):
+        prob = float(next(probs)) if status == OK else None
+        label = None if prob is None else ("positive" if prob > threshold else "negative")
+        if as_json:
+            typer.echo(json.dumps({"text": text, "prob_pos": prob, "label": label, "status": status},
+                                  ensure_ascii=False))
+        else:
+            snippet = " ".join(text.split())
+            snippet = snippet[:70] + "…" if len(snippet) > 71 else snippet
+            typer.echo(f"{prob:.4f}  {label}  {snippet}" if prob is not None else f"-       {status}  {snippet}")
+
+
+@app.command()
+def serve(
+    cron: Annotated[str, typer.Option(help="Retraining schedule (cron, UTC); '' for none")] = "0 3 * * 1",
+    limit: Annotated[Optional[int], typer.Option(help="Flow runs at once at most")] = 1,
+) -> None:
+    """Serve the deployments train/weekly (on --cron) and score/on-demand from this process:
+    scheduled and triggered runs execute here, no worker needed (Ctrl-C stops)."""
+    from prefect import serve as prefect_serve
+
+    from flows.deployments import runner_deployments
+
+    prefect_serve(*runner_deployments(cron or None), limit=limit)
+
+
+@app.command()
+def ui(
+    host: Annotated[str, typer.Option(help="Interface to bind (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port")] = 5000,
+    data_root: DataRoot = None,
+) -> None:
+    """Start the MLflow UI on the store sentiflow writes to (the SQLite file under the data root,
+    or MLFLOW_TRACKING_URI); with a tracking server, print its address instead."""
+    import os
+
+    from storage.settings import get_settings
+
+    _use_data_root(data_root)
+    uri = get_settings().resolved_tracking_uri
+    if uri.startswith("http"):
+        console.print(f"MLflow tracking server: {uri} (open it in a browser)")
+        return
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        err_console.print(f"[bold red]error:[/] no MLflow store at {uri}: run `sentiflow train` first")
+        raise typer.Exit(1)
+    console.print(f"MLflow UI on http://{host}:{port} for {uri} (Ctrl-C stops)")
+    mlflow = Path(sys.executable).with_name("mlflow")
+    cmd = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--backend-store-uri", uri,
+           "--host", host, "--port", str(port), "--workers", "1"]
+    os.execvp(cmd[0], cmd)
 
 
 @app.command()
