@@ -1,0 +1,37 @@
+"""The deployments: weekly retraining and on-demand scoring.
+
+``sentiflow serve`` serves these from one process (no worker, no work pool); ``prefect.yaml``
+declares the same two for a work pool and its workers (``prefect deploy --all``). A test checks
+that both agree: names, entrypoints, schedules.
+
+Retraining is safe to schedule: on unchanged data every data stage is Cached, a finished training
+with the same key is reused (no new version), and the ``champion`` alias moves only to a version
+with a better ``val_acc`` (tasks/select.py), so a scheduled run never makes scoring worse.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+RETRAIN = "weekly"  # deployment train/weekly
+SCORE = "on-demand"  # deployment score/on-demand
+RETRAIN_CRON = "0 3 * * 1"  # Mondays 03:00 UTC
+TAGS = ["sentiflow"]
+
+
+def runner_deployments(cron: str | None = RETRAIN_CRON, timezone: str = "UTC") -> list[Any]:
+    """``RunnerDeployment``s of the train flow (on ``cron``) and the score flow (run by hand)."""
+    from prefect.schedules import Cron
+
+    from flows.score_flow import score_flow
+    from flows.train_flow import train_flow
+
+    return [
+        train_flow.to_deployment(
+            name=RETRAIN, schedules=[Cron(cron, timezone=timezone)] if cron else None, tags=TAGS,
+            description="Retrain on the configured source: data stages (cached), training, selection; "
+                        "champion moves only to a better model."),
+        score_flow.to_deployment(
+            name=SCORE, tags=TAGS,
+            description="Score reviews with a registered model (default models:/sentiflow@champion)."),
+    ]
