@@ -131,9 +131,9 @@ def prepare(
     _use_data_root(data_root)
     with _user_errors():
         config = _data_config(source, val_fraction, seed, lowercase, html_breaks, min_freq, max_size, force)
-        from flows.data_flow import prepare_data
+        from flows.data_flow import data_flow_for
 
-        result = prepare_data(config=config, force=force or [], workers=workers)
+        result = data_flow_for(workers=workers)(config=config, force=force or [], workers=workers)
     console.print(_stage_table(result))
 
 

@@ -9,7 +9,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from flows.data_flow import DataConfig, PreparedData, Stage, prepare_data
+from flows.data_flow import DataConfig, PreparedData, Stage, data_flow_for
 from storage.settings import Settings, get_settings
 from tasks.model import ModelParams
 from tasks.select import SelectResult, select_task
@@ -54,7 +54,8 @@ def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | Non
     settings = get_settings()
     if data_root:
         settings = settings.model_copy(update={"data_root": Path(data_root)})
-    data = prepare_data(config=config.data, data_root=str(settings.data_root), force=force, workers=workers)
+    data = data_flow_for(settings, workers=workers)(config=config.data, data_root=str(settings.data_root),
+                                                    force=force, workers=workers)
     train_config = TrainConfig(model=config.model, train=config.train)
     result = train_task(train_config, data.encoded["train"], data.encoded["val"], data.vocab,
                         lineage(data, config.data), settings)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +28,17 @@ class Settings(BaseSettings):
     )
     experiment: str = Field("sentiflow", description="MLflow experiment name")
     workers: int = Field(0, ge=0, description="Processes for tokenization; 0 = all cores")
+    task_runner: Literal["local", "dask"] = Field(
+        "local",
+        description="Where tokenize and encode run: 'local' in this process (its own tokenizer "
+                    "pool), 'dask' on a Dask cluster through prefect-dask (flows.data_flow)",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="With task_runner 'dask': an existing scheduler, e.g. tcp://host:8786; "
+                    "unset: a temporary LocalCluster of `workers` single-threaded processes. "
+                    "Its workers must see the data root at the same path",
+    )
 
     @property
     def resolved_tracking_uri(self) -> str:
