@@ -87,6 +87,8 @@ def log_evaluation_task(model: ModelRef, stage: StageRef, stats: ScoreStats, con
 def publish(src: Path, out: str) -> str:
     """Copy to ``out`` under a temporary name, then rename: never a half-written file there."""
     dst = Path(out).expanduser().resolve()
+    if dst.is_dir():  # --out naming a folder: the file goes into it
+        dst = dst / src.name
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import mlflow
@@ -25,8 +26,16 @@ def configure(settings: Settings | None = None) -> str:
         folder = Path(uri.removeprefix("sqlite:///")).parent
         folder.mkdir(parents=True, exist_ok=True)
         location = (folder / "mlartifacts").resolve().as_uri()
+    # MLflow also writes the URI into os.environ (for its subprocesses); Settings reads that
+    # variable, so a later Settings() in this process would silently inherit this store
+    before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     client = MlflowClient()
     exp = client.get_experiment_by_name(settings.experiment)
     if exp is None:

@@ -91,6 +91,8 @@ def open_reviews(source: str, split: Split = "auto", batch_rows: int = 2048) -> 
     k = kind(source)
     p = Path(source).expanduser()
     if k == "text":
+        if split == "test":
+            raise SourceError(f"{p}: no test reviews (a text file is one part; use --split auto or all)")
         return ReviewStream(False, _text_lines(p, batch_rows))
     if k in ("parquet", "csv", "tsv"):
         return _single_file(p, split, batch_rows)
@@ -121,7 +123,10 @@ def _columns(path: Path) -> set[str]:
             return set(pq.read_schema(path).names)
         except (pa.ArrowInvalid, OSError) as e:
             raise SourceError(f"{path}: cannot be read: {e}") from e
-    return set(_csv_reader(path).schema.names)
+    try:
+        return set(_csv_reader(path).schema.names)
+    except UnicodeDecodeError as e:  # a header that is not UTF-8
+        raise SourceError(f"{path}: cannot be read: {e}") from e
 
 
 def _csv_reader(path: Path, include: list[str] | None = None) -> pacsv.CSVStreamingReader:
@@ -132,7 +137,9 @@ def _csv_reader(path: Path, include: list[str] | None = None) -> pacsv.CSVStream
             parse_options=pacsv.ParseOptions(delimiter="\t" if tsv else ",", newlines_in_values=True),
             # reviews and ids stay text even when a column happens to hold only numbers
             convert_options=pacsv.ConvertOptions(
-                column_types={c: pa.string() for c in (*TEXT_COLUMNS, *ID_COLUMNS, "split")},
+                # reviews as bytes: one that is not UTF-8 gets status not_text, not a failed file
+                column_types={**{c: pa.string() for c in (*ID_COLUMNS, "split")},
+                              **{c: pa.binary() for c in TEXT_COLUMNS}},
                 include_columns=include))
     except (pa.ArrowInvalid, OSError) as e:
         raise SourceError(f"{path}: cannot be read: {e}") from e
@@ -154,7 +161,12 @@ def _single_file(path: Path, split: Split, batch_rows: int) -> ReviewStream:
         if split == "test":
             raise SourceError(f"{path}: no test reviews (no 'split' column)")
         return ReviewStream(bool(names & set(LABEL_COLUMNS)), _files([("train", path)], batch_rows, None))
-    column = pa.chunked_array([b.column(0) for b in _record_batches(path, 1 << 16, ["split"])], pa.string())
+    column = pa.chunked_array([b.column(0).cast(pa.string()) for b in _record_batches(path, 1 << 16, ["split"])],
+                              pa.string())
+    bad = pc.invert(pc.fill_null(pc.is_in(column, pa.array(sources.SPLITS)), False))
+    if pc.any(bad).as_py():
+        row = pc.index(bad, True).as_py()
+        raise SourceError(f"{path}, row {row + 1}, column 'split': {column[row].as_py()!r} is not 'train' or 'test'")
     present = [s for s in sources.SPLITS if pc.any(pc.equal(column, s)).as_py()]
     chosen = _choose(split, present, str(path))
     return ReviewStream(bool(names & set(LABEL_COLUMNS)), _files([(s, path) for s in chosen], batch_rows, None))
@@ -182,7 +194,7 @@ def _files(files: list[tuple[str, Path]], batch_rows: int, labeled: bool | None)
             rows = list(range(row, row + table.num_rows))
             row += table.num_rows
             if "split" in names:
-                keep = pc.fill_null(pc.equal(table.column("split"), split), False)
+                keep = pc.fill_null(pc.equal(table.column("split").cast(pa.string()), split), False)
                 rows = [r for r, k in zip(rows, keep.to_pylist()) if k]
                 table = table.filter(keep)
             if table.num_rows == 0:
@@ -196,19 +208,33 @@ def _files(files: list[tuple[str, Path]], batch_rows: int, labeled: bool | None)
                 labels = _labels(table.column(label_col).to_pylist(), rows, label_col, path)
             elif labeled:
                 labels = [None] * table.num_rows
-            yield ReviewBatch(ids, table.column(text_col).to_pylist(), labels)
+            yield ReviewBatch(ids, _decoded(table.column(text_col).to_pylist()), labels)
 
 
 def _labels(values: list[Any], rows: list[int], column: str, origin: Path | str) -> list[int | None]:
     out: list[int | None] = []
     for v, r in zip(values, rows):
-        if v is None or v == -1 or (isinstance(v, float) and math.isnan(v)):
+        if v is None or v == -1 or (isinstance(v, float) and math.isnan(v)) \
+                or (isinstance(v, str) and v.strip() in ("", "-1")):  # a CSV's missing or -1 label
             out.append(None)
             continue
         try:
             out.append(label_value(v))
         except ValueError as e:
             raise SourceError(f"{origin}, row {r + 1}, column {column!r}: {e}") from None
+    return out
+
+
+def _decoded(values: list[Any]) -> list[Any]:
+    """Bytes that are UTF-8 as str; other bytes kept (status not_text); anything else as is."""
+    out = []
+    for v in values:
+        if isinstance(v, bytes):
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+        out.append(v)
     return out
 
 
@@ -232,7 +258,7 @@ def _text_lines(path: Path, batch_rows: int) -> Iterator[ReviewBatch]:
 
 
 def _whole(source: str, split: Split, batch_rows: int) -> ReviewStream:
-    parts = list(sources.read_source(source))
+    parts = list(sources.read_source(source, strict=False))
     chosen = _choose(split, [s for s in sources.SPLITS if any(p.split == s for p in parts)], source)
     parts = [p for p in parts if p.split in chosen]
     labeled = any(set(p.table.column_names) & set(LABEL_COLUMNS) for p in parts)
@@ -254,6 +280,6 @@ def _whole(source: str, split: Split, batch_rows: int) -> ReviewStream:
                 rows = [(part.rows[start + j] if part.rows else start + j) for j in range(t.num_rows)]
                 labels = (_labels(t.column(label_col).to_pylist(), rows, label_col, part.origin)
                           if label_col else ([None] * t.num_rows if labeled else None))
-                yield ReviewBatch(ids, t.column(text_col).to_pylist(), labels)
+                yield ReviewBatch(ids, _decoded(t.column(text_col).to_pylist()), labels)
 
     return ReviewStream(labeled, batches())

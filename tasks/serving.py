@@ -29,6 +29,7 @@ from tasks.vocab import Vocab
 
 
 ARTIFACTS = ("config", "vocab", "weights")
+LOGGED_MODEL_URI = re.compile(r"^models:/m-[0-9a-f]{32}$")  # MLflow 3's logged model (a version's source)
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
@@ -54,7 +55,9 @@ def resolve_model(uri: str) -> ModelRef:
     where = f"(tracking URI {mlflow.get_tracking_uri()})"
     name = version = None
     m = MODEL_URI.match(uri)
-    if uri.startswith("models:/"):
+    if LOGGED_MODEL_URI.match(uri):
+        resolved = uri
+    elif uri.startswith("models:/"):
         if not m:
             raise ModelError(f"model URI {uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
         name = m["name"]

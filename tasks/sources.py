@@ -100,7 +100,9 @@ def _local_files(p: Path, kind: str) -> list[Path]:
 # -- readers --------------------------------------------------------------------------------------
 
 
-def read_source(source: str) -> Iterator[RawPart]:
+def read_source(source: str, strict: bool = True) -> Iterator[RawPart]:
+    """``strict=False`` (scoring): an aclImdb review that is empty or not UTF-8 is kept, as
+    bytes in a binary ``text`` column, for the caller to give it a status."""
     kind = source_kind(source)
     p = Path(source).expanduser()
     if kind == "hub":
@@ -118,9 +120,9 @@ def read_source(source: str) -> Iterator[RawPart]:
             for f in paths:
                 yield RawPart(split, _read_table(f), str(f))
     elif kind == "aclimdb":
-        yield from _read_acl_folder(_acl_root(p))
+        yield from _read_acl_folder(_acl_root(p), strict)
     else:
-        yield from _read_acl_tar(p)
+        yield from _read_acl_tar(p, strict)
 
 
 def _split_files(folder: Path) -> dict[str, list[Path]]:
@@ -163,9 +165,12 @@ def _split_by_column(table: pa.Table, origin: str) -> Iterator[RawPart]:
             yield RawPart(split, table.take(rows).drop_columns(["split"]), origin, rows)
 
 
-def _acl_table(items: list[tuple[int, str, str, bytes]], origin: str) -> pa.Table:
+def _acl_table(items: list[tuple[int, str, str, bytes]], origin: str, strict: bool = True) -> pa.Table:
     """Rows of the aclImdb layout, sorted negative first, then by numeric file id."""
     items.sort(key=lambda r: (r[1] == "pos", r[0]))
+    if not strict:
+        return pa.table({"id": [r[2] for r in items], "text": pa.array([r[3] for r in items], pa.binary()),
+                         "label": [r[1] for r in items]})
     texts = []
     for _, _, name, data in items:
         try:
@@ -182,7 +187,7 @@ def _acl_table(items: list[tuple[int, str, str, bytes]], origin: str) -> pa.Tabl
     )
 
 
-def _read_acl_folder(root: Path) -> Iterator[RawPart]:
+def _read_acl_folder(root: Path, strict: bool = True) -> Iterator[RawPart]:
     for split in SPLITS:
         items = []
         for label in ("neg", "pos"):
@@ -191,10 +196,10 @@ def _read_acl_folder(root: Path) -> Iterator[RawPart]:
                 if m:
                     items.append((int(m.group(3)), label, f"{split}/{label}/{f.name}", f.read_bytes()))
         if items:
-            yield RawPart(split, _acl_table(items, f"{root}/"), str(root / split))
+            yield RawPart(split, _acl_table(items, f"{root}/", strict), str(root / split))
 
 
-def _read_acl_tar(path: Path) -> Iterator[RawPart]:
+def _read_acl_tar(path: Path, strict: bool = True) -> Iterator[RawPart]:
     items: dict[str, list] = {s: [] for s in SPLITS}
     try:
         with tarfile.open(path) as tar:
@@ -209,7 +214,7 @@ def _read_acl_tar(path: Path) -> Iterator[RawPart]:
         raise SourceError(f"{path}: cannot be read as a tar archive: {e}") from e
     for split in SPLITS:
         if items[split]:
-            yield RawPart(split, _acl_table(items[split], f"{path}:"), f"{path}:{split}")
+            yield RawPart(split, _acl_table(items[split], f"{path}:", strict), f"{path}:{split}")
 
 
 # -- Hugging Face hub -----------------------------------------------------------------------------
