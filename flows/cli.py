@@ -100,6 +100,36 @@ def _use_data_root(data_root: Path | None) -> None:
         get_settings.cache_clear()
 
 
+def _start_prefect_early():
+    """Without ``PREFECT_API_URL``, a flow starts Prefect's ephemeral server first (~6 s here).
+    Start it in the background now, while the flow's libraries import (~8 s); ``.join()`` the
+    returned thread before calling the flow. A start that fails here is retried, and reported,
+    by the flow itself."""
+    import threading
+
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return None
+
+    def start() -> None:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        try:
+            SubprocessASGIServer().start()
+        except Exception:  # noqa: BLE001 - the flow's own start raises it where it is seen
+            pass
+
+    thread = threading.Thread(target=start, name="prefect-server-start", daemon=True)
+    thread.start()
+    return thread
+
+
+def _joined(thread) -> None:
+    if thread is not None:
+        thread.join()
+
+
 def _human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -129,10 +159,12 @@ def prepare(
 ) -> None:
     """Run the data stages (ingest → split → tokenize → vocab → encode), reusing cached ones."""
     _use_data_root(data_root)
+    server = _start_prefect_early()
     with _user_errors():
         config = _data_config(source, val_fraction, seed, lowercase, html_breaks, min_freq, max_size, force)
         from flows.data_flow import data_flow_for
 
+        _joined(server)
         result = data_flow_for(workers=workers)(config=config, force=force or [], workers=workers)
     console.print(_stage_table(result))
 
@@ -164,6 +196,7 @@ def train(
 ) -> None:
     """Prepare the data (cached), train, select the best epoch, register it; print the run id."""
     _use_data_root(data_root)
+    server = _start_prefect_early()
     with _user_errors():
         from flows.train_flow import TrainFlowConfig, train_flow
         from tasks.model import ModelParams
@@ -178,6 +211,7 @@ def train(
                               freeze_embeddings=freeze_embeddings),
             model_name=model_name,
         )
+        _joined(server)
         outcome = train_flow(config=config, force=force or [], workers=workers)
     s = outcome.selected
     console.print(_stage_table(outcome.data))
@@ -206,6 +240,7 @@ def score(
     """Score reviews with a registered model: predictions Parquet (id, prob_pos, pred, label,
     status) and, where the source has labels, an evaluation run in MLflow."""
     _use_data_root(data_root)
+    server = _start_prefect_early()
     with _user_errors():
         from flows.score_flow import ScoreConfig, score_flow
         from storage.settings import get_settings
@@ -213,6 +248,7 @@ def score(
 
         config = ScoreConfig(model=model, source=source or get_settings().source,
                              out=str(out) if out else None, params=ScoreParams(split=split, threshold=threshold))
+        _joined(server)
         outcome = score_flow(config=config, workers=workers, force=force)
     s, m = outcome.stats, outcome.stats.metrics()
     console.print(f"model {outcome.model.requested} → {outcome.model.uri}")
