@@ -30,7 +30,7 @@ RUN useradd --create-home --uid 1000 sentiflow \
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md prefect.yaml ./
 COPY flows ./flows
 COPY tasks ./tasks
 COPY storage ./storage

@@ -1,0 +1,114 @@
+"""The deployments: prefect.yaml and ``sentiflow serve`` declare the same two, their entrypoints
+load, their parameters are the flows' pydantic forms; ``sentiflow ui`` on the embedded store."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.deployments import RETRAIN, RETRAIN_CRON, SCORE, runner_deployments
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _prefect_yaml() -> dict:
+    return yaml.safe_load((ROOT / "prefect.yaml").read_text())
+
+
+def test_prefect_yaml_matches_the_served_deployments():
+    declared = {d["name"]: d for d in _prefect_yaml()["deployments"]}
+    served = {d.name: d for d in runner_deployments()}
+    assert set(declared) == set(served) == {RETRAIN, SCORE}
+    for name, d in declared.items():
+        assert d["entrypoint"].split(":")[0] == served[name].entrypoint.split(":")[0].lstrip("./"), name
+        assert d["work_pool"]["name"] == "sentiflow"
+    crons = {name: [s["cron"] for s in d.get("schedules") or []] for name, d in declared.items()}
+    assert crons == {RETRAIN: [RETRAIN_CRON], SCORE: []}
+    assert declared[RETRAIN]["schedules"][0]["timezone"] == "UTC"
+    assert [s.schedule.cron for s in served[RETRAIN].schedules] == [RETRAIN_CRON]
+    assert not served[SCORE].schedules
+
+
+def test_entrypoints_load_the_flows_and_forms_are_pydantic():
+    from prefect.flows import load_flow_from_entrypoint
+
+    for d in _prefect_yaml()["deployments"]:
+        flow = load_flow_from_entrypoint(str(ROOT / d["entrypoint"]))
+        assert flow.name == {"weekly": "train", "on-demand": "score"}[d["name"]]
+    schemas = {d.name: d._parameter_openapi_schema.model_dump() for d in runner_deployments()}
+    train_defs, score_defs = schemas[RETRAIN]["definitions"], schemas[SCORE]["definitions"]
+    assert {"TrainFlowConfig", "ModelParams", "TrainParams", "DataConfig"} <= set(train_defs)
+    assert {"ScoreConfig", "ScoreParams"} <= set(score_defs)
+    assert score_defs["ScoreConfig"]["properties"]["model"]["default"] == "models:/sentiflow@champion"
+
+
+def test_pull_step_sets_the_project_folder():
+    (step,) = _prefect_yaml()["pull"]
+    assert step["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $SENTIFLOW_PROJECT_DIR }}"
+
+
+def test_ui_with_a_tracking_server_prints_its_address(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    from storage.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["ui"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0 and "http://mlflow.example:5000" in result.output
+
+
+def test_ui_without_a_store_is_one_clear_error(tmp_path):
+    result = CliRunner().invoke(app, ["ui", "--data-root", str(tmp_path / "empty")])
+    assert result.exit_code == 1
+    assert "no MLflow store" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.server
+def test_ui_serves_the_embedded_store(tmp_path):
+    import mlflow
+
+    root = tmp_path / "data"
+    root.mkdir()
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.MlflowClient(uri).create_experiment("sentiflow")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--data-root", str(root), "--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name"
+                                            "?experiment_name=sentiflow", timeout=2) as r:
+                    assert b'"name": "sentiflow"' in r.read()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()[-2000:]
+                time.sleep(0.5)
+    finally:
+        import os
+        import signal
+
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
