@@ -39,10 +39,14 @@ Workers = Annotated[int, typer.Option(help="Tokenizer processes (0 = all cores)"
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
+    from mlflow.exceptions import MlflowException
+
     from tasks.serving import ModelError
     from tasks.sources import SourceError
 
-    return (SourceError, ModelError, ValidationError, FileNotFoundError)
+    # OSError: an unreadable source, an --out that cannot be written; MlflowException: a tracking
+    # server that cannot be reached. The message says it all; no traceback.
+    return (SourceError, ModelError, ValidationError, OSError, MlflowException)
 
 
 class _NoTracebackForUserErrors(logging.Filter):
@@ -128,6 +132,13 @@ def _start_prefect_early():
 def _joined(thread) -> None:
     if thread is not None:
         thread.join()
+
+
+def _line(raw: bytes) -> str | bytes:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
 
 
 def _human_bytes(n: float) -> str:
@@ -273,8 +284,8 @@ def predict(
     import tempfile
 
     _use_data_root(data_root)
-    if not texts or texts == ["-"]:
-        texts = [line.rstrip("\r\n") for line in sys.stdin]
+    if not texts or texts == ["-"]:  # bytes that are not UTF-8 are kept: status not_text
+        texts = [_line(raw.rstrip(b"\r\n")) for raw in sys.stdin.buffer]
     with _user_errors():
         from storage.tracking import configure
         from tasks.score_sources import OK, as_text, status_of
@@ -291,10 +302,11 @@ def predict(
         prob = float(next(probs)) if status == OK else None
         label = None if prob is None else ("positive" if prob > threshold else "negative")
         if as_json:
-            typer.echo(json.dumps({"text": text, "prob_pos": prob, "label": label, "status": status},
+            typer.echo(json.dumps({"text": text if isinstance(text, str) else repr(text), "prob_pos": prob,
+                                   "label": label, "status": status},
                                   ensure_ascii=False))
         else:
-            snippet = " ".join(text.split())
+            snippet = " ".join((text if isinstance(text, str) else repr(text)).split())
             snippet = snippet[:70] + "…" if len(snippet) > 71 else snippet
             typer.echo(f"{prob:.4f}  {label}  {snippet}" if prob is not None else f"-       {status}  {snippet}")
 

@@ -29,6 +29,7 @@ def runner_deployments(cron: str | None = RETRAIN_CRON, timezone: str = "UTC") -
     return [
         train_flow.to_deployment(
             name=RETRAIN, schedules=[Cron(cron, timezone=timezone)] if cron else None, tags=TAGS,
+            concurrency_limit=1,  # two trainings of one key would share one MLflow run
             description="Retrain on the configured source: data stages (cached), training, selection; "
                         "champion moves only to a better model."),
         score_flow.to_deployment(

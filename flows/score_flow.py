@@ -59,7 +59,8 @@ def log_evaluation_task(model: ModelRef, stage: StageRef, stats: ScoreStats, con
     """One evaluation run per (model, source, parameters): a rerun finds it by the stage key."""
     experiment_id = configure(settings)
     client = MlflowClient()
-    found = client.search_runs([experiment_id], f"tags.`{KEY_TAG}` = '{stage.key}'", max_results=1)
+    found = client.search_runs([experiment_id], f"tags.`{KEY_TAG}` = '{stage.key}' and attributes.status = 'FINISHED'",
+                               max_results=1)
     if found:
         return found[0].info.run_id
     metrics = {**stats.metrics(), "rows": stats.rows, "rows_scored": stats.statuses["ok"],

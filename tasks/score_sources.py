@@ -3,10 +3,11 @@ text file with one review per line.
 
 Unlike ingest, which refuses a training source with a null or empty review, scoring keeps every
 row: a review that cannot be scored is passed on with its raw value, and ``status_of`` says why
-(``null``, ``empty``, ``not_text``). Parquet, CSV, TSV and text files (alone or in a folder) are
-read a batch at a time, so memory does not grow with the file; a Parquet file is read a row group
-at a time, so its row-group size bounds memory. Hub datasets and aclImdb folders or archives come
-whole through ``tasks.sources.read_source`` and are then cut into batches.
+(``null``, ``empty``, ``not_text``). Parquet, CSV and TSV files (alone or in a folder) and text
+files are read a batch at a time, so memory does not grow with the file; a Parquet file is read a
+row group at a time, so its row-group size bounds memory, and a CSV in 4 MB blocks. Hub datasets
+and aclImdb folders or archives come whole through ``tasks.sources.read_source`` (their size
+bounds memory) and are then cut into batches.
 
 Ids: the source's ``id`` or ``source_id`` column, else ``<split>-<n>`` as ingest makes them (n
 counts the split's rows from 0), and ``line-<n>`` (1-based) for a text file. Labels, where the
@@ -149,8 +150,10 @@ def _record_batches(path: Path, batch_rows: int, columns: list[str]) -> Iterator
     try:
         if path.suffix.lower() == ".parquet":
             yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns)
-        else:
-            yield from _csv_reader(path, columns)
+        else:  # read in 4 MB blocks, handed on in batches of batch_rows
+            for block in _csv_reader(path, columns):
+                for start in range(0, block.num_rows, batch_rows):
+                    yield block.slice(start, batch_rows)
     except (pa.ArrowInvalid, OSError) as e:
         raise SourceError(f"{path}: cannot be read: {e}") from e
 
@@ -169,7 +172,9 @@ def _single_file(path: Path, split: Split, batch_rows: int) -> ReviewStream:
         raise SourceError(f"{path}, row {row + 1}, column 'split': {column[row].as_py()!r} is not 'train' or 'test'")
     present = [s for s in sources.SPLITS if pc.any(pc.equal(column, s)).as_py()]
     chosen = _choose(split, present, str(path))
-    return ReviewStream(bool(names & set(LABEL_COLUMNS)), _files([(s, path) for s in chosen], batch_rows, None))
+    # both parts: one pass in file order ("*"), not all train rows then all test rows
+    parts = [("*", path)] if len(chosen) > 1 else [(chosen[0], path)]
+    return ReviewStream(bool(names & set(LABEL_COLUMNS)), _files(parts, batch_rows, None))
 
 
 def _pick(names: list[str], wanted: tuple[str, ...]) -> str | None:
@@ -178,7 +183,8 @@ def _pick(names: list[str], wanted: tuple[str, ...]) -> str | None:
 
 def _files(files: list[tuple[str, Path]], batch_rows: int, labeled: bool | None) -> Iterator[ReviewBatch]:
     """Batches of the given (split, file) pairs; a file with a ``split`` column gives only the
-    rows of that split. ``labeled``: give every batch a label list (None where a file has none)."""
+    rows of that split, or all its rows for split ``*``. ``labeled``: give every batch a label
+    list (None where a file has none)."""
     counters = dict.fromkeys(sources.SPLITS, 0)
     for split, path in files:
         names = _columns(path)
@@ -193,16 +199,19 @@ def _files(files: list[tuple[str, Path]], batch_rows: int, labeled: bool | None)
             table = pa.Table.from_batches([rb])
             rows = list(range(row, row + table.num_rows))
             row += table.num_rows
-            if "split" in names:
+            if "split" in names and split != "*":
                 keep = pc.fill_null(pc.equal(table.column("split").cast(pa.string()), split), False)
                 rows = [r for r, k in zip(rows, keep.to_pylist()) if k]
                 table = table.filter(keep)
             if table.num_rows == 0:
                 continue
-            start = counters[split]
-            counters[split] += table.num_rows
+            row_splits = (table.column("split").cast(pa.string()).to_pylist() if split == "*"
+                          else [split] * table.num_rows)
             ids = table.column(id_col).cast(pa.string()).to_pylist() if id_col else [None] * table.num_rows
-            ids = [i if i is not None else f"{split}-{start + j}" for j, i in enumerate(ids)]
+            for j, part in enumerate(row_splits):  # ingest's ids: <split>-<n>, n counted per split
+                if ids[j] is None:
+                    ids[j] = f"{part}-{counters[part]}"
+                counters[part] += 1
             labels = None
             if label_col:
                 labels = _labels(table.column(label_col).to_pylist(), rows, label_col, path)

@@ -30,7 +30,7 @@ from tasks.vocab import Vocab
 
 ARTIFACTS = ("config", "vocab", "weights")
 LOGGED_MODEL_URI = re.compile(r"^models:/m-[0-9a-f]{32}$")  # MLflow 3's logged model (a version's source)
-MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+|latest))$")
 
 
 class ModelError(ValueError):
@@ -59,12 +59,20 @@ def resolve_model(uri: str) -> ModelRef:
         resolved = uri
     elif uri.startswith("models:/"):
         if not m:
-            raise ModelError(f"model URI {uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+            raise ModelError(f"model URI {uri!r}: expected models:/NAME@ALIAS, models:/NAME/VERSION "
+                             "or models:/NAME/latest")
         name = m["name"]
         try:
             client = MlflowClient()
-            mv = (client.get_model_version_by_alias(name, m["alias"]) if m["alias"]
-                  else client.get_model_version(name, m["version"]))
+            if m["version"] == "latest":
+                found = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"],
+                                                     max_results=1)
+                if not found:
+                    raise ModelError(f"model {uri!r}: {name!r} has no versions {where}")
+                mv = found[0]
+            else:
+                mv = (client.get_model_version_by_alias(name, m["alias"]) if m["alias"]
+                      else client.get_model_version(name, m["version"]))
         except MlflowException as e:
             raise ModelError(f"model {uri!r} not found {where}: {e.message}") from None
         version = str(mv.version)

@@ -145,7 +145,9 @@ def _read_table(path: Path) -> pa.Table:
             return pq.read_table(path)
         opts = pacsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",",
                                   newlines_in_values=True)
-        return pacsv.read_csv(path, parse_options=opts)
+        # ids as written ("007" stays "007"), the same as scoring reads them
+        ids = pacsv.ConvertOptions(column_types={c: pa.string() for c in ("id", "source_id")})
+        return pacsv.read_csv(path, parse_options=opts, convert_options=ids)
     except (pa.ArrowInvalid, OSError) as e:
         raise SourceError(f"{path}: cannot be read: {e}") from e
 

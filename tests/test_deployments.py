@@ -26,15 +26,22 @@ def _prefect_yaml() -> dict:
 def test_prefect_yaml_matches_the_served_deployments():
     declared = {d["name"]: d for d in _prefect_yaml()["deployments"]}
     served = {d.name: d for d in runner_deployments()}
-    assert set(declared) == set(served) == {RETRAIN, SCORE}
-    for name, d in declared.items():
+    assert set(served) == {RETRAIN, SCORE} and set(declared) == {RETRAIN, SCORE, f"{RETRAIN}-gpu"}
+    for name in served:
+        d = declared[name]
         assert d["entrypoint"].split(":")[0] == served[name].entrypoint.split(":")[0].lstrip("./"), name
         assert d["work_pool"]["name"] == "sentiflow"
     crons = {name: [s["cron"] for s in d.get("schedules") or []] for name, d in declared.items()}
-    assert crons == {RETRAIN: [RETRAIN_CRON], SCORE: []}
+    assert crons == {RETRAIN: [RETRAIN_CRON], SCORE: [], f"{RETRAIN}-gpu": [RETRAIN_CRON]}
     assert declared[RETRAIN]["schedules"][0]["timezone"] == "UTC"
     assert [s.schedule.cron for s in served[RETRAIN].schedules] == [RETRAIN_CRON]
     assert not served[SCORE].schedules
+    # one training at a time: two runs of one key would share one MLflow run
+    assert declared[RETRAIN]["concurrency_limit"] == 1 and served[RETRAIN].concurrency_limit == 1
+    # the GPU copy: same flow, the GPU worker's pool, its schedule off until switched on
+    gpu = declared[f"{RETRAIN}-gpu"]
+    assert gpu["entrypoint"] == declared[RETRAIN]["entrypoint"] and gpu["work_pool"]["name"] == "sentiflow-gpu"
+    assert gpu["schedules"][0]["active"] is False
 
 
 def test_entrypoints_load_the_flows_and_forms_are_pydantic():
@@ -42,7 +49,7 @@ def test_entrypoints_load_the_flows_and_forms_are_pydantic():
 
     for d in _prefect_yaml()["deployments"]:
         flow = load_flow_from_entrypoint(str(ROOT / d["entrypoint"]))
-        assert flow.name == {"weekly": "train", "on-demand": "score"}[d["name"]]
+        assert flow.name == {"weekly": "train", "weekly-gpu": "train", "on-demand": "score"}[d["name"]]
     schemas = {d.name: d._parameter_openapi_schema.model_dump() for d in runner_deployments()}
     train_defs, score_defs = schemas[RETRAIN]["definitions"], schemas[SCORE]["definitions"]
     assert {"TrainFlowConfig", "ModelParams", "TrainParams", "DataConfig"} <= set(train_defs)
