@@ -7,7 +7,7 @@ place with a null ``prob_pos``/``pred`` and a ``status`` saying why (``null``, `
 
 Reviews stream through in batches (``batch_rows``): read, checked, tokenized and encoded with the
 model's own vocabulary by worker processes (one batch each), then scored by this process with
-all cores, written as one row group. Memory stays flat in the number of reviews. When the
+all cores, written as one row group: the input is never held whole in memory. When the
 source's test part was already tokenized and encoded by the data stages with the model's
 tokenizer settings and vocabulary (the same bytes), those encoded shards are scored instead and
 nothing is tokenized again.
