@@ -108,3 +108,35 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+_LEAKY = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "SENTIFLOW_DATA_ROOT")
+
+
+def _restore(before: dict[str, str | None]) -> None:
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    from storage.settings import get_settings
+
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _environment_per_module():
+    """``mlflow.set_tracking_uri``/``set_registry_uri`` also write ``MLFLOW_TRACKING_URI`` and
+    ``MLFLOW_REGISTRY_URI`` into ``os.environ`` (the CLI's ``--data-root`` writes
+    ``SENTIFLOW_DATA_ROOT``), and Settings and child processes read them: without this, a module
+    that points MLflow at its store hands that store (and its champion) to every later module."""
+    before = {k: os.environ.get(k) for k in _LEAKY}
+    yield
+    _restore(before)
+
+
+@pytest.fixture(autouse=True)
+def _environment_per_test(_environment_per_module):
+    before = {k: os.environ.get(k) for k in _LEAKY}
+    yield
+    _restore(before)

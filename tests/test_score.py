@@ -37,28 +37,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CHAMPION = "models:/sentiflow@champion"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _settings_as_they_were():
-    """``mlflow.set_tracking_uri`` (the flows call it) writes ``MLFLOW_TRACKING_URI`` into
-    ``os.environ`` and the CLI's ``--data-root`` writes ``SENTIFLOW_DATA_ROOT``: afterwards, put
-    both back and leave the cached settings as the modules that follow had them."""
-    from storage.settings import get_settings
-
-    before = get_settings()
-    saved = os.environ.get("SENTIFLOW_DATA_ROOT")
-    yield
-    if before.tracking_uri is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before.tracking_uri
-    if saved is None:
-        os.environ.pop("SENTIFLOW_DATA_ROOT", None)
-    else:
-        os.environ["SENTIFLOW_DATA_ROOT"] = saved
-    get_settings.cache_clear()
-    assert get_settings().resolved_tracking_uri == before.resolved_tracking_uri
-
-
 def read_predictions(path: Path) -> dict[str, list]:
     return pq.read_table(path).to_pydict()
 
