@@ -11,7 +11,7 @@ export SENTIFLOW_SOURCE ?= $(if $(wildcard ../shared/data/imdb/train.parquet),..
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup train test bench lint clean compose-check-tool
+.PHONY: setup train score test bench lint clean compose-check-tool
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ setup: $(BIN)/.installed
 
 train: setup
 	$(BIN)/sentiflow train
+
+# the champion on the source's test part (predictions Parquet + an evaluation run in MLflow)
+score: setup
+	$(BIN)/sentiflow score
 
 # docker-compose (v1, Debian's) validates docker-compose.yml offline in tests/test_compose.py;
 # installed when missing where apt-get can (CI runs as root), skipped by that test otherwise.
