@@ -134,13 +134,6 @@ def _joined(thread) -> None:
         thread.join()
 
 
-def _line(raw: bytes) -> str | bytes:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw
-
-
 def _human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -285,17 +278,18 @@ def predict(
 
     _use_data_root(data_root)
     if not texts or texts == ["-"]:  # bytes that are not UTF-8 are kept: status not_text
-        texts = [_line(raw.rstrip(b"\r\n")) for raw in sys.stdin.buffer]
+        from tasks.score_sources import decoded
+
+        texts = [decoded(raw.rstrip(b"\r\n")) for raw in sys.stdin.buffer]
     with _user_errors():
         from storage.tracking import configure
         from tasks.score_sources import OK, as_text, status_of
-        from tasks.serving import Scorer, download_model, resolve_model
+        from tasks.serving import Scorer, resolve_model
 
         configure()
         ref = resolve_model(model)
         with tempfile.TemporaryDirectory(prefix="sentiflow-model-") as tmp:
-            files = download_model(ref, Path(tmp))
-            scorer = Scorer.from_files(files["config"], files["vocab"], files["weights"])
+            scorer = Scorer.load(ref, Path(tmp))
         statuses = [status_of(t) for t in texts]
         probs = iter(scorer.predict_proba([as_text(t) for t, s in zip(texts, statuses) if s == OK]))
     for text, status in zip(texts, statuses):

@@ -18,7 +18,6 @@ threshold, and the code: rescoring the same reviews with the same model is serve
 
 from __future__ import annotations
 
-import json
 import logging
 import itertools
 import multiprocessing as mp
@@ -295,8 +294,3 @@ def _planner(p: dict[str, Any]) -> StageRef:
 def score_task(model: ModelRef, source: str, source_fingerprint: str, params: ScoreParams, root: str,
                workers: int = 1, batch_rows: int = BATCH_ROWS, force: bool = False) -> StageRef:
     return run(model, source, source_fingerprint, params, root, workers, batch_rows, force)
-
-
-def stats_json(stats: ScoreStats) -> str:
-    return json.dumps({**stats.model_dump(), "reviews_per_second": stats.reviews_per_second,
-                       "metrics": stats.metrics()}, indent=2)

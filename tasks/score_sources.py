@@ -207,17 +207,23 @@ def _files(files: list[tuple[str, Path]], batch_rows: int, labeled: bool | None)
                 continue
             row_splits = (table.column("split").cast(pa.string()).to_pylist() if split == "*"
                           else [split] * table.num_rows)
-            ids = table.column(id_col).cast(pa.string()).to_pylist() if id_col else [None] * table.num_rows
-            for j, part in enumerate(row_splits):  # ingest's ids: <split>-<n>, n counted per split
-                if ids[j] is None:
-                    ids[j] = f"{part}-{counters[part]}"
-                counters[part] += 1
-            labels = None
-            if label_col:
-                labels = _labels(table.column(label_col).to_pylist(), rows, label_col, path)
-            elif labeled:
-                labels = [None] * table.num_rows
-            yield ReviewBatch(ids, _decoded(table.column(text_col).to_pylist()), labels)
+            yield _batch(table, (text_col, id_col, label_col), row_splits, rows, counters, bool(labeled), path)
+
+
+def _batch(table: pa.Table, columns: tuple[str, str | None, str | None], row_splits: list[str],
+           rows: list[int], counters: dict[str, int], labeled: bool, origin: Path | str) -> ReviewBatch:
+    """One batch of a source's rows: ids (the source's, else ingest's ``<split>-<n>``, n counted
+    per split in ``counters``), raw texts (UTF-8 bytes decoded), labels (None without a label
+    column, or a list of Nones when another file of the source has labels)."""
+    text_col, id_col, label_col = columns
+    ids = table.column(id_col).cast(pa.string()).to_pylist() if id_col else [None] * table.num_rows
+    for j, part in enumerate(row_splits):
+        if ids[j] is None:
+            ids[j] = f"{part}-{counters[part]}"
+        counters[part] += 1
+    labels = (_labels(table.column(label_col).to_pylist(), rows, label_col, origin) if label_col
+              else ([None] * table.num_rows if labeled else None))
+    return ReviewBatch(ids, _decoded(table.column(text_col).to_pylist()), labels)
 
 
 def _labels(values: list[Any], rows: list[int], column: str, origin: Path | str) -> list[int | None]:
@@ -234,17 +240,18 @@ def _labels(values: list[Any], rows: list[int], column: str, origin: Path | str)
     return out
 
 
-def _decoded(values: list[Any]) -> list[Any]:
+def decoded(value: Any) -> Any:
     """Bytes that are UTF-8 as str; other bytes kept (status not_text); anything else as is."""
-    out = []
-    for v in values:
-        if isinstance(v, bytes):
-            try:
-                v = v.decode("utf-8")
-            except UnicodeDecodeError:
-                pass
-        out.append(v)
-    return out
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return value
+
+
+def _decoded(values: list[Any]) -> list[Any]:
+    return [decoded(v) for v in values]
 
 
 def _text_lines(path: Path, batch_rows: int) -> Iterator[ReviewBatch]:
@@ -253,11 +260,7 @@ def _text_lines(path: Path, batch_rows: int) -> Iterator[ReviewBatch]:
     with open(path, "rb") as f:
         for raw in f:
             n += 1
-            line = raw.rstrip(b"\r\n")
-            try:
-                texts.append(line.decode("utf-8"))
-            except UnicodeDecodeError:
-                texts.append(line)  # status not_text
+            texts.append(decoded(raw.rstrip(b"\r\n")))  # not UTF-8: kept as bytes, status not_text
             ids.append(f"line-{n}")
             if len(texts) == batch_rows:
                 yield ReviewBatch(ids, texts, None)
@@ -282,13 +285,8 @@ def _whole(source: str, split: Split, batch_rows: int) -> ReviewStream:
                 raise SourceError(f"{part.origin}: no text column")
             for start in range(0, part.table.num_rows, batch_rows):
                 t = part.table.slice(start, batch_rows)
-                first = counters[part.split]
-                counters[part.split] += t.num_rows
-                ids = t.column(id_col).cast(pa.string()).to_pylist() if id_col else [None] * t.num_rows
-                ids = [i if i is not None else f"{part.split}-{first + j}" for j, i in enumerate(ids)]
                 rows = [(part.rows[start + j] if part.rows else start + j) for j in range(t.num_rows)]
-                labels = (_labels(t.column(label_col).to_pylist(), rows, label_col, part.origin)
-                          if label_col else ([None] * t.num_rows if labeled else None))
-                yield ReviewBatch(ids, _decoded(t.column(text_col).to_pylist()), labels)
+                yield _batch(t, (text_col, id_col, label_col), [part.split] * t.num_rows, rows, counters,
+                             labeled, part.origin)
 
     return ReviewStream(labeled, batches())

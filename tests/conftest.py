@@ -91,6 +91,20 @@ def capture_log(logger_name: str) -> Iterator[list[logging.LogRecord]]:
         logger.removeHandler(handler)
 
 
+def read_artifacts(key: str) -> list:
+    """The Prefect artifacts stored under ``key``, read through the API."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+    return asyncio.run(read())
+
+
 @pytest.fixture
 def imdb_folder(tmp_path: Path) -> Path:
     return write_imdb_folder(tmp_path / "source")

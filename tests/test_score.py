@@ -6,7 +6,6 @@ One tiny model is trained for the whole module (``trained``); the core tests nee
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -31,7 +30,7 @@ from tasks.serving import ModelError, Scorer, resolve_model
 from tasks.sources import SourceError
 from tasks.tokenize import TokenizeParams
 from tasks.vocab import PAD, UNK, Vocab
-from tests.conftest import NEGATIVE, NEUTRAL, POSITIVE, make_reviews, write_imdb_folder
+from tests.conftest import NEGATIVE, NEUTRAL, POSITIVE, make_reviews, read_artifacts, write_imdb_folder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CHAMPION = "models:/sentiflow@champion"
@@ -284,18 +283,6 @@ def test_flow_gives_the_registered_models_probabilities(trained, champion_pyfunc
     assert plain.evaluation_run_id is None and plain.stats.labeled_rows == 0
 
 
-def _scoring_summaries() -> list:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    async def read():
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["scoring-summary"])))
-
-    return asyncio.run(read())
-
-
 def test_evaluation_run_linked_to_the_model_and_rerun_is_cached(trained, first_score, tmp_path):
     from flows.score_flow import KEY_TAG, ScoreConfig, score_flow
 
@@ -321,7 +308,7 @@ def test_evaluation_run_linked_to_the_model_and_rerun_is_cached(trained, first_s
     linked = client.get_logged_model(model_id).metrics or []
     assert any(m.key == "accuracy" and m.run_id == run_id and m.value == metrics["accuracy"] for m in linked)
 
-    summaries = [a.data for a in _scoring_summaries() if run_id in a.data]
+    summaries = [a.data for a in read_artifacts("scoring-summary") if run_id in a.data]
     assert summaries and "| ok | 30 |" in summaries[0]
 
     # the same scoring again: served from the store, the same evaluation run, nothing new logged

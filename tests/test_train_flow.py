@@ -3,7 +3,6 @@ summary artifact; a rerun reuses the finished run and registers nothing new."""
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -12,21 +11,9 @@ from flows.data_flow import DataConfig
 from flows.train_flow import TrainFlowConfig, train_flow
 from tasks.model import ModelParams
 from tasks.train import TrainParams
-from tests.conftest import write_imdb_folder
+from tests.conftest import read_artifacts, write_imdb_folder
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-
-def _summary_artifacts() -> list:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    async def read():
-        async with get_client() as client:
-            return await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["training-summary"])))
-
-    return asyncio.run(read())
 
 
 def test_train_flow_end_to_end_and_rerun(tmp_path):
@@ -46,7 +33,7 @@ def test_train_flow_end_to_end_and_rerun(tmp_path):
     assert run.data.params["key.encode_train"] == first.data.encoded["train"].key
     assert run.data.params["tokenize.html_breaks"] == "space"
     assert "test_acc" in run.data.metrics
-    markdown = [a.data for a in _summary_artifacts() if first.train.run_id in a.data]
+    markdown = [a.data for a in read_artifacts("training-summary") if first.train.run_id in a.data]
     assert markdown and f"Best epoch **{first.selected.best_epoch}**" in markdown[0]
     assert markdown[0].count("\n| ") == 3 + 1  # header + one row per epoch
 

@@ -66,13 +66,12 @@ def baseline(model_uri: str, input_file: Path, out_file: Path) -> None:
     import torch
 
     from storage.tracking import configure
-    from tasks.serving import Scorer, download_model, resolve_model
+    from tasks.serving import Scorer, resolve_model
     from tasks.tokenize import tokenize_text
 
     configure()
     with tempfile.TemporaryDirectory() as tmp:
-        files = download_model(resolve_model(model_uri), Path(tmp))
-        scorer = Scorer.from_files(files["config"], files["vocab"], files["weights"])
+        scorer = Scorer.load(resolve_model(model_uri), Path(tmp))
     net, vocab, params = scorer.net.eval(), scorer.vocab, scorer.tokenize
     started = time.perf_counter()
     df = pq.read_table(input_file).to_pandas()
