@@ -41,8 +41,8 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
     from mlflow.exceptions import MlflowException
 
-    from tasks.serving import ModelError
-    from tasks.sources import SourceError
+    from sentiflow.tasks.serving import ModelError
+    from sentiflow.tasks.sources import SourceError
 
     # OSError: an unreadable source, an --out that cannot be written; MlflowException: a tracking
     # server that cannot be reached. The message says it all; no traceback.
@@ -76,11 +76,11 @@ def _user_errors():
 
 
 def _data_config(source, val_fraction, seed, lowercase, html_breaks, min_freq, max_size, force):
-    from flows.data_flow import STAGES, DataConfig
-    from storage.settings import get_settings
-    from tasks.split import SplitParams
-    from tasks.tokenize import TokenizeParams
-    from tasks.vocab import VocabParams
+    from sentiflow.flows.data_flow import STAGES, DataConfig
+    from sentiflow.storage.settings import get_settings
+    from sentiflow.tasks.split import SplitParams
+    from sentiflow.tasks.tokenize import TokenizeParams
+    from sentiflow.tasks.vocab import VocabParams
 
     for stage in force or []:
         if stage not in STAGES:
@@ -97,7 +97,7 @@ def _use_data_root(data_root: Path | None) -> None:
     """``--data-root`` is the settings' data root for everything this process does."""
     import os
 
-    from storage.settings import get_settings
+    from sentiflow.storage.settings import get_settings
 
     if data_root:
         os.environ["SENTIFLOW_DATA_ROOT"] = str(data_root)
@@ -166,7 +166,7 @@ def prepare(
     server = _start_prefect_early()
     with _user_errors():
         config = _data_config(source, val_fraction, seed, lowercase, html_breaks, min_freq, max_size, force)
-        from flows.data_flow import data_flow_for
+        from sentiflow.flows.data_flow import data_flow_for
 
         _joined(server)
         result = data_flow_for(workers=workers)(config=config, force=force or [], workers=workers)
@@ -202,9 +202,9 @@ def train(
     _use_data_root(data_root)
     server = _start_prefect_early()
     with _user_errors():
-        from flows.train_flow import TrainFlowConfig, train_flow
-        from tasks.model import ModelParams
-        from tasks.train import TrainParams
+        from sentiflow.flows.train_flow import TrainFlowConfig, train_flow
+        from sentiflow.tasks.model import ModelParams
+        from sentiflow.tasks.train import TrainParams
 
         config = TrainFlowConfig(
             data=_data_config(source, val_fraction, seed, lowercase, html_breaks, min_freq, max_size, force),
@@ -246,9 +246,9 @@ def score(
     _use_data_root(data_root)
     server = _start_prefect_early()
     with _user_errors():
-        from flows.score_flow import ScoreConfig, score_flow
-        from storage.settings import get_settings
-        from tasks.score import ScoreParams
+        from sentiflow.flows.score_flow import ScoreConfig, score_flow
+        from sentiflow.storage.settings import get_settings
+        from sentiflow.tasks.score import ScoreParams
 
         config = ScoreConfig(model=model, source=source or get_settings().source,
                              out=str(out) if out else None, params=ScoreParams(split=split, threshold=threshold))
@@ -278,13 +278,13 @@ def predict(
 
     _use_data_root(data_root)
     if not texts or texts == ["-"]:  # bytes that are not UTF-8 are kept: status not_text
-        from tasks.score_sources import decoded
+        from sentiflow.tasks.score_sources import decoded
 
         texts = [decoded(raw.rstrip(b"\r\n")) for raw in sys.stdin.buffer]
     with _user_errors():
-        from storage.tracking import configure
-        from tasks.score_sources import OK, as_text, status_of
-        from tasks.serving import Scorer, resolve_model
+        from sentiflow.storage.tracking import configure
+        from sentiflow.tasks.score_sources import OK, as_text, status_of
+        from sentiflow.tasks.serving import Scorer, resolve_model
 
         configure()
         ref = resolve_model(model)
@@ -314,7 +314,7 @@ def serve(
     scheduled and triggered runs execute here, no worker needed (Ctrl-C stops)."""
     from prefect import serve as prefect_serve
 
-    from flows.deployments import runner_deployments
+    from sentiflow.flows.deployments import runner_deployments
 
     prefect_serve(*runner_deployments(cron or None), limit=limit)
 
@@ -329,7 +329,7 @@ def ui(
     or MLFLOW_TRACKING_URI); with a tracking server, print its address instead."""
     import os
 
-    from storage.settings import get_settings
+    from sentiflow.storage.settings import get_settings
 
     _use_data_root(data_root)
     uri = get_settings().resolved_tracking_uri
@@ -352,8 +352,8 @@ def stages(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
 ) -> None:
     """List the stored stages: stage, key, rows, size, created."""
-    from storage.settings import get_settings
-    from storage.store import Store
+    from sentiflow.storage.settings import get_settings
+    from sentiflow.storage.store import Store
 
     root = data_root or get_settings().data_root
     rows = Store(root).list()

@@ -46,14 +46,14 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner
 from pydantic import BaseModel, Field
 
-from storage.settings import Settings, get_settings
-from storage.store import StageRef
-from tasks.encode import encode_task
-from tasks.ingest import ingest_task
-from tasks.sources import fingerprint
-from tasks.split import SplitParams, split_task
-from tasks.tokenize import TokenizeParams, tokenize_task
-from tasks.vocab import VocabParams, vocab_task
+from sentiflow.storage.settings import Settings, get_settings
+from sentiflow.storage.store import StageRef
+from sentiflow.tasks.encode import encode_task
+from sentiflow.tasks.ingest import ingest_task
+from sentiflow.tasks.sources import fingerprint
+from sentiflow.tasks.split import SplitParams, split_task
+from sentiflow.tasks.tokenize import TokenizeParams, tokenize_task
+from sentiflow.tasks.vocab import VocabParams, vocab_task
 
 Stage = Literal["ingest", "split", "tokenize", "vocab", "encode"]
 STAGES: tuple[str, ...] = ("ingest", "split", "tokenize", "vocab", "encode")

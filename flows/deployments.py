@@ -23,8 +23,8 @@ def runner_deployments(cron: str | None = RETRAIN_CRON, timezone: str = "UTC") -
     """``RunnerDeployment``s of the train flow (on ``cron``) and the score flow (run by hand)."""
     from prefect.schedules import Cron
 
-    from flows.score_flow import score_flow
-    from flows.train_flow import train_flow
+    from sentiflow.flows.score_flow import score_flow
+    from sentiflow.flows.train_flow import train_flow
 
     return [
         train_flow.to_deployment(

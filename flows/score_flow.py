@@ -14,13 +14,13 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from storage.settings import Settings, get_settings
-from storage.store import StageRef
-from storage.tracking import configure
-from tasks.metrics import confusion_figure
-from tasks.score import ScoreParams, ScoreStats, read_stats, score_task
-from tasks.score_sources import fingerprint
-from tasks.serving import ModelRef, resolve_model
+from sentiflow.storage.settings import Settings, get_settings
+from sentiflow.storage.store import StageRef
+from sentiflow.storage.tracking import configure
+from sentiflow.tasks.metrics import confusion_figure
+from sentiflow.tasks.score import ScoreParams, ScoreStats, read_stats, score_task
+from sentiflow.tasks.score_sources import fingerprint
+from sentiflow.tasks.serving import ModelRef, resolve_model
 
 DEFAULT_MODEL_URI = "models:/sentiflow@champion"
 KEY_TAG = "sentiflow.score_key"

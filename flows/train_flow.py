@@ -9,11 +9,11 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from flows.data_flow import DataConfig, PreparedData, Stage, data_flow_for
-from storage.settings import Settings, get_settings
-from tasks.model import ModelParams
-from tasks.select import SelectResult, select_task
-from tasks.train import TrainConfig, TrainParams, TrainResult, train_task
+from sentiflow.flows.data_flow import DataConfig, PreparedData, Stage, data_flow_for
+from sentiflow.storage.settings import Settings, get_settings
+from sentiflow.tasks.model import ModelParams
+from sentiflow.tasks.select import SelectResult, select_task
+from sentiflow.tasks.train import TrainConfig, TrainParams, TrainResult, train_task
 
 
 # The pipeline's default model: the seed's final hidden state concatenated with a max-pool over

@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     task_runner: Literal["local", "dask"] = Field(
         "local",
         description="Where tokenize and encode run: 'local' in this process (its own tokenizer "
-                    "pool), 'dask' on a Dask cluster through prefect-dask (flows.data_flow)",
+                    "pool), 'dask' on a Dask cluster through prefect-dask (sentiflow.flows.data_flow)",
     )
     dask_address: str | None = Field(
         None,

@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from storage.settings import Settings, get_settings
+from sentiflow.storage.settings import Settings, get_settings
 
 REGISTERED_MODEL = "sentiflow"
 CHAMPION, CHALLENGER = "champion", "challenger"

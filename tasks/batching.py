@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from storage.store import StageRef
+from sentiflow.storage.store import StageRef
 
 
 @dataclass

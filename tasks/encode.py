@@ -12,10 +12,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect import task
 
-from storage.store import StageRef
-from tasks import stage
-from tasks.progress import progress
-from tasks.vocab import Vocab
+from sentiflow.storage.store import StageRef
+from sentiflow.tasks import stage
+from sentiflow.tasks.progress import progress
+from sentiflow.tasks.vocab import Vocab
 
 STAGE = "encode"
 log = logging.getLogger("sentiflow.encode")

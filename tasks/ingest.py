@@ -3,7 +3,7 @@
 
 The key is the source's fingerprint (a content hash, or the hub revision), so changed data reruns
 everything downstream and unchanged data, wherever it lies, never does. The flow computes the
-fingerprint with a plain call (``tasks.sources.fingerprint``) and passes it in. A source without
+fingerprint with a plain call (``sentiflow.tasks.sources.fingerprint``) and passes it in. A source without
 test reviews is accepted, with a warning.
 """
 
@@ -18,9 +18,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect import task
 
-from storage.store import StageRef
-from tasks import stage
-from tasks.sources import SPLITS, RawPart, SourceError, fingerprint, read_source
+from sentiflow.storage.store import StageRef
+from sentiflow.tasks import stage
+from sentiflow.tasks.sources import SPLITS, RawPart, SourceError, fingerprint, read_source
 
 STAGE = "ingest"
 log = logging.getLogger("sentiflow.ingest")
@@ -130,7 +130,7 @@ def ingest(source: str, out_dir: Path) -> dict[str, int]:
 
 def spec(fingerprint: str) -> stage.StageSpec:
     # the readers in tasks.sources decide what ingest writes as much as this module does
-    return stage.StageSpec(STAGE, None, (fingerprint,), stage.code_version([__name__, "tasks.sources"]))
+    return stage.StageSpec(STAGE, None, (fingerprint,), stage.code_version([__name__, "sentiflow.tasks.sources"]))
 
 
 def plan(root: Path | str, fingerprint: str) -> StageRef:

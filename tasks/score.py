@@ -35,22 +35,22 @@ import torch
 from prefect import task
 from pydantic import BaseModel, Field
 
-from storage.store import StageRef, Store, file_sha256
-from tasks import encode, ingest, stage
-from tasks import tokenize as tokenize_stage
-from tasks.batching import Encoded
-from tasks.metrics import classification_metrics
-from tasks.score_sources import OK, STATUSES, ReviewBatch, Split, as_text, open_reviews, status_of
-from tasks.serving import ModelRef, Scorer, download_model
-from tasks.tokenize import TokenizeParams, tokenize_texts
-from tasks.vocab import Vocab
+from sentiflow.storage.store import StageRef, Store, file_sha256
+from sentiflow.tasks import encode, ingest, stage
+from sentiflow.tasks import tokenize as tokenize_stage
+from sentiflow.tasks.batching import Encoded
+from sentiflow.tasks.metrics import classification_metrics
+from sentiflow.tasks.score_sources import OK, STATUSES, ReviewBatch, Split, as_text, open_reviews, status_of
+from sentiflow.tasks.serving import ModelRef, Scorer, download_model
+from sentiflow.tasks.tokenize import TokenizeParams, tokenize_texts
+from sentiflow.tasks.vocab import Vocab
 
 STAGE = "score"
 BATCH_ROWS = 4096  # reviews read, prepared and scored at a time
 log = logging.getLogger("sentiflow.score")
 # every module that decides a prediction or a row's id, label or status
-CODE = ["tasks.score", "tasks.score_sources", "tasks.serving", "tasks.tokenize", "tasks.vocab",
-        "tasks.batching", "tasks.model", "tasks.train", "tasks.ingest", "tasks.sources", "tasks.encode"]
+CODE = ["sentiflow.tasks.score", "sentiflow.tasks.score_sources", "sentiflow.tasks.serving", "sentiflow.tasks.tokenize", "sentiflow.tasks.vocab",
+        "sentiflow.tasks.batching", "sentiflow.tasks.model", "sentiflow.tasks.train", "sentiflow.tasks.ingest", "sentiflow.tasks.sources", "sentiflow.tasks.encode"]
 
 
 class ScoreParams(BaseModel):
@@ -87,7 +87,7 @@ _worker: dict[str, Any] = {}
 
 def _init_worker(itos: list[str], params: TokenizeParams, quiet: bool = True) -> None:
     if quiet:
-        logging.disable(logging.CRITICAL)  # see tasks.tokenize: workers never log
+        logging.disable(logging.CRITICAL)  # see sentiflow.tasks.tokenize: workers never log
     _worker.update(vocab=Vocab(itos), params=params)
 
 
@@ -111,7 +111,7 @@ def _prepared(batches: Iterator[ReviewBatch], scorer: Scorer, workers: int,
         for b in batches:
             yield b, _prepare(b.texts)
         return
-    tokenize_stage._tokenizer()  # built before the fork (see tasks.tokenize): workers only use it
+    tokenize_stage._tokenizer()  # built before the fork (see sentiflow.tasks.tokenize): workers only use it
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     with ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_init_worker,
                              initargs=(scorer.vocab.itos, scorer.tokenize)) as pool:

@@ -6,7 +6,7 @@ row: a review that cannot be scored is passed on with its raw value, and ``statu
 (``null``, ``empty``, ``not_text``). Parquet, CSV and TSV files (alone or in a folder) and text
 files are read a batch at a time, so memory does not grow with the file; a Parquet file is read a
 row group at a time, so its row-group size bounds memory, and a CSV in 4 MB blocks. Hub datasets
-and aclImdb folders or archives come whole through ``tasks.sources.read_source`` (their size
+and aclImdb folders or archives come whole through ``sentiflow.tasks.sources.read_source`` (their size
 bounds memory) and are then cut into batches.
 
 Ids: the source's ``id`` or ``source_id`` column, else ``<split>-<n>`` as ingest makes them (n
@@ -28,10 +28,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from storage.store import file_sha256
-from tasks import sources
-from tasks.ingest import ID_COLUMNS, LABEL_COLUMNS, TEXT_COLUMNS, label_value
-from tasks.sources import SourceError
+from sentiflow.storage.store import file_sha256
+from sentiflow.tasks import sources
+from sentiflow.tasks.ingest import ID_COLUMNS, LABEL_COLUMNS, TEXT_COLUMNS, label_value
+from sentiflow.tasks.sources import SourceError
 
 Split = Literal["auto", "test", "train", "all"]
 TEXT_SUFFIXES = (".txt",)

@@ -28,16 +28,16 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from prefect import task  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
-from storage.settings import Settings  # noqa: E402
-from storage.store import StageRef  # noqa: E402
-from storage.tracking import CHALLENGER, CHAMPION, alias_version, configure  # noqa: E402
-from tasks.batching import Encoded  # noqa: E402
-from tasks.metrics import confusion, confusion_figure  # noqa: E402
-from tasks.model import SentimentRNN  # noqa: E402
-from tasks.serving import Scorer, SentimentModel  # noqa: E402
-from tasks.tokenize import TokenizeParams  # noqa: E402
-from tasks.train import TrainConfig, TrainResult, accuracy, load_checkpoint  # noqa: E402
-from tasks.vocab import Vocab  # noqa: E402
+from sentiflow.storage.settings import Settings  # noqa: E402
+from sentiflow.storage.store import StageRef  # noqa: E402
+from sentiflow.storage.tracking import CHALLENGER, CHAMPION, alias_version, configure  # noqa: E402
+from sentiflow.tasks.batching import Encoded  # noqa: E402
+from sentiflow.tasks.metrics import confusion, confusion_figure  # noqa: E402
+from sentiflow.tasks.model import SentimentRNN  # noqa: E402
+from sentiflow.tasks.serving import Scorer, SentimentModel  # noqa: E402
+from sentiflow.tasks.tokenize import TokenizeParams  # noqa: E402
+from sentiflow.tasks.train import TrainConfig, TrainResult, accuracy, load_checkpoint  # noqa: E402
+from sentiflow.tasks.vocab import Vocab  # noqa: E402
 
 log = logging.getLogger("sentiflow.select")
 VERSION_TAG = "sentiflow.registered_version"

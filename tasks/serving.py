@@ -22,10 +22,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
-from tasks.batching import Encoded
-from tasks.model import ModelParams, SentimentRNN
-from tasks.tokenize import TokenizeParams, tokenize_texts
-from tasks.vocab import Vocab
+from sentiflow.tasks.batching import Encoded
+from sentiflow.tasks.model import ModelParams, SentimentRNN
+from sentiflow.tasks.tokenize import TokenizeParams, tokenize_texts
+from sentiflow.tasks.vocab import Vocab
 
 
 ARTIFACTS = ("config", "vocab", "weights")
@@ -131,7 +131,7 @@ class Scorer:
         return Encoded.from_table(table, self.max_len)
 
     def predict_encoded(self, data: Encoded) -> np.ndarray:
-        from tasks.train import forward_fn, predict_logits
+        from sentiflow.tasks.train import forward_fn, predict_logits
 
         device = next(self.net.parameters()).device
         logits = predict_logits(self.net, data, self.batch_size, forward_fn(self.net, device), device,

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, Field
 
-from storage.store import StageRef
-from tasks import stage
-from tasks.sources import SourceError
+from sentiflow.storage.store import StageRef
+from sentiflow.tasks import stage
+from sentiflow.tasks.sources import SourceError
 
 STAGE = "split"
 

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel
 
-from storage.store import StageRef, Store, stable_hash, stage_key
+from sentiflow.storage.store import StageRef, Store, stable_hash, stage_key
 
 log = logging.getLogger("sentiflow.stage")
 

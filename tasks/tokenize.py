@@ -44,9 +44,9 @@ from prefect import task
 from pydantic import BaseModel, Field
 from spacy.attrs import IS_SPACE, LOWER, ORTH
 
-from storage.store import StageRef
-from tasks import stage
-from tasks.progress import progress
+from sentiflow.storage.store import StageRef
+from sentiflow.tasks import stage
+from sentiflow.tasks.progress import progress
 
 STAGE = "tokenize"
 log = logging.getLogger("sentiflow.tokenize")

@@ -22,20 +22,20 @@ from prefect import task
 from pydantic import BaseModel, Field
 from torch import nn
 
-from storage.settings import Settings
-from storage.store import StageRef, stable_hash
-from storage.tracking import configure
-from tasks import stage
-from tasks.batching import Encoded, iterate
-from tasks.embeddings import init_embedding
-from tasks.model import ModelParams, SentimentRNN
-from tasks.progress import progress
-from tasks.vocab import Vocab
+from sentiflow.storage.settings import Settings
+from sentiflow.storage.store import StageRef, stable_hash
+from sentiflow.storage.tracking import configure
+from sentiflow.tasks import stage
+from sentiflow.tasks.batching import Encoded, iterate
+from sentiflow.tasks.embeddings import init_embedding
+from sentiflow.tasks.model import ModelParams, SentimentRNN
+from sentiflow.tasks.progress import progress
+from sentiflow.tasks.vocab import Vocab
 
 log = logging.getLogger("sentiflow.train")
 TRAIN_KEY_TAG, COMPLETE_TAG = "sentiflow.train_key", "sentiflow.complete"
 # the modules whose code decides what a training computes (part of the training key)
-TRAIN_CODE = ["tasks.train", "tasks.model", "tasks.batching", "tasks.embeddings"]
+TRAIN_CODE = ["sentiflow.tasks.train", "sentiflow.tasks.model", "sentiflow.tasks.batching", "sentiflow.tasks.embeddings"]
 
 
 class TrainParams(BaseModel):
@@ -267,14 +267,14 @@ def train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_ref
 def _log_setup(config, inputs, lineage, model, found, vocab_size, device) -> None:
     from torchinfo import summary
 
-    from tasks.model import seed_example
+    from sentiflow.tasks.model import seed_example
 
     params = {**flat_params("model", config.model), **flat_params("train", config.train),
               **{f"input.{i}": token for i, token in enumerate(inputs)}, **(lineage or {}),
               "vocab_size": vocab_size, "device": device.type}
     mlflow.log_params(params)
     mlflow.set_tags({"sentiflow.code_version": stage.code_version(TRAIN_CODE, f"torch=={torch.__version__}"),
-                     "sentiflow.model_code_version": stage.code_version("tasks.model")})
+                     "sentiflow.model_code_version": stage.code_version("sentiflow.tasks.model")})
     if config.train.pretrained:
         mlflow.log_metric("pretrained_words_found", found)
         log.info("pretrained vectors: %d of %d vocabulary words found", found, vocab_size)

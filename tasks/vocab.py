@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 from prefect import task
 from pydantic import BaseModel, Field
 
-from storage.store import StageRef
-from tasks import stage
+from sentiflow.storage.store import StageRef
+from sentiflow.tasks import stage
 
 STAGE = "vocab"
 UNK, PAD = "<unk>", "<pad>"

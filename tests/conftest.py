@@ -133,7 +133,7 @@ def _restore(before: dict[str, str | None]) -> None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    from storage.settings import get_settings
+    from sentiflow.storage.settings import get_settings
 
     get_settings.cache_clear()
 

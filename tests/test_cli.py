@@ -9,7 +9,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from sentiflow.flows.cli import app
 
 runner = CliRunner()
 COMMANDS = ["prepare", "train", "stages"]
@@ -56,7 +56,7 @@ def test_bad_source_is_one_clear_error_not_a_traceback(tmp_path, data_root):
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\ngood film,1\nbad film,maybe\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "prepare", "--source", str(bad), "--data-root", str(data_root)],
+        [sys.executable, "-m", "sentiflow.flows.cli", "prepare", "--source", str(bad), "--data-root", str(data_root)],
         capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 1

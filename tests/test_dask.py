@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.data_flow import DataConfig, PreparedData, data_flow_for, prepare_data, task_runner_for
-from storage.settings import Settings
-from storage.store import MANIFEST
-from tasks.tokenize import TokenizeParams
+from sentiflow.flows.data_flow import DataConfig, PreparedData, data_flow_for, prepare_data, task_runner_for
+from sentiflow.storage.settings import Settings
+from sentiflow.storage.store import MANIFEST
+from sentiflow.tasks.tokenize import TokenizeParams
 from tests.conftest import capture_log
 from tests.test_data_flow import ALL, _manifest_stamps, task_run_states
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.data_flow import DataConfig, PreparedData, prepare_data
-from storage.store import MANIFEST, StageRef
-from tasks.tokenize import TokenizeParams
-from tasks.vocab import Vocab, VocabParams
+from sentiflow.flows.data_flow import DataConfig, PreparedData, prepare_data
+from sentiflow.storage.store import MANIFEST, StageRef
+from sentiflow.tasks.tokenize import TokenizeParams
+from sentiflow.tasks.vocab import Vocab, VocabParams
 from tests.conftest import write_imdb_folder
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.deployments import RETRAIN, RETRAIN_CRON, SCORE, runner_deployments
+from sentiflow.flows.cli import app
+from sentiflow.flows.deployments import RETRAIN, RETRAIN_CRON, SCORE, runner_deployments
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_pull_step_sets_the_project_folder():
 
 def test_ui_with_a_tracking_server_prints_its_address(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
-    from storage.settings import get_settings
+    from sentiflow.storage.settings import get_settings
 
     get_settings.cache_clear()
     try:
@@ -89,7 +89,7 @@ def test_ui_serves_the_embedded_store(tmp_path):
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.MlflowClient(uri).create_experiment("sentiflow")
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "ui", "--data-root", str(root), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "sentiflow.flows.cli", "ui", "--data-root", str(root), "--port", str(port)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 90

@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage.store import MANIFEST, Store
-from tasks import ingest as ingest_mod
-from tasks.ingest import SCHEMA, ingest, normalize
-from tasks.sources import SourceError, fingerprint, read_source, source_kind
+from sentiflow.storage.store import MANIFEST, Store
+from sentiflow.tasks import ingest as ingest_mod
+from sentiflow.tasks.ingest import SCHEMA, ingest, normalize
+from sentiflow.tasks.sources import SourceError, fingerprint, read_source, source_kind
 from tests.conftest import capture_log, edit_module_source, make_reviews, write_imdb_folder
 
 REAL_IMDB = Path("/work/shared/data/imdb")
@@ -748,12 +748,12 @@ def test_fingerprint_needs_no_hashlib_file_digest(tmp_path, monkeypatch, make):
 
 
 def test_ingest_key_follows_the_readers_in_sources(tmp_path, monkeypatch):
-    """The readers live in tasks.sources: editing them must change ingest's key like editing
-    tasks.ingest does."""
+    """The readers live in sentiflow.tasks.sources: editing them must change ingest's key like editing
+    sentiflow.tasks.ingest does."""
     before = ingest_mod.plan(tmp_path, "folder:abc").key
-    edit_module_source(monkeypatch, "tasks.sources")
+    edit_module_source(monkeypatch, "sentiflow.tasks.sources")
     after_sources = ingest_mod.plan(tmp_path, "folder:abc").key
-    edit_module_source(monkeypatch, "tasks.ingest")
+    edit_module_source(monkeypatch, "sentiflow.tasks.ingest")
     after_both = ingest_mod.plan(tmp_path, "folder:abc").key
     assert len({before, after_sources, after_both}) == 3
 

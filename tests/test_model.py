@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.embeddings import init_embedding, load_vectors
-from tasks.model import ModelParams, SentimentRNN, seed_example
+from sentiflow.tasks.embeddings import init_embedding, load_vectors
+from sentiflow.tasks.model import ModelParams, SentimentRNN, seed_example
 
 
 def test_seed_example_is_the_7_by_5_table():

@@ -23,13 +23,13 @@ import torch
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from tasks.model import ModelParams, SentimentRNN
-from tasks.score import ScoreParams, score
-from tasks.score_sources import status_of
-from tasks.serving import ModelError, Scorer, resolve_model
-from tasks.sources import SourceError
-from tasks.tokenize import TokenizeParams
-from tasks.vocab import PAD, UNK, Vocab
+from sentiflow.tasks.model import ModelParams, SentimentRNN
+from sentiflow.tasks.score import ScoreParams, score
+from sentiflow.tasks.score_sources import status_of
+from sentiflow.tasks.serving import ModelError, Scorer, resolve_model
+from sentiflow.tasks.sources import SourceError
+from sentiflow.tasks.tokenize import TokenizeParams
+from sentiflow.tasks.vocab import PAD, UNK, Vocab
 from tests.conftest import NEGATIVE, NEUTRAL, POSITIVE, make_reviews, read_artifacts, write_imdb_folder
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -215,9 +215,9 @@ class Trained:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, prefect_harness) -> Trained:
-    from flows.data_flow import DataConfig
-    from flows.train_flow import TrainFlowConfig, train_flow
-    from tasks.train import TrainParams
+    from sentiflow.flows.data_flow import DataConfig
+    from sentiflow.flows.train_flow import TrainFlowConfig, train_flow
+    from sentiflow.tasks.train import TrainParams
 
     base = tmp_path_factory.mktemp("score")
     src = write_imdb_folder(base / "src", n_train=200, n_test=30, seed=11)
@@ -238,14 +238,14 @@ def champion_pyfunc(trained):
 @pytest.fixture(scope="module")
 def first_score(trained):
     """The training source's test part, scored once by the flow (the cached-encode path)."""
-    from flows.score_flow import ScoreConfig, score_flow
+    from sentiflow.flows.score_flow import ScoreConfig, score_flow
 
     return score_flow(config=ScoreConfig(model=CHAMPION, source=str(trained.src)), data_root=str(trained.root),
                       workers=1)
 
 
 def test_flow_gives_the_registered_models_probabilities(trained, champion_pyfunc, first_score, tmp_path):
-    from flows.score_flow import ScoreConfig, score_flow
+    from sentiflow.flows.score_flow import ScoreConfig, score_flow
 
     test = pq.read_table(trained.src / "test.parquet").to_pydict()
     expected = np.asarray(champion_pyfunc.predict(test["text"]), np.float64)
@@ -284,7 +284,7 @@ def test_flow_gives_the_registered_models_probabilities(trained, champion_pyfunc
 
 
 def test_evaluation_run_linked_to_the_model_and_rerun_is_cached(trained, first_score, tmp_path):
-    from flows.score_flow import KEY_TAG, ScoreConfig, score_flow
+    from sentiflow.flows.score_flow import KEY_TAG, ScoreConfig, score_flow
 
     client = MlflowClient(trained.uri)
     run_id = first_score.evaluation_run_id
@@ -370,7 +370,7 @@ def test_model_of_another_task_is_refused(trained, foreign_model):
 def test_cli_out_naming_a_folder(trained, first_score, cli, tmp_path):
     """``--out`` naming an existing folder: the file goes into it, or one clear error; never a
     traceback."""
-    from flows.cli import app
+    from sentiflow.flows.cli import app
 
     folder = tmp_path / "results"
     folder.mkdir()
@@ -404,7 +404,7 @@ def test_other_uri_forms_resolve_to_the_same_model(trained, champion_pyfunc, tmp
 @pytest.fixture
 def cli(trained, monkeypatch):
     """The CLI with the trained data root (restored afterwards)."""
-    from storage.settings import get_settings
+    from sentiflow.storage.settings import get_settings
 
     monkeypatch.setenv("SENTIFLOW_DATA_ROOT", str(trained.root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -423,7 +423,7 @@ def _assert_one_error_line(result, *fragments):
 
 
 def test_cli_bad_models_and_sources(trained, foreign_model, cli, tmp_path):
-    from flows.cli import app
+    from sentiflow.flows.cli import app
 
     garbage = tmp_path / "garbage.parquet"
     garbage.write_bytes(b"this is not a parquet file\x00\xff" * 20)
@@ -441,7 +441,7 @@ def test_cli_bad_models_and_sources(trained, foreign_model, cli, tmp_path):
 
 
 def test_cli_score_prints_metrics_and_writes_out(trained, first_score, cli, tmp_path):
-    from flows.cli import app
+    from sentiflow.flows.cli import app
 
     out = tmp_path / "cli.parquet"
     result = cli.invoke(app, ["score", "--source", str(trained.src), "--out", str(out),
@@ -454,7 +454,7 @@ def test_cli_score_prints_metrics_and_writes_out(trained, first_score, cli, tmp_
 
 
 def test_flow_unreadable_source_is_a_source_error(trained, tmp_path):
-    from flows.score_flow import ScoreConfig, score_flow
+    from sentiflow.flows.score_flow import ScoreConfig, score_flow
 
     garbage = tmp_path / "garbage.parquet"
     garbage.write_bytes(b"PAR1" + os.urandom(200) + b"PAR1")
@@ -471,7 +471,7 @@ def test_predict_in_another_process_resolves_the_alias(trained, champion_pyfunc)
     texts = ["A wonderful, superb and moving film.", "Awful. Boring and tedious.", "",
              "Фильм 😀 — 日本語 <br />&amp;"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": trained.uri, "SENTIFLOW_DATA_ROOT": str(trained.root)}
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "predict", "--model", CHAMPION, "--json", *texts],
+    proc = subprocess.run([sys.executable, "-m", "sentiflow.flows.cli", "predict", "--model", CHAMPION, "--json", *texts],
                           check=False, capture_output=True, encoding="utf-8", env=env, cwd=PROJECT_ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -489,7 +489,7 @@ def test_predict_in_another_process_resolves_the_alias(trained, champion_pyfunc)
 @pytest.mark.parametrize("args", [[], ["-"]])
 def test_predict_reads_standard_input(trained, champion_pyfunc, cli, args):
     """One review per line (LF or CRLF); an empty line keeps its place."""
-    from flows.cli import app
+    from sentiflow.flows.cli import app
 
     ok = ["A wonderful, superb and moving film.", "Awful. Boring and tedious.", "Фильм 😀 — 日本語"]
     stdin = f"{ok[0]}\r\n\n" + "".join(f"{t}\n" for t in ok[1:])

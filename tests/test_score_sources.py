@@ -1,4 +1,4 @@
-"""Reading reviews to score (``tasks.score_sources``): every row kept with a status, ids and
+"""Reading reviews to score (``sentiflow.tasks.score_sources``): every row kept with a status, ids and
 labels as ingest makes them, files read a batch at a time. Real Parquet, CSV, TSV and text files;
 no Prefect needed."""
 
@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.ingest import ingest
-from tasks.score_sources import as_text, open_reviews, status_of
-from tasks.sources import SourceError
+from sentiflow.tasks.ingest import ingest
+from sentiflow.tasks.score_sources import as_text, open_reviews, status_of
+from sentiflow.tasks.sources import SourceError
 
 
 def read_all(source, split="auto", batch_rows=2048):

@@ -104,7 +104,7 @@ def servers(tmp_path_factory):
 
 
 def _cli(args: list[str], env: dict[str, str], timeout: float = 300) -> str:
-    r = subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, cwd=ROOT, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "sentiflow.flows.cli", *args], env=env, cwd=ROOT, capture_output=True,
                        text=True, timeout=timeout)
     assert r.returncode == 0, f"sentiflow {args[0]} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout
@@ -156,7 +156,7 @@ def test_serve_runs_a_triggered_score_deployment(servers):
     src = tmp / "src"
     if not src.exists():
         pytest.skip("needs the model trained by test_train_and_score_against_servers")
-    with _process([sys.executable, "-m", "flows.cli", "serve", "--cron", "0 3 * * 1"], env, tmp / "serve.log"):
+    with _process([sys.executable, "-m", "sentiflow.flows.cli", "serve", "--cron", "0 3 * * 1"], env, tmp / "serve.log"):
         deadline = time.monotonic() + 120
         while True:
             deployments = {d["name"]: d for d in _post(f"{api}/deployments/filter", {})}

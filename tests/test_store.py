@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage.store import MANIFEST, Store, file_sha256, stage_key
+from sentiflow.storage.store import MANIFEST, Store, file_sha256, stage_key
 
 
 def _build(store: Store, key: str = "k1", rows: int = 3):
@@ -257,7 +257,7 @@ def test_lock_excludes_across_processes(tmp_path: Path):
     store = Store(tmp_path)
     ref = store.ref("demo", "k1")
     child = (
-        "import sys, time; from storage.store import Store; s = Store(sys.argv[1]); "
+        "import sys, time; from sentiflow.storage.store import Store; s = Store(sys.argv[1]); "
         "print('ready', flush=True); t = time.time(); ctx = s.lock(s.ref('demo', 'k1')); "
         "ctx.__enter__(); print(round(time.time() - t, 2), flush=True); ctx.__exit__(None, None, None)"
     )
@@ -277,7 +277,7 @@ def test_two_runs_building_the_same_key_build_it_once(tmp_path: Path):
     valid and reuses it (before the lock it built again and moved the first's folder to trash)."""
     import threading
 
-    from tasks.stage import StageSpec, run_stage
+    from sentiflow.tasks.stage import StageSpec, run_stage
 
     spec = StageSpec("demo", None, ("up/abc",), "code-1")
     builds, results, errors = [], [], []
@@ -312,7 +312,7 @@ def test_spec_gives_the_key_and_the_manifest(tmp_path: Path):
     """Key and manifest come from one spec: its inputs and params are what the manifest records."""
     from pydantic import BaseModel
 
-    from tasks.stage import StageSpec, run_stage
+    from sentiflow.tasks.stage import StageSpec, run_stage
 
     class P(BaseModel):
         a: int = 1

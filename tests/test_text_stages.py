@@ -9,13 +9,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage.store import StageRef, Store
-from tasks import split as split_mod
-from tasks.encode import encode_table
-from tasks.sources import SourceError
-from tasks.split import SplitParams, split_indices
-from tasks.tokenize import TokenizeParams, tokenize_file, tokenize_text, tokenize_texts
-from tasks.vocab import PAD, UNK, Vocab, VocabParams, build_vocab
+from sentiflow.storage.store import StageRef, Store
+from sentiflow.tasks import split as split_mod
+from sentiflow.tasks.encode import encode_table
+from sentiflow.tasks.sources import SourceError
+from sentiflow.tasks.split import SplitParams, split_indices
+from sentiflow.tasks.tokenize import TokenizeParams, tokenize_file, tokenize_text, tokenize_texts
+from sentiflow.tasks.vocab import PAD, UNK, Vocab, VocabParams, build_vocab
 from tests.conftest import edit_module_source, make_reviews
 
 SEED_SENTENCE = "Master cinéaste Alain Resnais likes to work with those actors"
@@ -76,7 +76,7 @@ def test_tokenizer_workers_do_not_log():
     log handler (Prefect's API handler hands records to a thread the child does not have)."""
     import logging
 
-    from tasks import tokenize as tokenize_mod
+    from sentiflow.tasks import tokenize as tokenize_mod
 
     with tokenize_mod._pool(1) as pool:
         assert pool.submit(_logging_disabled_level).result(timeout=60) >= logging.CRITICAL
@@ -164,7 +164,7 @@ def test_split_key_follows_numpy_version_and_module(tmp_path: Path, monkeypatch)
     base = split_mod.plan(tmp_path, SplitParams(), ingested).key
     monkeypatch.setattr(np, "__version__", "99.0.0")
     new_numpy = split_mod.plan(tmp_path, SplitParams(), ingested).key
-    edit_module_source(monkeypatch, "tasks.split")
+    edit_module_source(monkeypatch, "sentiflow.tasks.split")
     assert len({base, new_numpy, split_mod.plan(tmp_path, SplitParams(), ingested).key}) == 3
 
 

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.data_flow import DataConfig, prepare_data
-from storage.settings import Settings
-from tasks.model import ModelParams
-from tasks.select import best_epoch, select
-from tasks.serving import Scorer
-from tasks.train import TrainConfig, TrainParams, build_model, find_run, train
-from tasks.vocab import Vocab
+from sentiflow.flows.data_flow import DataConfig, prepare_data
+from sentiflow.storage.settings import Settings
+from sentiflow.tasks.model import ModelParams
+from sentiflow.tasks.select import best_epoch, select
+from sentiflow.tasks.serving import Scorer
+from sentiflow.tasks.train import TrainConfig, TrainParams, build_model, find_run, train
+from sentiflow.tasks.vocab import Vocab
 from tests.conftest import write_imdb_folder
 
 METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds"]
@@ -49,7 +49,7 @@ def fit(data, settings, config=SMALL):
 
 
 def choose(data, settings, result, config=SMALL):
-    from tasks.tokenize import TokenizeParams
+    from sentiflow.tasks.tokenize import TokenizeParams
 
     return select(result, config, TokenizeParams(), data.vocab, data.encoded["val"], data.encoded["test"],
                   "sentiflow", settings)
@@ -129,13 +129,13 @@ def test_champion_loads_in_a_fresh_process_and_scores_raw_text(data, settings, t
     probs = json.loads(proc.stdout.strip().splitlines()[-1])
     assert probs[0] > 0.5 > probs[1]
     # the same numbers as the in-process model
-    from tasks.train import load_checkpoint
+    from sentiflow.tasks.train import load_checkpoint
 
     vocab = Vocab.read(data.vocab.file("vocab.parquet"))
     net, _ = build_model(vocab, SMALL)
     mlflow.set_tracking_uri(settings.resolved_tracking_uri)
     load_checkpoint(result.run_id, int(MlflowClient().get_run(result.run_id).data.metrics["best_epoch"]), net, tmp_path)
-    from tasks.tokenize import TokenizeParams
+    from sentiflow.tasks.tokenize import TokenizeParams
 
     np.testing.assert_allclose(probs, Scorer(net, vocab, TokenizeParams()).predict_proba(texts), rtol=1e-5)
 
@@ -147,8 +147,8 @@ def test_killed_training_resumes_at_the_next_epoch(data, settings, tmp_path):
                        "refs": [r.model_dump(mode="json") for r in
                                 (data.encoded["train"], data.encoded["val"], data.vocab)],
                        "settings": settings.model_dump(mode="json")})
-    script = ("import json, sys; from storage.settings import Settings; from storage.store import StageRef; "
-              "from tasks.train import TrainConfig, train; a = json.loads(sys.argv[1]); "
+    script = ("import json, sys; from sentiflow.storage.settings import Settings; from sentiflow.storage.store import StageRef; "
+              "from sentiflow.tasks.train import TrainConfig, train; a = json.loads(sys.argv[1]); "
               "train(TrainConfig(**a['config']), *[StageRef(**r) for r in a['refs']], None, Settings(**a['settings']))")
     proc = subprocess.Popen([sys.executable, "-c", script, args], cwd=Path(__file__).parents[1],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -215,7 +215,7 @@ def test_pretrained_vectors_through_training_frozen(data, settings, tmp_path):
     result = fit(data, settings, config)
     client = MlflowClient(settings.resolved_tracking_uri)
     assert client.get_run(result.run_id).data.metrics["pretrained_words_found"] == 10
-    from tasks.train import load_checkpoint
+    from sentiflow.tasks.train import load_checkpoint
 
     net, _ = build_model(vocab, SMALL)
     mlflow.set_tracking_uri(settings.resolved_tracking_uri)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.data_flow import DataConfig
-from flows.train_flow import TrainFlowConfig, train_flow
-from tasks.model import ModelParams
-from tasks.train import TrainParams
+from sentiflow.flows.data_flow import DataConfig
+from sentiflow.flows.train_flow import TrainFlowConfig, train_flow
+from sentiflow.tasks.model import ModelParams
+from sentiflow.tasks.train import TrainParams
 from tests.conftest import read_artifacts, write_imdb_folder
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

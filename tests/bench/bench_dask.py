@@ -35,8 +35,8 @@ def task_times(flow_run_id):
     return out
 
 def one(mode, root, src, base=None):
-    from flows.data_flow import DataConfig, data_flow_for
-    from storage.settings import Settings
+    from sentiflow.flows.data_flow import DataConfig, data_flow_for
+    from sentiflow.storage.settings import Settings
     if base:  # ingest and split already there (content-addressed: the same keys)
         for stage in ("ingest", "split"):
             shutil.copytree(base / stage, root / stage)

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import pyarrow.parquet as pq  # noqa: E402
 from prefect import flow  # noqa: E402
 
-from flows.data_flow import DataConfig, prepare_data  # noqa: E402
-from tasks.tokenize import TokenizeParams, tokenize_text  # noqa: E402
+from sentiflow.flows.data_flow import DataConfig, prepare_data  # noqa: E402
+from sentiflow.tasks.tokenize import TokenizeParams, tokenize_text  # noqa: E402
 
 
 @flow
@@ -69,7 +69,7 @@ def main() -> None:
 
     # the same warm run as a user types it: a new process (imports + Prefect's ephemeral server)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "flows.cli", "prepare", "--source", args.source,
+    subprocess.run([sys.executable, "-m", "sentiflow.flows.cli", "prepare", "--source", args.source,
                     "--data-root", str(root)], check=True, capture_output=True)
     cli_warm_s = time.perf_counter() - t0
 

@@ -65,9 +65,9 @@ def baseline(model_uri: str, input_file: Path, out_file: Path) -> None:
     """The seed's step 10, as a process of its own."""
     import torch
 
-    from storage.tracking import configure
-    from tasks.serving import Scorer, resolve_model
-    from tasks.tokenize import tokenize_text
+    from sentiflow.storage.tracking import configure
+    from sentiflow.tasks.serving import Scorer, resolve_model
+    from sentiflow.tasks.tokenize import tokenize_text
 
     configure()
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,14 +111,14 @@ def main() -> None:
         tmp = Path(tmp)
         # not measured: the first command on a new PREFECT_HOME creates Prefect's database
         warm = make_input(Path(args.source), 100, tmp / "warm.parquet")
-        run_measured([sys.executable, "-m", "flows.cli", "score", "--model", args.model, "--source", str(warm),
+        run_measured([sys.executable, "-m", "sentiflow.flows.cli", "score", "--model", args.model, "--source", str(warm),
                       "--data-root", str(tmp / "data-warm")], env)
         for n in sorted(set(args.sizes) | set(args.baseline_sizes)):
             src = make_input(Path(args.source), n, tmp / f"reviews-{n}.parquet")
             row: dict = {}
             if n in args.sizes:
                 out = tmp / f"ours-{n}.parquet"
-                cmd = [sys.executable, "-m", "flows.cli", "score", "--model", args.model, "--source", str(src),
+                cmd = [sys.executable, "-m", "sentiflow.flows.cli", "score", "--model", args.model, "--source", str(src),
                        "--out", str(out), "--data-root", str(tmp / f"data-{n}"), "--workers", str(args.workers)]
                 seconds, rss, _ = run_measured(cmd, env)
                 stats = json.loads(next((tmp / f"data-{n}" / "score").glob("*/stats.json")).read_text())

@@ -2,7 +2,7 @@
 
 The seed-style loop is the demo's: random (unbucketed) batches of 64, packed sequences through
 ``SentimentRNN.forward``, PyTorch's default CPU settings. The training task's epoch is
-``tasks.train.fit_epoch``: length-bucketed batches, the unpacked fast path, flushed denormals.
+``sentiflow.tasks.train.fit_epoch``: length-bucketed batches, the unpacked fast path, flushed denormals.
 Both train the same freshly seeded model on the same subset for the same epochs and are scored on
 the same validation reviews. Prints JSON.
 
@@ -24,10 +24,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from storage.store import Store  # noqa: E402
-from tasks.batching import Encoded  # noqa: E402
-from tasks.train import TrainConfig, build_model, evaluate, fit_epoch, tune_cpu  # noqa: E402
-from tasks.vocab import Vocab  # noqa: E402
+from sentiflow.storage.store import Store  # noqa: E402
+from sentiflow.tasks.batching import Encoded  # noqa: E402
+from sentiflow.tasks.train import TrainConfig, build_model, evaluate, fit_epoch, tune_cpu  # noqa: E402
+from sentiflow.tasks.vocab import Vocab  # noqa: E402
 
 
 def latest(root: Path, stage: str, rows: int):
