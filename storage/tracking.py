@@ -8,18 +8,20 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from sentiflow.storage.settings import Settings, get_settings
+from sentiflow.storage.settings import Settings
+from sentiflow.storage.store import StageRef
 
 REGISTERED_MODEL = "sentiflow"
 CHAMPION, CHALLENGER = "champion", "challenger"
+# MLflow 3's UI opens an experiment without this tag as a GenAI one (traces, "evaluation runs")
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
-def configure(settings: Settings | None = None) -> str:
+def configure(settings: Settings) -> str:
     """Point MLflow at the configured store; create the experiment if needed. Returns its id.
 
     With a SQLite store (the embedded default: ``<data root>/mlflow.db``) artifacts go to
     ``mlartifacts/`` beside it; with a tracking server, to the server's artifact store."""
-    settings = settings or get_settings()
     uri = settings.resolved_tracking_uri
     location = None  # a tracking server chooses (its artifact store)
     if uri.startswith("sqlite:///"):  # artifacts beside the database file
@@ -39,7 +41,10 @@ def configure(settings: Settings | None = None) -> str:
     client = MlflowClient()
     exp = client.get_experiment_by_name(settings.experiment)
     if exp is None:
-        return client.create_experiment(settings.experiment, artifact_location=location)
+        return client.create_experiment(settings.experiment, artifact_location=location,
+                                        tags=dict([EXPERIMENT_KIND]))
+    if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # made by an older sentiflow
+        client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
     return exp.experiment_id
 
 
@@ -49,3 +54,30 @@ def alias_version(name: str, alias: str):
         return MlflowClient().get_model_version_by_alias(name, alias)
     except mlflow.exceptions.MlflowException:
         return None
+
+
+
+def stage_dataset(ref: StageRef, name: str, source: str | None = None):
+    """A stage folder as an MLflow dataset (metadata only): the stage key as digest, the review
+    source it came from as source (the folder itself when unknown)."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    if source and not Path(source).expanduser().exists():  # a Hugging Face dataset id
+        origin = HuggingFaceDatasetSource(path=source)
+    else:  # a local artifact source (a class MLflow registers at run time, found by URI)
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": local, both
+            warnings.simplefilter("ignore", UserWarning)
+            origin = resolve_dataset_source(Path(source or ref.path).expanduser().resolve().as_uri())
+    return MetaDataset(origin, name=name, digest=ref.key)
+
+
+def log_stage_datasets(refs: dict[str, StageRef], source: str | None = None) -> None:
+    """Log stages (context → ref; contexts such as training, validation, test) as inputs of the
+    active run, named ``<stage>-<context>``: the runs list's Dataset column and the evaluation
+    runs then show which data a run used."""
+    for context, ref in refs.items():
+        mlflow.log_input(stage_dataset(ref, f"{ref.stage}-{context}", source), context=context)

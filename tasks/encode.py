@@ -15,7 +15,7 @@ from prefect import task
 from sentiflow.storage.store import StageRef
 from sentiflow.tasks import stage
 from sentiflow.tasks.progress import progress
-from sentiflow.tasks.vocab import Vocab
+from sentiflow.tasks.text import Vocab
 
 STAGE = "encode"
 log = logging.getLogger("sentiflow.encode")
@@ -44,7 +44,7 @@ def encode_shards(shards: list[Path], vocab: Vocab, out_dir: Path) -> int:
 
 def spec(tokens: StageRef, vocab: StageRef) -> stage.StageSpec:
     return stage.StageSpec(STAGE, None, (stage.input_token(tokens), stage.input_token(vocab)),
-                           stage.code_version(__name__))
+                           stage.code_version([__name__, "sentiflow.tasks.text"]))
 
 
 def plan(root: Path | str, tokens: StageRef, vocab: StageRef) -> StageRef:

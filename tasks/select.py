@@ -1,48 +1,50 @@
 """Stage 7, select: the training run → its best epoch, logged as a text-in model, registered.
 
-The best epoch has the highest ``val_acc`` (the earlier on a tie). Its checkpoint is reloaded,
-scored once on the test split (``test_acc``), logged as a pyfunc model carrying its vocabulary
-and tokenizer settings, and registered as a new version. The alias ``champion`` moves to it only
-when its ``val_acc`` beats the current champion's; otherwise it gets ``challenger``. Two selections
-running at the same moment can both read the old champion; the later alias write wins (the
-registry has no compare-and-set).
+``select`` runs five steps, each a function named for what it does:
+
+1. ``choose_epoch``: the epoch with the highest ``val_acc`` (the earlier on a tie);
+2. ``evaluate_epoch``: its checkpoint reloaded, scored on validation (figures) and test
+   (``test_acc``);
+3. ``serving.log_model``: logged as a model from code carrying its vocabulary and settings;
+4. ``register``: a new version of the registered model, with descriptions;
+5. ``promote``: the alias ``champion`` moves to it only when its ``val_acc`` beats the current
+   champion's; otherwise it gets ``challenger``.
+
+Two selections running at the same moment can both read the old champion; the later alias write
+wins (the registry has no compare-and-set).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import mlflow
+import numpy as np
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.tracking import MlflowClient
+from prefect import task
+from pydantic import BaseModel
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from mlflow.models import infer_signature  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-from prefect import task  # noqa: E402
-from pydantic import BaseModel  # noqa: E402
-
-from sentiflow.storage.settings import Settings  # noqa: E402
-from sentiflow.storage.store import StageRef  # noqa: E402
-from sentiflow.storage.tracking import CHALLENGER, CHAMPION, alias_version, configure  # noqa: E402
-from sentiflow.tasks.batching import Encoded  # noqa: E402
-from sentiflow.tasks.metrics import confusion, confusion_figure  # noqa: E402
-from sentiflow.tasks.model import SentimentRNN  # noqa: E402
-from sentiflow.tasks.serving import Scorer, SentimentModel  # noqa: E402
-from sentiflow.tasks.tokenize import TokenizeParams  # noqa: E402
-from sentiflow.tasks.train import TrainConfig, TrainResult, accuracy, load_checkpoint  # noqa: E402
-from sentiflow.tasks.vocab import Vocab  # noqa: E402
+from sentiflow.storage.settings import Settings
+from sentiflow.storage.store import StageRef
+from sentiflow.storage.tracking import CHALLENGER, CHAMPION, alias_version, configure, log_stage_datasets
+from sentiflow.tasks.inference import Encoded, Scorer, accuracy
+from sentiflow.tasks.metrics import confusion, confusion_figure
+from sentiflow.tasks.model import SentimentRNN
+from sentiflow.tasks.serving import log_model
+from sentiflow.tasks.text import TokenizeParams, Vocab
+from sentiflow.tasks.train import TrainConfig, TrainResult, load_checkpoint
 
 log = logging.getLogger("sentiflow.select")
 VERSION_TAG = "sentiflow.registered_version"
-EXAMPLE = ["A moving, beautifully acted film.", "Dull, clumsy and far too long."]
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MODEL_DESCRIPTION = (
+    "sentiflow's sentiment classifier for movie reviews: an LSTM over spaCy tokens (lower-cased). "
+    "Input: review texts (a list, or a DataFrame with a `text` column). Output: P(positive) per "
+    "review, NaN for a blank one. The model carries its vocabulary, tokenizer settings and "
+    "inference code (a model from code); each version's description names its data and figures.")
 
 
 class SelectResult(BaseModel):
@@ -56,6 +58,14 @@ class SelectResult(BaseModel):
     champion_val_acc: float | None  # the champion's val_acc when this version was judged
 
 
+@dataclass
+class Evaluation:
+    val_acc: float
+    test_acc: float | None
+
+
+# -- 1. choose the epoch --------------------------------------------------------------------------
+
 def best_epoch(history: list[tuple[int, float]]) -> int:
     """The step with the highest value; the earliest on a tie."""
     if not history:
@@ -63,95 +73,45 @@ def best_epoch(history: list[tuple[int, float]]) -> int:
     return min(history, key=lambda sv: (-sv[1], sv[0]))[0]
 
 
-def _version_or_none(client: MlflowClient, name: str, version: str):
-    try:
-        return client.get_model_version(name, version)
-    except mlflow.exceptions.MlflowException:  # deleted since: register again
-        return None
-
-
-def pip_requirements() -> list[str]:
-    import pyarrow
-    import spacy
-
-    return [f"torch=={torch.__version__.split('+')[0]}", f"spacy=={spacy.__version__}",
-            f"pyarrow=={pyarrow.__version__}", f"pandas=={pd.__version__}", f"numpy=={np.__version__}",
-            f"mlflow=={mlflow.__version__}", "pydantic>=2", "prefect>=3"]
-
-
-def select(result: TrainResult, config: TrainConfig, tokenize: TokenizeParams, vocab_ref: StageRef,
-           val_ref: StageRef, test_ref: StageRef | None, model_name: str = "sentiflow",
-           settings: Settings | None = None) -> SelectResult:
-    configure(settings)
-    client = MlflowClient()
-    run = client.get_run(result.run_id)
-    done = run.data.tags.get(f"{VERSION_TAG}.{model_name}")
-    v = _version_or_none(client, model_name, done) if done else None
-    if v is not None:  # this run was selected and registered before: report that version
-        log.info("run %s already registered as %s version %s", result.run_id, model_name, done)
-        return SelectResult(run_id=result.run_id, best_epoch=int(v.tags["best_epoch"]),
-                            val_acc=float(v.tags["val_acc"]),
-                            test_acc=float(v.tags["test_acc"]) if v.tags.get("test_acc") else None,
-                            model_name=model_name, version=done, alias=v.tags.get("alias", ""),
-                            champion_val_acc=float(v.tags["champion_val_acc"])
-                            if v.tags.get("champion_val_acc") else None)
-
-    history = [(m.step, m.value) for m in client.get_metric_history(result.run_id, "val_acc")]
+def choose_epoch(client: MlflowClient, run_id: str) -> tuple[int, float]:
+    """The best epoch on validation and its ``val_acc``."""
+    history = [(m.step, m.value) for m in client.get_metric_history(run_id, "val_acc")]
     epoch = best_epoch(history)
-    val_acc = dict(history)[epoch]
-    vocab = Vocab.read(vocab_ref.file("vocab.parquet"))
-    net = SentimentRNN(len(vocab), config.model, pad_id=vocab.pad_id)
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=result.run_id):
-        tmp = Path(tmp)
-        load_checkpoint(result.run_id, epoch, net, tmp)
-        scorer = Scorer(net, vocab, tokenize, config.train.max_len)
-        val = Encoded.read(val_ref, config.train.max_len)
-        val_pred = scorer.predict_encoded(val) > 0.5
-        test_acc = None
-        if test_ref is not None and test_ref.manifest().get("total_rows"):
-            test = Encoded.read(test_ref, config.train.max_len)
-            test_acc = accuracy(scorer.predict_encoded(test), test.labels)
-            mlflow.log_metric("test_acc", test_acc)
-        mlflow.log_metrics({"best_epoch": epoch, "best_val_acc": val_acc})
-        _log_figures(client, result.run_id, epoch, val.labels > 0.5, val_pred)
+    return epoch, dict(history)[epoch]
 
-        weights = tmp / "weights.pt"
-        torch.save(net.state_dict(), weights)
-        cfg = tmp / "config.json"
-        cfg.write_text(json.dumps({"model": config.model.model_dump(mode="json"),
-                                   "tokenize": tokenize.model_dump(mode="json"),
-                                   "max_len": config.train.max_len, "best_epoch": epoch}, indent=2))
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=SentimentModel(),
-            artifacts={"config": str(cfg), "vocab": str(vocab_ref.file("vocab.parquet")),
-                       "weights": str(weights)},
-            code_paths=[str(PROJECT_ROOT / "tasks"), str(PROJECT_ROOT / "storage")],
-            signature=infer_signature(EXAMPLE, scorer.predict_proba(EXAMPLE).astype(np.float64)),
-            input_example=EXAMPLE, pip_requirements=pip_requirements(),
-            registered_model_name=model_name,
-        )
-        version = str(info.registered_model_version)
-        champion = alias_version(model_name, CHAMPION)
-        champion_acc = float(champion.tags["val_acc"]) if champion and "val_acc" in champion.tags else None
-        # a champion whose val_acc is unknown is never displaced automatically
-        better = champion is None or (champion_acc is not None and val_acc > champion_acc)
-        alias = CHAMPION if better else CHALLENGER
-        # tags first, then the alias, then the run's marker: a crash at any point leaves no
-        # champion without its figure, and a rerun registers again rather than half-reporting
-        tags = {"val_acc": val_acc, "best_epoch": epoch, "run_id": result.run_id, "alias": alias,
-                "champion_val_acc": "" if champion_acc is None else champion_acc,
-                "test_acc": "" if test_acc is None else test_acc}
-        for k, value in tags.items():
-            client.set_model_version_tag(model_name, version, k, str(value))
-        client.set_registered_model_alias(model_name, alias, version)
-        mlflow.set_tag(f"{VERSION_TAG}.{model_name}", version)
-    log.info("registered %s version %s (%s): best epoch %d, val_acc %.4f, test_acc %s",
-             model_name, version, alias, epoch, val_acc, test_acc)
-    return SelectResult(run_id=result.run_id, best_epoch=epoch, val_acc=val_acc, test_acc=test_acc,
-                        model_name=model_name, version=version, alias=alias, champion_val_acc=champion_acc)
+
+# -- 2. evaluate it -------------------------------------------------------------------------------
+
+def load_epoch(run_id: str, epoch: int, config: TrainConfig, tokenize: TokenizeParams, vocab: Vocab,
+               tmp: Path) -> Scorer:
+    """The epoch's checkpoint as a ``Scorer``."""
+    net = SentimentRNN(len(vocab), config.model, pad_id=vocab.pad_id)
+    load_checkpoint(run_id, epoch, net, tmp)
+    return Scorer(net, vocab, tokenize, config.train.max_len)
+
+
+def evaluate_epoch(client: MlflowClient, run_id: str, epoch: int, scorer: Scorer, val_ref: StageRef,
+                   test_ref: StageRef | None) -> float | None:
+    """Score validation (learning curve and confusion matrix logged) and test (``test_acc``
+    logged, and the test stage logged as an input). Returns ``test_acc``, None without a test
+    part. Runs inside the training run."""
+    val = Encoded.from_shards(val_ref.shards(), scorer.max_len)
+    _log_figures(client, run_id, epoch, val.labels > 0.5, scorer.predict_encoded(val) > 0.5)
+    if test_ref is None or not test_ref.manifest().get("total_rows"):
+        return None
+    test = Encoded.from_shards(test_ref.shards(), scorer.max_len)
+    test_acc = accuracy(scorer.predict_encoded(test), test.labels)
+    mlflow.log_metric("test_acc", test_acc)
+    log_stage_datasets({"test": test_ref}, client.get_run(run_id).data.params.get("data.source"))
+    return test_acc
 
 
 def _log_figures(client: MlflowClient, run_id: str, best: int, truth: np.ndarray, pred: np.ndarray) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # here, not at import: pyplot alone takes ~0.8 s to import
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "acc")):
         for split in ("train", "val"):
@@ -171,8 +131,95 @@ def _log_figures(client: MlflowClient, run_id: str, best: int, truth: np.ndarray
     mlflow.log_dict({"labels": ["neg", "pos"], "matrix": cm.tolist()}, "confusion_matrix_val.json")
 
 
+# -- 4. register ----------------------------------------------------------------------------------
+
+def version_description(run: mlflow.entities.Run, epoch: int, evaluation: Evaluation) -> str:
+    """What a version is: its data, the stage keys it came from, its figures."""
+    params = run.data.params
+    keys = ", ".join(f"{k.removeprefix('key.')} `{v}`" for k, v in sorted(params.items()) if k.startswith("key."))
+    test = "none (no test part)" if evaluation.test_acc is None else f"{evaluation.test_acc:.4f}"
+    return (f"Best epoch {epoch} of training run `{run.info.run_id}` on `{params.get('data.source', '?')}`. "
+            f"val_acc {evaluation.val_acc:.4f}, test_acc {test}. "
+            f"Stage keys: {keys or 'not recorded'}.")
+
+
+def register(client: MlflowClient, model_uri: str, name: str, description: str) -> str:
+    """A new version of ``name`` from the logged model; the registered model and the version
+    get descriptions. Returns the version."""
+    version = str(mlflow.register_model(model_uri, name).version)
+    client.update_model_version(name, version, description=description)
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=MODEL_DESCRIPTION)
+    return version
+
+
+# -- 5. promote -----------------------------------------------------------------------------------
+
+def promote(client: MlflowClient, name: str, version: str, tags: dict[str, object],
+            val_acc: float) -> tuple[str, float | None]:
+    """Tag the version, then move ``champion`` to it when it beats the current champion's
+    ``val_acc`` (a champion whose figure is unknown is never displaced), else ``challenger``.
+    Returns (alias, the champion's val_acc before). Tags go first, then the alias: a crash at any
+    point leaves no champion without its figure."""
+    champion = alias_version(name, CHAMPION)
+    champion_acc = float(champion.tags["val_acc"]) if champion and "val_acc" in champion.tags else None
+    better = champion is None or (champion_acc is not None and val_acc > champion_acc)
+    alias = CHAMPION if better else CHALLENGER
+    tags = {**tags, "alias": alias, "champion_val_acc": "" if champion_acc is None else champion_acc}
+    for k, value in tags.items():
+        client.set_model_version_tag(name, version, k, str(value))
+    client.set_registered_model_alias(name, alias, version)
+    return alias, champion_acc
+
+
+# -- the whole step -------------------------------------------------------------------------------
+
+def _version_or_none(client: MlflowClient, name: str, version: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException:  # deleted since: register again
+        return None
+
+
+def _reported(run_id: str, name: str, v: ModelVersion) -> SelectResult:
+    """A run selected and registered before: the result it got then."""
+    t = v.tags
+    return SelectResult(run_id=run_id, best_epoch=int(t["best_epoch"]), val_acc=float(t["val_acc"]),
+                        test_acc=float(t["test_acc"]) if t.get("test_acc") else None, model_name=name,
+                        version=str(v.version), alias=t.get("alias", ""),
+                        champion_val_acc=float(t["champion_val_acc"]) if t.get("champion_val_acc") else None)
+
+
+def select(result: TrainResult, config: TrainConfig, tokenize: TokenizeParams, vocab_ref: StageRef,
+           val_ref: StageRef, test_ref: StageRef | None, model_name: str, settings: Settings) -> SelectResult:
+    configure(settings)
+    client = MlflowClient()
+    done = client.get_run(result.run_id).data.tags.get(f"{VERSION_TAG}.{model_name}")
+    v = _version_or_none(client, model_name, done) if done else None
+    if v is not None:
+        log.info("run %s already registered as %s version %s", result.run_id, model_name, done)
+        return _reported(result.run_id, model_name, v)
+
+    epoch, val_acc = choose_epoch(client, result.run_id)
+    vocab_file = vocab_ref.file("vocab.parquet")
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=result.run_id):
+        scorer = load_epoch(result.run_id, epoch, config, tokenize, Vocab.read(vocab_file), Path(tmp))
+        evaluation = Evaluation(val_acc, evaluate_epoch(client, result.run_id, epoch, scorer, val_ref, test_ref))
+        mlflow.log_metrics({"best_epoch": epoch, "best_val_acc": val_acc})
+        info = log_model(scorer, vocab_file, {"best_epoch": epoch}, Path(tmp))
+        run = client.get_run(result.run_id)
+        version = register(client, info.model_uri, model_name, version_description(run, epoch, evaluation))
+        tags = {"val_acc": val_acc, "best_epoch": epoch, "run_id": result.run_id,
+                "test_acc": "" if evaluation.test_acc is None else evaluation.test_acc}
+        alias, champion_acc = promote(client, model_name, version, tags, val_acc)
+        mlflow.set_tag(f"{VERSION_TAG}.{model_name}", version)  # last: a rerun registers again
+    log.info("registered %s version %s (%s): best epoch %d, val_acc %.4f, test_acc %s",
+             model_name, version, alias, epoch, val_acc, evaluation.test_acc)
+    return SelectResult(run_id=result.run_id, best_epoch=epoch, val_acc=val_acc, test_acc=evaluation.test_acc,
+                        model_name=model_name, version=version, alias=alias, champion_val_acc=champion_acc)
+
+
 @task(name="select")
 def select_task(result: TrainResult, config: TrainConfig, tokenize: TokenizeParams, vocab_ref: StageRef,
-                val_ref: StageRef, test_ref: StageRef | None, model_name: str = "sentiflow",
-                settings: Settings | None = None) -> SelectResult:
+                val_ref: StageRef, test_ref: StageRef | None, model_name: str, settings: Settings) -> SelectResult:
     return select(result, config, tokenize, vocab_ref, val_ref, test_ref, model_name, settings)

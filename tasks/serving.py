@@ -1,34 +1,40 @@
-"""The registered model: raw review text in, P(positive) out.
+"""The registered model on the MLflow side: logging it from code, resolving and loading it.
 
-``Scorer`` is the plain object (vocabulary, tokenizer settings, network); ``SentimentModel`` is
-the MLflow pyfunc wrapper that carries them as artifacts, so ``models:/sentiflow@champion``
-scores text with nothing else at hand.
+``log_model`` logs a model from code (MLflow 3): ``served_model.py`` is its ``python_model``, so
+nothing is unpickled on load; its code is the inference modules (``SHIPPED``) under the package
+name ``sentiflow``, so it needs no sentiflow install and puts no generic name on ``sys.path``;
+its artifacts are the config, vocabulary and weights; its requirements are inference's alone (no
+Prefect). ``models:/sentiflow@champion`` then scores raw text with nothing else at hand, in
+``mlflow models serve`` too. ``resolve_model`` turns a model URI into a fixed ``ModelRef``;
+``load_scorer`` downloads one as a ``Scorer``.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 import torch
 import yaml
 from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
-from sentiflow.tasks.batching import Encoded
-from sentiflow.tasks.model import ModelParams, SentimentRNN
-from sentiflow.tasks.tokenize import TokenizeParams, tokenize_texts
-from sentiflow.tasks.vocab import Vocab
+from sentiflow.tasks.inference import Scorer
 
 
 ARTIFACTS = ("config", "vocab", "weights")
+TASKS_DIR = Path(__file__).resolve().parent
+MODEL_CODE = TASKS_DIR / "served_model.py"
+# the modules the served model imports, shipped with it as sentiflow/tasks/<name>.py
+SHIPPED = ("__init__", "model", "text", "inference")
+EXAMPLE = ["A moving, beautifully acted film.", "Dull, clumsy and far too long.", "   "]
 LOGGED_MODEL_URI = re.compile(r"^models:/m-[0-9a-f]{32}$")  # MLflow 3's logged model (a version's source)
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+|latest))$")
 
@@ -105,64 +111,43 @@ def download_model(ref: ModelRef, dst: Path) -> dict[str, Path]:
     return {a: local / flavor["artifacts"][a]["path"] for a in ARTIFACTS}
 
 
-class Scorer:
-    def __init__(self, net: SentimentRNN, vocab: Vocab, tokenize: TokenizeParams,
-                 max_len: int | None = None, batch_size: int = 256):
-        self.net, self.vocab, self.tokenize, self.max_len = net.eval(), vocab, tokenize, max_len
-        self.batch_size = batch_size
-
-    @classmethod
-    def load(cls, ref: ModelRef, dst: Path) -> "Scorer":
-        files = download_model(ref, dst)
-        return cls.from_files(files["config"], files["vocab"], files["weights"])
-
-    @classmethod
-    def from_files(cls, config_file: Path, vocab_file: Path, weights_file: Path) -> "Scorer":
-        cfg = json.loads(Path(config_file).read_text())
-        vocab = Vocab.read(Path(vocab_file))
-        net = SentimentRNN(len(vocab), ModelParams(**cfg["model"]), pad_id=vocab.pad_id)
-        net.load_state_dict(torch.load(weights_file, weights_only=True, map_location="cpu"))
-        return cls(net, vocab, TokenizeParams(**cfg["tokenize"]), cfg.get("max_len"))
-
-    def encode(self, texts: list[str]) -> Encoded:
-        ids = self.vocab.encode(tokenize_texts(texts, self.tokenize))
-        table = pa.table({"id": [str(i) for i in range(len(texts))], "label": np.zeros(len(texts), np.int8),
-                          "ids": ids})
-        return Encoded.from_table(table, self.max_len)
-
-    def predict_encoded(self, data: Encoded) -> np.ndarray:
-        from sentiflow.tasks.train import forward_fn, predict_logits
-
-        device = next(self.net.parameters()).device
-        logits = predict_logits(self.net, data, self.batch_size, forward_fn(self.net, device), device,
-                                self.vocab.pad_id)
-        return torch.sigmoid(logits).numpy()
-
-    def predict_proba(self, texts: list[str]) -> np.ndarray:
-        return self.predict_encoded(self.encode(list(texts)))
+def load_scorer(ref: ModelRef, dst: Path) -> Scorer:
+    files = download_model(ref, dst)
+    return Scorer.from_files(files["config"], files["vocab"], files["weights"])
 
 
-def _texts(model_input: Any) -> list[str]:
-    if isinstance(model_input, pd.DataFrame):
-        column = "text" if "text" in model_input.columns else model_input.columns[0]
-        return model_input[column].tolist()
-    if isinstance(model_input, (pd.Series, np.ndarray)):
-        return list(model_input)
-    if isinstance(model_input, str):
-        return [model_input]
-    return list(model_input)
+def pip_requirements() -> list[str]:
+    """What inference needs, pinned to this environment's versions (no Prefect)."""
+    import pandas
+    import pyarrow
+    import pydantic
+    import spacy
+
+    return [f"torch=={torch.__version__.split('+')[0]}", f"spacy=={spacy.__version__}",
+            f"pyarrow=={pyarrow.__version__}", f"pandas=={pandas.__version__}", f"numpy=={np.__version__}",
+            f"pydantic=={pydantic.__version__}", f"mlflow=={mlflow.__version__}"]
 
 
-class SentimentModel(mlflow.pyfunc.PythonModel):
-    """Artifacts: ``config`` (JSON: model, tokenize, max_len), ``vocab`` (Parquet), ``weights``."""
+def _code_folder(dst: Path) -> Path:
+    """``dst/sentiflow/tasks/`` with the shipped modules: the model's code."""
+    package = dst / "sentiflow" / "tasks"
+    package.mkdir(parents=True)
+    for name in SHIPPED:
+        shutil.copyfile(TASKS_DIR / f"{name}.py", package / f"{name}.py")
+    return dst / "sentiflow"
 
-    def load_context(self, context) -> None:
-        a = context.artifacts
-        self.scorer = Scorer.from_files(a["config"], a["vocab"], a["weights"])
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> np.ndarray:
-        texts = _texts(model_input)
-        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-        if bad:
-            raise TypeError(f"row {bad[0]}: expected review text, got {type(texts[bad[0]]).__name__}")
-        return self.scorer.predict_proba(texts).astype(np.float64)
+def log_model(scorer: Scorer, vocab_file: Path, extra_config: dict[str, Any], tmp: Path):
+    """Log ``scorer`` as a model from code in the active run; returns MLflow's ``ModelInfo``."""
+    weights, config = tmp / "weights.pt", tmp / "config.json"
+    torch.save(scorer.net.state_dict(), weights)
+    config.write_text(json.dumps({"model": scorer.net.params.model_dump(mode="json"),
+                                  "tokenize": scorer.tokenize.model_dump(mode="json"),
+                                  "max_len": scorer.max_len, **extra_config}, indent=2))
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=str(MODEL_CODE),
+        artifacts={"config": str(config), "vocab": str(vocab_file), "weights": str(weights)},
+        code_paths=[str(_code_folder(tmp / "code"))],
+        signature=infer_signature(EXAMPLE, scorer.predict_proba(EXAMPLE)),
+        input_example=EXAMPLE, pip_requirements=pip_requirements(),
+    )

@@ -2,11 +2,8 @@
 ``tokens: list<string>``, with spaCy's English tokenizer (``spacy.blank("en")``, the same rules
 as ``en_core_web_sm``), lower-cased.
 
-``<br />`` tags. IMDb reviews mark paragraphs with ``<br /><br />``. Left in, spaCy splits each
-into ``<``, ``br`` and ``/><br`` pieces that teach the model nothing about sentiment and make
-"br" one of the most frequent words. By default (``html_breaks="space"``) every ``<br>``,
-``<br/>`` or ``<br />`` tag is replaced by a space before tokenizing; ``"keep"`` leaves the text
-as it is, as the seed did. Whitespace-only tokens (from double spaces or newlines) are dropped.
+The tokenizer itself (settings, ``<br />`` handling, ``tokenize_texts``) lives in
+``sentiflow.tasks.text``, which the served model carries too.
 
 Shards are tokenized in parallel by a process pool; each worker gets its shard's reviews,
 tokenizes with ``Doc.to_array`` (no Python ``Token`` objects), writes its shard and returns only
@@ -30,69 +27,23 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import re
 from concurrent.futures import ProcessPoolExecutor
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import spacy
 from prefect import task
-from pydantic import BaseModel, Field
-from spacy.attrs import IS_SPACE, LOWER, ORTH
 
 from sentiflow.storage.store import StageRef
 from sentiflow.tasks import stage
 from sentiflow.tasks.progress import progress
+from sentiflow.tasks.text import TokenizeParams, _tokenizer, tokenize_text, tokenize_texts  # noqa: F401
 
 STAGE = "tokenize"
 log = logging.getLogger("sentiflow.tokenize")
-BR_TAG = re.compile(r"<br\s*/?>", re.IGNORECASE)
 SCHEMA = pa.schema([("id", pa.string()), ("label", pa.int8()), ("tokens", pa.list_(pa.string()))])
-
-
-class TokenizeParams(BaseModel):
-    lowercase: bool = Field(True, description="Lower-case every token (the seed's setting)")
-    html_breaks: Literal["space", "keep"] = Field(
-        "space", description="'space': replace <br /> tags by a space; 'keep': tokenize them"
-    )
-    shard_rows: int = Field(2500, ge=1, description="Reviews per output shard")
-
-
-@lru_cache(maxsize=1)
-def _tokenizer() -> Any:
-    return spacy.blank("en").tokenizer
-
-
-def clean(text: str, params: TokenizeParams) -> str:
-    return BR_TAG.sub(" ", text) if params.html_breaks == "space" else text
-
-
-def tokenize_text(text: str, params: TokenizeParams = TokenizeParams()) -> list[str]:
-    """The reference: one review, the plain spaCy loop. ``tokenize_texts`` gives the same."""
-    doc = _tokenizer()(clean(text, params))
-    return [t.lower_ if params.lowercase else t.text for t in doc if not t.is_space]
-
-
-def tokenize_texts(texts: list[str], params: TokenizeParams = TokenizeParams()) -> pa.ListArray:
-    """Many reviews → ``list<string>``, through token hashes (``Doc.to_array``): each distinct
-    string is looked up once per batch instead of once per token."""
-    tok = _tokenizer()
-    attr = LOWER if params.lowercase else ORTH
-    hashes, offsets = [], [0]
-    for text in texts:
-        arr = tok(clean(text, params)).to_array([attr, IS_SPACE])
-        keep = arr[arr[:, 1] == 0, 0]
-        hashes.append(keep)
-        offsets.append(offsets[-1] + len(keep))
-    flat = np.concatenate(hashes) if hashes else np.array([], dtype=np.uint64)
-    uniq, inverse = np.unique(flat, return_inverse=True)
-    strings = tok.vocab.strings
-    values = pa.array([strings[int(h)] for h in uniq], type=pa.string()).take(pa.array(inverse))
-    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), values)
 
 
 def _tokenize_shard(ids: list[str], texts: list[str], labels: list[int], out_file: str,
@@ -145,7 +96,7 @@ def tokenize_file(in_file: Path, out_dir: Path, params: TokenizeParams, workers:
 
 def spec(params: TokenizeParams, source: StageRef, part: str) -> stage.StageSpec:
     return stage.StageSpec(STAGE, params, (stage.input_token(source, part),),
-                           stage.code_version(__name__, f"spacy=={spacy.__version__}"))
+                           stage.code_version([__name__, "sentiflow.tasks.text"], f"spacy=={spacy.__version__}"))
 
 
 def plan(root: Path | str, params: TokenizeParams, source: StageRef, part: str) -> StageRef:

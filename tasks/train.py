@@ -24,18 +24,20 @@ from torch import nn
 
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef, stable_hash
-from sentiflow.storage.tracking import configure
+from sentiflow.storage.tracking import configure, log_stage_datasets
 from sentiflow.tasks import stage
-from sentiflow.tasks.batching import Encoded, iterate
+from sentiflow.tasks.batching import iterate
 from sentiflow.tasks.embeddings import init_embedding
+from sentiflow.tasks.inference import Encoded, accuracy, autocast, forward_fn, predict_logits
 from sentiflow.tasks.model import ModelParams, SentimentRNN
 from sentiflow.tasks.progress import progress
-from sentiflow.tasks.vocab import Vocab
+from sentiflow.tasks.text import Vocab
 
 log = logging.getLogger("sentiflow.train")
 TRAIN_KEY_TAG, COMPLETE_TAG = "sentiflow.train_key", "sentiflow.complete"
 # the modules whose code decides what a training computes (part of the training key)
-TRAIN_CODE = ["sentiflow.tasks.train", "sentiflow.tasks.model", "sentiflow.tasks.batching", "sentiflow.tasks.embeddings"]
+TRAIN_CODE = ["sentiflow.tasks.train", "sentiflow.tasks.model", "sentiflow.tasks.batching",
+              "sentiflow.tasks.embeddings", "sentiflow.tasks.inference"]
 
 
 class TrainParams(BaseModel):
@@ -74,12 +76,6 @@ def pick_device(params: TrainParams) -> torch.device:
     return torch.device(params.device)
 
 
-def forward_fn(model: SentimentRNN, device: torch.device, path: str = "auto") -> Callable:
-    """The model's packed ``forward`` or its unpacked ``forward_fast`` (auto: fast on the CPU)."""
-    fast = path == "fast" or (path == "auto" and device.type == "cpu")
-    return model.forward_fast if fast else model.forward
-
-
 def tune_cpu() -> None:
     """Two CPU settings that change speed, not results.
 
@@ -100,26 +96,6 @@ def tune_cpu() -> None:
         pass
 
 
-# Padded tokens per evaluation batch at most: bounds memory whatever the review lengths.
-MAX_BATCH_TOKENS = 1 << 16
-
-
-def predict_logits(model: nn.Module, data: Encoded, batch_size: int, forward: Callable,
-                   device: torch.device, pad_id: int, max_tokens: int | None = MAX_BATCH_TOKENS) -> torch.Tensor:
-    """One logit per row of ``data``, in its own order (batches of similar lengths)."""
-    model.eval()
-    logits = torch.zeros(len(data))
-    with torch.inference_mode():
-        for rows, text, lengths, _ in iterate(data, batch_size, pad_id, shuffle=False, max_tokens=max_tokens):
-            with _autocast(device):
-                logits[torch.from_numpy(rows)] = forward(text.to(device), lengths).float().cpu()
-    return logits
-
-
-def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float(((probs > 0.5) == (labels > 0.5)).mean()) if len(labels) else 0.0
-
-
 def evaluate(model: nn.Module, data: Encoded, batch_size: int, forward: Callable,
              device: torch.device, pad_id: int) -> tuple[float, float, np.ndarray]:
     """Loss, accuracy and P(positive) per row (in the data's own order)."""
@@ -128,11 +104,6 @@ def evaluate(model: nn.Module, data: Encoded, batch_size: int, forward: Callable
         if len(data) else 0.0
     probs = torch.sigmoid(logits).numpy()
     return loss, accuracy(probs, data.labels), probs
-
-
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" \
-        else torch.autocast("cpu", enabled=False)
 
 
 def fit_epoch(model: nn.Module, data: Encoded, params: TrainParams, epoch: int,
@@ -147,7 +118,7 @@ def fit_epoch(model: nn.Module, data: Encoded, params: TrainParams, epoch: int,
         for _, text, lengths, labels in iterate(data, params.batch_size, pad_id, params.seed, epoch):
             text, labels = text.to(device), labels.to(device)
             optimizer.zero_grad(set_to_none=True)
-            with _autocast(device):
+            with autocast(device):
                 logits = forward(text, lengths).float()
             loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
             if scaler is not None:
@@ -206,7 +177,7 @@ def flat_params(prefix: str, model: BaseModel) -> dict[str, Any]:
 
 
 def train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_ref: StageRef,
-          lineage: dict[str, Any] | None = None, settings: Settings | None = None) -> TrainResult:
+          lineage: dict[str, Any] | None, settings: Settings) -> TrainResult:
     """Train in an MLflow run: reuse a finished run with the same key, resume an interrupted one."""
     inputs = [stage.input_token(r) for r in (train_ref, val_ref, vocab_ref)]
     key = train_key(config, inputs)
@@ -220,8 +191,8 @@ def train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_ref
     tune_cpu()
     device = pick_device(config.train)
     vocab = Vocab.read(vocab_ref.file("vocab.parquet"))
-    train_data = Encoded.read(train_ref, config.train.max_len)
-    val_data = Encoded.read(val_ref, config.train.max_len)
+    train_data = Encoded.from_shards(train_ref.shards(), config.train.max_len)
+    val_data = Encoded.from_shards(val_ref.shards(), config.train.max_len)
     model, found = build_model(vocab, config)
     model.to(device)
     forward = forward_fn(model, device, config.train.path)
@@ -244,6 +215,8 @@ def train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_ref
         with run_ctx as run:
             if start_epoch == 1:
                 _log_setup(config, inputs, lineage, model, found, len(vocab), device)
+                log_stage_datasets({"training": train_ref, "validation": val_ref},
+                                   (lineage or {}).get("data.source"))
             for epoch in range(start_epoch, config.train.max_epochs + 1):
                 t0 = time.perf_counter()
                 train_loss, train_acc = fit_epoch(model, train_data, config.train, epoch, optimizer,
@@ -335,5 +308,5 @@ def load_checkpoint(run_id: str, epoch: int, model: nn.Module, tmp: Path) -> Non
 
 @task(name="train")
 def train_task(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_ref: StageRef,
-               lineage: dict[str, Any] | None = None, settings: Settings | None = None) -> TrainResult:
+               lineage: dict[str, Any] | None, settings: Settings) -> TrainResult:
     return train(config, train_ref, val_ref, vocab_ref, lineage, settings)

@@ -2,7 +2,8 @@
 
 Specials first (``<unk>`` = 0, ``<pad>`` = 1), then tokens by descending count, ties by token.
 ``min_freq`` drops rare tokens; ``max_size`` caps the number of non-special tokens.
-A ``Vocab`` is a function from a list of tokens to a list of ids.
+The ``Vocab`` itself (token ↔ id) lives in ``sentiflow.tasks.text``, which the served model
+carries too.
 """
 
 from __future__ import annotations
@@ -18,55 +19,14 @@ from pydantic import BaseModel, Field
 
 from sentiflow.storage.store import StageRef
 from sentiflow.tasks import stage
+from sentiflow.tasks.text import PAD, SPECIALS, UNK, Vocab  # noqa: F401
 
 STAGE = "vocab"
-UNK, PAD = "<unk>", "<pad>"
-SPECIALS = (UNK, PAD)
-SCHEMA = pa.schema([("token", pa.string()), ("id", pa.int32()), ("count", pa.int64())])
 
 
 class VocabParams(BaseModel):
     min_freq: int = Field(1, ge=1, description="Keep tokens seen at least this often")
     max_size: int | None = Field(25_000, ge=1, description="At most this many tokens besides specials")
-
-
-class Vocab:
-    """Token ↔ id. ``vocab(["a", "film"]) -> [ids]``; unknown tokens map to ``<unk>``."""
-
-    def __init__(self, tokens: list[str], counts: list[int] | None = None):
-        self.itos = list(tokens)
-        self.counts = counts
-        self.stoi = {t: i for i, t in enumerate(self.itos)}
-        self.unk_id, self.pad_id = self.stoi[UNK], self.stoi[PAD]
-        self._values = pa.array(self.itos, type=pa.string())
-
-    def __len__(self) -> int:
-        return len(self.itos)
-
-    def __call__(self, tokens: Iterable[str]) -> list[int]:
-        get, unk = self.stoi.get, self.unk_id
-        return [get(t, unk) for t in tokens]
-
-    def encode(self, tokens: pa.ListArray | pa.ChunkedArray) -> pa.ListArray:
-        """``list<string>`` → ``list<int32>`` at Arrow speed (a hash lookup per token, in C)."""
-        if isinstance(tokens, pa.ChunkedArray):
-            tokens = tokens.combine_chunks() if tokens.num_chunks != 1 else tokens.chunk(0)
-        offsets = tokens.offsets
-        flat = tokens.values.slice(offsets[0].as_py(), offsets[-1].as_py() - offsets[0].as_py())
-        ids = pc.fill_null(pc.index_in(flat, value_set=self._values), self.unk_id)
-        return pa.ListArray.from_arrays(pc.subtract(offsets, offsets[0]), ids.cast(pa.int32()))
-
-    @classmethod
-    def read(cls, path: Path) -> "Vocab":
-        t = pq.read_table(path).sort_by("id")
-        ids = t.column("id").to_pylist()
-        if ids != list(range(len(ids))):
-            raise ValueError(f"{path}: ids are not 0..{len(ids) - 1}")
-        return cls(t.column("token").to_pylist(), t.column("count").to_pylist())
-
-    def write(self, path: Path) -> None:
-        counts = self.counts or [0] * len(self)
-        pq.write_table(pa.table([self.itos, list(range(len(self))), counts], schema=SCHEMA), path)
 
 
 def build_vocab(token_lists: Iterable[pa.ChunkedArray | pa.ListArray], params: VocabParams) -> Vocab:
@@ -90,7 +50,7 @@ def vocab_from_shards(shards: list[Path], params: VocabParams) -> Vocab:
 # -- stage and task ------------------------------------------------------------------------------
 
 def spec(params: VocabParams, tokens: StageRef) -> stage.StageSpec:
-    return stage.StageSpec(STAGE, params, (stage.input_token(tokens),), stage.code_version(__name__))
+    return stage.StageSpec(STAGE, params, (stage.input_token(tokens),), stage.code_version([__name__, "sentiflow.tasks.text"]))
 
 
 def plan(root: Path | str, params: VocabParams, tokens: StageRef) -> StageRef:

@@ -26,7 +26,8 @@ from typer.testing import CliRunner
 from sentiflow.tasks.model import ModelParams, SentimentRNN
 from sentiflow.tasks.score import ScoreParams, score
 from sentiflow.tasks.score_sources import status_of
-from sentiflow.tasks.serving import ModelError, Scorer, resolve_model
+from sentiflow.tasks.inference import Scorer
+from sentiflow.tasks.serving import ModelError, load_scorer, resolve_model
 from sentiflow.tasks.sources import SourceError
 from sentiflow.tasks.tokenize import TokenizeParams
 from sentiflow.tasks.vocab import PAD, UNK, Vocab
@@ -397,7 +398,7 @@ def test_other_uri_forms_resolve_to_the_same_model(trained, champion_pyfunc, tmp
     ref = resolve_model(uri)
     assert ref.model_uuid == champion.model_uuid and ref.requested == uri
     texts = ["A wonderful, superb film.", "Dreadful and boring."]
-    probs = Scorer.load(ref, tmp_path / "dl").predict_proba(texts)
+    probs = load_scorer(ref, tmp_path / "dl").predict_proba(texts)
     np.testing.assert_allclose(probs, champion_pyfunc.predict(texts), atol=1e-6)
 
 

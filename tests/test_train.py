@@ -20,7 +20,7 @@ from sentiflow.flows.data_flow import DataConfig, prepare_data
 from sentiflow.storage.settings import Settings
 from sentiflow.tasks.model import ModelParams
 from sentiflow.tasks.select import best_epoch, select
-from sentiflow.tasks.serving import Scorer
+from sentiflow.tasks.inference import Scorer
 from sentiflow.tasks.train import TrainConfig, TrainParams, build_model, find_run, train
 from sentiflow.tasks.vocab import Vocab
 from tests.conftest import write_imdb_folder

@@ -65,13 +65,14 @@ def baseline(model_uri: str, input_file: Path, out_file: Path) -> None:
     """The seed's step 10, as a process of its own."""
     import torch
 
+    from sentiflow.storage.settings import Settings
     from sentiflow.storage.tracking import configure
-    from sentiflow.tasks.serving import Scorer, resolve_model
+    from sentiflow.tasks.serving import load_scorer, resolve_model
     from sentiflow.tasks.tokenize import tokenize_text
 
-    configure()
+    configure(Settings())
     with tempfile.TemporaryDirectory() as tmp:
-        scorer = Scorer.load(resolve_model(model_uri), Path(tmp))
+        scorer = load_scorer(resolve_model(model_uri), Path(tmp))
     net, vocab, params = scorer.net.eval(), scorer.vocab, scorer.tokenize
     started = time.perf_counter()
     df = pq.read_table(input_file).to_pandas()

@@ -1,0 +1,231 @@
+"""The registered model as MLflow serves it (issue 9): a model from code that loads without
+Prefect and without an installed sentiflow, answers ``mlflow models serve`` like ``sentiflow
+predict``, and a training run that reads well in the MLflow UI (experiment kind, dataset inputs,
+descriptions).
+
+One tiny model is trained for the module through the real CLI in its own process (real Prefect
+ephemeral server, real MLflow on a temporary SQLite store)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import write_imdb_folder
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+CHAMPION = "models:/sentiflow@champion"
+POSITIVE_REVIEW = "A wonderful, superb, moving and brilliant film."
+NEGATIVE_REVIEW = "Awful, boring, dreadful and tedious."
+REVIEWS = [POSITIVE_REVIEW, NEGATIVE_REVIEW, "   ", "the film"]
+
+
+@dataclass
+class Trained:
+    root: Path
+    uri: str
+    env: dict[str, str]
+
+
+def _env(root: Path, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MLFLOW_", "SENTIFLOW_", "PREFECT_"))}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1",
+               MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_HOME=str(home / "prefect"), SENTIFLOW_DATA_ROOT=str(root),
+               MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
+    return env
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Trained:
+    base = tmp_path_factory.mktemp("served")
+    src = write_imdb_folder(base / "src", n_train=300, n_test=100, seed=4)
+    env = _env(base / "data", base)
+    proc = subprocess.run(
+        [str(BIN / "sentiflow"), "train", "--source", str(src), "--max-epochs", "2", "--embed-dim", "16",
+         "--hidden-dim", "16", "--batch-size", "16", "--lr", "0.02", "--workers", "1"],
+        env=env, cwd=base, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return Trained(base / "data", env["MLFLOW_TRACKING_URI"], env)
+
+
+@pytest.fixture(scope="module")
+def client(trained) -> MlflowClient:
+    return MlflowClient(trained.uri, registry_uri=trained.uri)
+
+
+@pytest.fixture(scope="module")
+def model_dir(trained, client, tmp_path_factory) -> Path:
+    import mlflow
+
+    version = client.get_model_version_by_alias("sentiflow", "champion")
+    dst = tmp_path_factory.mktemp("model")
+    mlflow.set_tracking_uri(trained.uri)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/sentiflow/{version.version}",
+                                                    dst_path=str(dst)))
+
+
+# -- a model from code -----------------------------------------------------------------------------
+
+def test_champion_is_a_model_from_code_with_nothing_pickled(model_dir):
+    mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+    pyfunc = mlmodel["flavors"]["python_function"]
+    assert pyfunc.get("model_code_path"), pyfunc
+    assert "python_model" not in pyfunc  # no cloudpickled object
+    files = [p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()]
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))], files
+    # its code: the inference modules under the package name sentiflow, nothing generic
+    code = model_dir / pyfunc["code"]
+    assert sorted(p.name for p in code.iterdir()) == ["sentiflow"]
+    shipped = sorted(p.name for p in (code / "sentiflow" / "tasks").glob("*.py"))
+    assert shipped == ["__init__.py", "inference.py", "model.py", "text.py"]
+    for name in shipped:
+        assert "prefect" not in (code / "sentiflow" / "tasks" / name).read_text()
+
+
+def test_requirements_are_inference_only(model_dir):
+    reqs = [line.split("==")[0].strip().lower() for line in (model_dir / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    assert {"torch", "spacy", "numpy", "pyarrow", "mlflow"} <= set(reqs)
+    assert not [r for r in reqs if r.startswith("prefect")]
+
+
+LOAD_WITHOUT_PREFECT_OR_SENTIFLOW = """
+import json, sys
+sys.modules["prefect"] = None  # importing Prefect fails
+import mlflow.pyfunc
+model = mlflow.pyfunc.load_model(sys.argv[1])
+probs = model.predict(json.loads(sys.argv[2]))
+import sentiflow.tasks
+print(json.dumps({"probs": [None if p != p else float(p) for p in probs],
+                  "sentiflow": list(sentiflow.tasks.__path__),
+                  "loaded": sorted(m for m in sys.modules if m.startswith("sentiflow"))}))
+"""
+
+
+def test_model_loads_with_neither_prefect_nor_sentiflow_installed(model_dir, trained, tmp_path):
+    """``python -S``: site-packages without its .pth files, so the editable sentiflow install is
+    invisible; the model's own code is all there is of sentiflow."""
+    import site
+
+    env = {**trained.env, "PYTHONPATH": os.pathsep.join(site.getsitepackages())}
+    proc = subprocess.run([sys.executable, "-S", "-c", LOAD_WITHOUT_PREFECT_OR_SENTIFLOW, str(model_dir),
+                           json.dumps(REVIEWS)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(p.startswith(str(model_dir)) for p in out["sentiflow"]), out["sentiflow"]
+    assert "sentiflow.tasks.train" not in out["loaded"]
+    pos, neg, blank, _ = out["probs"]
+    assert pos > 0.5 > neg
+    assert blank is None  # NaN: a blank review gets no probability
+
+
+# -- mlflow models serve ---------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, payload: dict) -> dict:
+    req = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        # the scoring server writes NaN as the bare token NaN, which json.loads accepts
+        return json.loads(r.read())
+
+
+def _predict_cli(trained: Trained) -> list[dict]:
+    proc = subprocess.run([str(BIN / "sentiflow"), "predict", "--json", *REVIEWS], env=trained.env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def test_mlflow_models_serve_answers_like_sentiflow_predict(trained, tmp_path):
+    port = _free_port()
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", CHAMPION, "--env-manager", "local",
+                             "-h", "127.0.0.1", "-p", str(port)], env=trained.env, cwd=tmp_path,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping"
+            time.sleep(1)
+        served = _post(f"http://127.0.0.1:{port}/invocations", {"inputs": REVIEWS})["predictions"]
+        framed = _post(f"http://127.0.0.1:{port}/invocations",
+                       {"dataframe_split": {"columns": ["text"], "data": [[r] for r in REVIEWS]}})["predictions"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    cli = _predict_cli(trained)
+    assert [c["status"] for c in cli] == ["ok", "ok", "empty", "ok"]
+    for answer in (served, framed):
+        assert answer[0] > 0.5 > answer[1]
+        assert answer[2] is None or math.isnan(answer[2])  # blank: no probability
+        for got, want in zip(answer, cli):
+            if want["prob_pos"] is not None:
+                assert got == pytest.approx(want["prob_pos"], abs=1e-6)
+
+
+# -- what the MLflow UI shows ----------------------------------------------------------------------
+
+def test_experiment_opens_as_model_training(client):
+    exp = client.get_experiment_by_name("sentiflow")
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+
+
+def test_training_run_logs_its_encoded_stages_as_datasets(trained, client):
+    version = client.get_model_version_by_alias("sentiflow", "champion")
+    run = client.get_run(version.run_id)
+    inputs = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
+              for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation", "test"}
+    manifests = {json.loads(p.read_text())["key"]: p.parent for p in trained.root.glob("encode/*/manifest.json")}
+    for context, dataset in inputs.items():
+        assert dataset.name == f"encode-{context}"
+        assert dataset.digest in manifests  # the stage key, as the store names the folder
+        source = json.loads(dataset.source)
+        assert "src" in source.get("uri", "")  # the review source the stages came from
+    assert run.data.params[f"key.encode_{'train'}"] == inputs["training"].digest
+
+
+def test_registered_model_and_version_are_described(client, trained):
+    model = client.get_registered_model("sentiflow")
+    assert "sentiment" in model.description and "P(positive)" in model.description
+    version = client.get_model_version_by_alias("sentiflow", "champion")
+    text = version.description
+    run = client.get_run(version.run_id)
+    assert version.run_id in text and "val_acc" in text and "test_acc" in text
+    assert run.data.params["key.vocab"] in text and run.data.params["data.source"] in text
+    assert f"{float(version.tags['val_acc']):.4f}" in text
