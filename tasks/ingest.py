@@ -3,8 +3,9 @@
 
 The key is the source's fingerprint (a content hash, or the hub revision), so changed data reruns
 everything downstream and unchanged data, wherever it lies, never does. The flow computes the
-fingerprint with a plain call (``sentiflow.tasks.sources.fingerprint``) and passes it in. A source without
-test reviews is accepted, with a warning.
+fingerprint with a plain call (``sentiflow.tasks.reviews.fingerprint``) and passes it in. A source
+without test reviews is accepted, with a warning. What a source's columns, labels and ids are is
+in ``sentiflow.tasks.reviews``; here a missing label is an error (``missing="error"``).
 """
 
 from __future__ import annotations
@@ -20,25 +21,22 @@ from prefect import task
 
 from sentiflow.storage.store import StageRef
 from sentiflow.tasks import stage
-from sentiflow.tasks.sources import SPLITS, RawPart, SourceError, fingerprint, read_source
+from sentiflow.tasks.reviews import (
+    ID_COLUMNS,
+    LABEL_COLUMNS,
+    SPLITS,
+    TEXT_COLUMNS,
+    SourceError,
+    fingerprint,
+    labels,
+    make_ids,
+    pick,
+)
+from sentiflow.tasks.sources import RawPart, read_source
 
 STAGE = "ingest"
 log = logging.getLogger("sentiflow.ingest")
 SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("label", pa.int8())])
-TEXT_COLUMNS = ("text", "review")
-LABEL_COLUMNS = ("label", "sentiment")
-ID_COLUMNS = ("id", "source_id")
-LABEL_NAMES = {"0": 0, "1": 1, "neg": 0, "pos": 1, "negative": 0, "positive": 1}
-
-
-def _pick(table: pa.Table, names: tuple[str, ...], what: str, origin: str) -> str:
-    for name in names:
-        if name in table.column_names:
-            return name
-    raise SourceError(
-        f"{origin}: no {what} column (looked for {', '.join(map(repr, names))}; "
-        f"found {', '.join(map(repr, table.column_names)) or 'no columns'})"
-    )
 
 
 def _row(part: RawPart, i: int) -> int:
@@ -46,38 +44,11 @@ def _row(part: RawPart, i: int) -> int:
     return (part.rows[i] if part.rows is not None else i) + 1
 
 
-def label_value(v: object) -> int:
-    """0 or 1 from 0/1, a bool, a whole float, or pos/neg/positive/negative; else ValueError."""
-    if isinstance(v, bool):
-        v = int(v)
-    elif isinstance(v, str):
-        v = LABEL_NAMES.get(v.strip().lower(), v)
-    elif isinstance(v, float) and v.is_integer():
-        v = int(v)
-    if isinstance(v, str) or v not in (0, 1):
-        raise ValueError(f"label {v!r} is not 0/1 or one of pos/neg/positive/negative")
-    return v
-
-
-def _labels(column: pa.ChunkedArray, name: str, part: RawPart) -> pa.Array:
-    values = column.to_pylist()
-    out = []
-    for i, v in enumerate(values):
-        try:
-            out.append(label_value(v))
-        except ValueError:
-            raise SourceError(
-                f"{part.origin}, row {_row(part, i)}, column {name!r}: label {values[i]!r} is not "
-                "0/1 or one of pos/neg/positive/negative"
-            ) from None
-    return pa.array(out, type=pa.int8())
-
-
 def normalize(part: RawPart, start: int = 0) -> pa.Table:
     """Raw columns → the ingest schema, or a ``SourceError`` naming file, row and column."""
     t = part.table
-    text_col = _pick(t, TEXT_COLUMNS, "text", part.origin)
-    label_col = _pick(t, LABEL_COLUMNS, "label", part.origin)
+    text_col = pick(t.column_names, TEXT_COLUMNS, part.origin, "text")
+    label_col = pick(t.column_names, LABEL_COLUMNS, part.origin, "label")
     text = t.column(text_col)
     if pa.types.is_null(text.type):  # a CSV column with no value at all: every row is missing
         text = text.cast(pa.string())
@@ -92,17 +63,17 @@ def normalize(part: RawPart, start: int = 0) -> pa.Table:
         raise SourceError(
             f"{part.origin}, row {_row(part, row)}, column {text_col!r}: {what} review text"
         )
-    id_col = next((c for c in ID_COLUMNS if c in t.column_names), None)
+    id_col = pick(t.column_names, ID_COLUMNS)
     if id_col is not None:
         ids = t.column(id_col).cast(pa.string())
         if ids.null_count:
             row = pc.index(pc.is_null(ids), True).as_py()
             raise SourceError(f"{part.origin}, row {_row(part, row)}, column {id_col!r}: null id")
     else:
-        ids = pa.array([f"{part.split}-{i}" for i in range(start, start + t.num_rows)])
-    return pa.Table.from_arrays(
-        [ids, text, _labels(t.column(label_col), label_col, part)], schema=SCHEMA
-    )
+        ids = pa.array(make_ids(None, [part.split] * t.num_rows, {part.split: start}), pa.string())
+    # a training review needs its label: a missing one is refused like any other bad value
+    label = labels(t.column(label_col).to_pylist(), label_col, part.origin, part.rows, missing="error")
+    return pa.Table.from_arrays([ids, text, pa.array(label, pa.int8())], schema=SCHEMA)
 
 
 def ingest(source: str, out_dir: Path) -> dict[str, int]:
@@ -129,8 +100,10 @@ def ingest(source: str, out_dir: Path) -> dict[str, int]:
 # -- stage and task ------------------------------------------------------------------------------
 
 def spec(fingerprint: str) -> stage.StageSpec:
-    # the readers in tasks.sources decide what ingest writes as much as this module does
-    return stage.StageSpec(STAGE, None, (fingerprint,), stage.code_version([__name__, "sentiflow.tasks.sources"]))
+    # the readers in tasks.sources and the rules in tasks.reviews decide what ingest writes as
+    # much as this module does
+    modules = [__name__, "sentiflow.tasks.sources", "sentiflow.tasks.reviews"]
+    return stage.StageSpec(STAGE, None, (fingerprint,), stage.code_version(modules))
 
 
 def plan(root: Path | str, fingerprint: str) -> StageRef:

@@ -50,6 +50,7 @@ log = logging.getLogger("sentiflow.score")
 # every module that decides a prediction or a row's id, label or status (not training's: a change
 # to the training loop changes no score)
 CODE = ["sentiflow.tasks.score", "sentiflow.tasks.score_sources", "sentiflow.tasks.sources",
+        "sentiflow.tasks.reviews",
         "sentiflow.tasks.ingest", "sentiflow.tasks.encode", "sentiflow.tasks.inference",
         "sentiflow.tasks.text", "sentiflow.tasks.model"]
 

@@ -9,32 +9,41 @@ row group at a time, so its row-group size bounds memory, and a CSV in 4 MB bloc
 and aclImdb folders or archives come whole through ``sentiflow.tasks.sources.read_source`` (their size
 bounds memory) and are then cut into batches.
 
-Ids: the source's ``id`` or ``source_id`` column, else ``<split>-<n>`` as ingest makes them (n
-counts the split's rows from 0), and ``line-<n>`` (1-based) for a text file. Labels, where the
-source has a ``label`` or ``sentiment`` column: 0/1 or pos/neg/positive/negative; a null or -1
-(the hub's "unlabeled") is no label; anything else is an error naming file, row and column.
+Columns, ids, labels, parts and fingerprints follow ``sentiflow.tasks.reviews``, as ingest does;
+unlike ingest, a missing label (null, -1, empty) is no label (``missing="none"``), and a null id is
+replaced by ``<split>-<n>``. In a folder, a file's ``split`` column must agree with the file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from sentiflow.storage.store import file_sha256
 from sentiflow.tasks import sources
-from sentiflow.tasks.ingest import ID_COLUMNS, LABEL_COLUMNS, TEXT_COLUMNS, label_value
-from sentiflow.tasks.sources import SourceError
+from sentiflow.tasks.reviews import (
+    ID_COLUMNS,
+    LABEL_COLUMNS,
+    SPLITS,
+    TEXT_COLUMNS,
+    SourceError,
+    check_split,
+    labels,
+    line_id,
+    make_ids,
+    pick,
+    source_kind,
+    split_files,
+)
 
 Split = Literal["auto", "test", "train", "all"]
-TEXT_SUFFIXES = (".txt",)
 OK, NULL, EMPTY, NOT_TEXT = "ok", "null", "empty", "not_text"
 STATUSES = (OK, NULL, EMPTY, NOT_TEXT)
 
@@ -71,25 +80,11 @@ def as_text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
-def kind(source: str) -> str:
-    p = Path(source).expanduser()
-    if p.is_file() and p.name.lower().endswith(TEXT_SUFFIXES):
-        return "text"
-    return sources.source_kind(source)
-
-
-def fingerprint(source: str) -> str:
-    if kind(source) == "text":
-        p = Path(source).expanduser()
-        return "text:" + hashlib.sha256(b"text" + bytes.fromhex(file_sha256(p))).hexdigest()
-    return sources.fingerprint(source)
-
-
 # -- opening a source -----------------------------------------------------------------------------
 
 def open_reviews(source: str, split: Split = "auto", batch_rows: int = 2048) -> ReviewStream:
     """The reviews of ``source`` (``auto``: its test part if it has one, else all of it)."""
-    k = kind(source)
+    k = source_kind(source, text=True)
     p = Path(source).expanduser()
     if k == "text":
         if split == "test":
@@ -98,13 +93,13 @@ def open_reviews(source: str, split: Split = "auto", batch_rows: int = 2048) -> 
     if k in ("parquet", "csv", "tsv"):
         return _single_file(p, split, batch_rows)
     if k == "folder":
-        found = sources._split_files(p)
+        found = split_files(p)
         if not found:
             raise SourceError(f"{p}: no train/test Parquet, CSV or TSV files found")
-        chosen = _choose(split, [s for s in sources.SPLITS if s in found], str(p))
+        chosen = _choose(split, [s for s in SPLITS if s in found], str(p))
         files = [(s, f) for s in chosen for f in found[s]]
         labeled = any(_columns(f) & set(LABEL_COLUMNS) for _, f in files)
-        return ReviewStream(labeled, _files(files, batch_rows, labeled))
+        return ReviewStream(labeled, _files(files, batch_rows, labeled, in_folder=True))
     return _whole(source, split, batch_rows)  # hub, aclImdb folder or archive
 
 
@@ -166,40 +161,37 @@ def _single_file(path: Path, split: Split, batch_rows: int) -> ReviewStream:
         return ReviewStream(bool(names & set(LABEL_COLUMNS)), _files([("train", path)], batch_rows, None))
     column = pa.chunked_array([b.column(0).cast(pa.string()) for b in _record_batches(path, 1 << 16, ["split"])],
                               pa.string())
-    bad = pc.invert(pc.fill_null(pc.is_in(column, pa.array(sources.SPLITS)), False))
+    bad = pc.invert(pc.fill_null(pc.is_in(column, pa.array(SPLITS)), False))
     if pc.any(bad).as_py():
         row = pc.index(bad, True).as_py()
         raise SourceError(f"{path}, row {row + 1}, column 'split': {column[row].as_py()!r} is not 'train' or 'test'")
-    present = [s for s in sources.SPLITS if pc.any(pc.equal(column, s)).as_py()]
+    present = [s for s in SPLITS if pc.any(pc.equal(column, s)).as_py()]
     chosen = _choose(split, present, str(path))
     # both parts: one pass in file order ("*"), not all train rows then all test rows
     parts = [("*", path)] if len(chosen) > 1 else [(chosen[0], path)]
     return ReviewStream(bool(names & set(LABEL_COLUMNS)), _files(parts, batch_rows, None))
 
 
-def _pick(names: list[str], wanted: tuple[str, ...]) -> str | None:
-    return next((c for c in wanted if c in names), None)
-
-
-def _files(files: list[tuple[str, Path]], batch_rows: int, labeled: bool | None) -> Iterator[ReviewBatch]:
-    """Batches of the given (split, file) pairs; a file with a ``split`` column gives only the
-    rows of that split, or all its rows for split ``*``. ``labeled``: give every batch a label
-    list (None where a file has none)."""
-    counters = dict.fromkeys(sources.SPLITS, 0)
+def _files(files: list[tuple[str, Path]], batch_rows: int, labeled: bool | None,
+           in_folder: bool = False) -> Iterator[ReviewBatch]:
+    """Batches of the given (split, file) pairs. A file with a ``split`` column: in a folder
+    (``in_folder``) it must agree with the file's split; alone, it gives only the rows of that
+    split, or all its rows for split ``*``. ``labeled``: give every batch a label list (None where
+    a file has none)."""
+    counters = dict.fromkeys(SPLITS, 0)
     for split, path in files:
-        names = _columns(path)
-        text_col = _pick(list(names), TEXT_COLUMNS)
-        if text_col is None:
-            raise SourceError(f"{path}: no text column (looked for {', '.join(map(repr, TEXT_COLUMNS))}; "
-                              f"found {', '.join(map(repr, sorted(names)))})")
-        id_col, label_col = _pick(list(names), ID_COLUMNS), _pick(list(names), LABEL_COLUMNS)
+        names = sorted(_columns(path))
+        text_col = pick(names, TEXT_COLUMNS, str(path), "text")
+        id_col, label_col = pick(names, ID_COLUMNS), pick(names, LABEL_COLUMNS)
         wanted = [c for c in (id_col, text_col, label_col, "split" if "split" in names else None) if c]
         row = 0  # rows of the file read so far, for error messages
         for rb in _record_batches(path, batch_rows, wanted):
             table = pa.Table.from_batches([rb])
             rows = list(range(row, row + table.num_rows))
             row += table.num_rows
-            if "split" in names and split != "*":
+            if "split" in names and in_folder:
+                check_split(table.column("split"), split, str(path), rows[0] if rows else 0)
+            elif "split" in names and split != "*":
                 keep = pc.fill_null(pc.equal(table.column("split").cast(pa.string()), split), False)
                 rows = [r for r, k in zip(rows, keep.to_pylist()) if k]
                 table = table.filter(keep)
@@ -216,28 +208,11 @@ def _batch(table: pa.Table, columns: tuple[str, str | None, str | None], row_spl
     per split in ``counters``), raw texts (UTF-8 bytes decoded), labels (None without a label
     column, or a list of Nones when another file of the source has labels)."""
     text_col, id_col, label_col = columns
-    ids = table.column(id_col).cast(pa.string()).to_pylist() if id_col else [None] * table.num_rows
-    for j, part in enumerate(row_splits):
-        if ids[j] is None:
-            ids[j] = f"{part}-{counters[part]}"
-        counters[part] += 1
-    labels = (_labels(table.column(label_col).to_pylist(), rows, label_col, origin) if label_col
-              else ([None] * table.num_rows if labeled else None))
-    return ReviewBatch(ids, _decoded(table.column(text_col).to_pylist()), labels)
-
-
-def _labels(values: list[Any], rows: list[int], column: str, origin: Path | str) -> list[int | None]:
-    out: list[int | None] = []
-    for v, r in zip(values, rows):
-        if v is None or v == -1 or (isinstance(v, float) and math.isnan(v)) \
-                or (isinstance(v, str) and v.strip() in ("", "-1")):  # a CSV's missing or -1 label
-            out.append(None)
-            continue
-        try:
-            out.append(label_value(v))
-        except ValueError as e:
-            raise SourceError(f"{origin}, row {r + 1}, column {column!r}: {e}") from None
-    return out
+    ids = make_ids(table.column(id_col).cast(pa.string()).to_pylist() if id_col else None,
+                   row_splits, counters)
+    found = (labels(table.column(label_col).to_pylist(), label_col, str(origin), rows, missing="none")
+             if label_col else ([None] * table.num_rows if labeled else None))
+    return ReviewBatch(ids, _decoded(table.column(text_col).to_pylist()), found)
 
 
 def decoded(value: Any) -> Any:
@@ -261,7 +236,7 @@ def _text_lines(path: Path, batch_rows: int) -> Iterator[ReviewBatch]:
         for raw in f:
             n += 1
             texts.append(decoded(raw.rstrip(b"\r\n")))  # not UTF-8: kept as bytes, status not_text
-            ids.append(f"line-{n}")
+            ids.append(line_id(n))
             if len(texts) == batch_rows:
                 yield ReviewBatch(ids, texts, None)
                 ids, texts = [], []
@@ -271,18 +246,16 @@ def _text_lines(path: Path, batch_rows: int) -> Iterator[ReviewBatch]:
 
 def _whole(source: str, split: Split, batch_rows: int) -> ReviewStream:
     parts = list(sources.read_source(source, strict=False))
-    chosen = _choose(split, [s for s in sources.SPLITS if any(p.split == s for p in parts)], source)
+    chosen = _choose(split, [s for s in SPLITS if any(p.split == s for p in parts)], source)
     parts = [p for p in parts if p.split in chosen]
     labeled = any(set(p.table.column_names) & set(LABEL_COLUMNS) for p in parts)
 
     def batches() -> Iterator[ReviewBatch]:
-        counters = dict.fromkeys(sources.SPLITS, 0)
+        counters = dict.fromkeys(SPLITS, 0)
         for part in parts:
             names = part.table.column_names
-            text_col, id_col, label_col = (_pick(names, TEXT_COLUMNS), _pick(names, ID_COLUMNS),
-                                           _pick(names, LABEL_COLUMNS))
-            if text_col is None:
-                raise SourceError(f"{part.origin}: no text column")
+            text_col = pick(names, TEXT_COLUMNS, part.origin, "text")
+            id_col, label_col = pick(names, ID_COLUMNS), pick(names, LABEL_COLUMNS)
             for start in range(0, part.table.num_rows, batch_rows):
                 t = part.table.slice(start, batch_rows)
                 rows = [(part.rows[start + j] if part.rows else start + j) for j in range(t.num_rows)]

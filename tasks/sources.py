@@ -1,34 +1,33 @@
-"""Readers for every kind of review source, and a content fingerprint for each.
-
-Kinds: a Hugging Face dataset id, a Parquet file, a CSV file, a TSV file, a folder of Parquet,
-CSV or TSV files, an ``aclImdb`` folder (``train/pos``, ``train/neg``, ``test/...``) or its
-``.tar.gz``. The kind is part of the fingerprint: a ``.csv`` and a ``.tsv`` with the same bytes
-parse differently, so they must not share an ingest key. Each reader yields
-``RawPart``s: one table of raw columns per file, named so that errors can point at it.
+"""Readers for every kind of review source: each yields ``RawPart``s, one table of raw columns per
+file, named so that errors can point at it. What a source is (its kind, its files, its columns,
+its parts, its fingerprint) is in ``sentiflow.tasks.reviews``; ``SourceError`` and ``SPLITS`` are
+re-exported from there.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from sentiflow.storage.store import file_sha256
+from sentiflow.tasks.reviews import (
+    ID_COLUMNS,
+    SPLITS,
+    SourceError,
+    acl_root,
+    check_split,
+    hub_error,
+    source_kind,
+    split_files,
+)
 
-SPLITS = ("train", "test")
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 ACL_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg)/(\d+)_(\d+)\.txt$")
-
-
-class SourceError(ValueError):
-    """A source that cannot be read: the message names the file, row and column."""
 
 
 @dataclass
@@ -37,64 +36,6 @@ class RawPart:
     table: pa.Table  # raw columns as found in the file
     origin: str  # file (or archive member) the rows came from, for error messages
     rows: list[int] | None = None  # the file's 0-based row of each table row, when not 0, 1, 2...
-
-
-def source_kind(source: str) -> str:
-    p = Path(source).expanduser()
-    if p.is_dir():
-        if _acl_root(p) is not None:
-            return "aclimdb"
-        return "folder"
-    if p.is_file():
-        name = p.name.lower()
-        if name.endswith((".tar.gz", ".tgz", ".tar")):
-            return "aclimdb-tar"
-        if name.endswith(".parquet"):
-            return "parquet"
-        if name.endswith(".csv"):
-            return "csv"
-        if name.endswith(".tsv"):
-            return "tsv"
-        raise SourceError(
-            f"{p}: unsupported file type (expected .parquet, .csv, .tsv or an aclImdb .tar.gz)"
-        )
-    if HUB_ID.match(source) and not source.startswith((".", "/", "~")):
-        return "hub"
-    raise SourceError(f"source {source!r}: no such file or folder")
-
-
-def _acl_root(p: Path) -> Path | None:
-    for root in (p, p / "aclImdb"):
-        if any((root / s / lab).is_dir() for s in SPLITS for lab in ("pos", "neg")):
-            return root
-    return None
-
-
-# -- fingerprints ---------------------------------------------------------------------------------
-
-
-def fingerprint(source: str) -> str:
-    """A content hash of a local source, or the dataset revision on the Hugging Face hub."""
-    kind = source_kind(source)
-    if kind == "hub":
-        return f"hub:{source}@{_hub_revision(source)}"
-    p = Path(source).expanduser()
-    # paths relative to the aclImdb folder itself, whether it or its parent was given
-    base = _acl_root(p) if kind == "aclimdb" else p
-    digest = hashlib.sha256(kind.encode())
-    for path in _local_files(p, kind):
-        digest.update(str(path.relative_to(base)).encode() + b"\0")
-        digest.update(bytes.fromhex(file_sha256(path)))
-    return f"{kind}:{digest.hexdigest()}"
-
-
-def _local_files(p: Path, kind: str) -> list[Path]:
-    if p.is_file():
-        return [p]
-    if kind == "aclimdb":
-        root = _acl_root(p)
-        return sorted(f for s in SPLITS for lab in ("pos", "neg") for f in (root / s / lab).glob("*.txt"))
-    return sorted(f for files in _split_files(p).values() for f in files)
 
 
 # -- readers --------------------------------------------------------------------------------------
@@ -110,7 +51,7 @@ def read_source(source: str, strict: bool = True) -> Iterator[RawPart]:
     elif kind in ("parquet", "csv", "tsv"):  # one file: _read_table goes by its suffix
         yield from _split_by_column(_read_table(p), str(p))
     elif kind == "folder":
-        files = _split_files(p)
+        files = split_files(p)
         if not files:
             raise SourceError(
                 f"{p}: no train/test Parquet or CSV files found "
@@ -118,25 +59,14 @@ def read_source(source: str, strict: bool = True) -> Iterator[RawPart]:
             )
         for split, paths in files.items():
             for f in paths:
-                yield RawPart(split, _read_table(f), str(f))
+                table = _read_table(f)
+                if "split" in table.column_names:  # the file decides; the column must agree
+                    check_split(table.column("split"), split, str(f))
+                yield RawPart(split, table, str(f))
     elif kind == "aclimdb":
-        yield from _read_acl_folder(_acl_root(p), strict)
+        yield from _read_acl_folder(acl_root(p), strict)
     else:
         yield from _read_acl_tar(p, strict)
-
-
-def _split_files(folder: Path) -> dict[str, list[Path]]:
-    """train/test files in a folder: ``train.parquet``, ``train-0000-of-0001.parquet``,
-    ``train/*.parquet`` or Hugging Face's ``<config>/train-*.parquet``; CSV likewise."""
-    found: dict[str, list[Path]] = {}
-    for split in SPLITS:
-        for ext in ("parquet", "csv", "tsv"):
-            patterns = [f"{split}.{ext}", f"{split}-*.{ext}", f"{split}/*.{ext}", f"*/{split}-*.{ext}"]
-            files = sorted({f for pat in patterns for f in folder.glob(pat) if f.is_file()})
-            if files:
-                found[split] = files
-                break
-    return found
 
 
 def _read_table(path: Path) -> pa.Table:
@@ -146,7 +76,7 @@ def _read_table(path: Path) -> pa.Table:
         opts = pacsv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",",
                                   newlines_in_values=True)
         # ids as written ("007" stays "007"), the same as scoring reads them
-        ids = pacsv.ConvertOptions(column_types={c: pa.string() for c in ("id", "source_id")})
+        ids = pacsv.ConvertOptions(column_types={c: pa.string() for c in ID_COLUMNS})
         return pacsv.read_csv(path, parse_options=opts, convert_options=ids)
     except (pa.ArrowInvalid, OSError) as e:
         raise SourceError(f"{path}: cannot be read: {e}") from e
@@ -222,31 +152,13 @@ def _read_acl_tar(path: Path, strict: bool = True) -> Iterator[RawPart]:
 # -- Hugging Face hub -----------------------------------------------------------------------------
 
 
-def _hub_error(source: str, e: Exception) -> SourceError:
-    return SourceError(
-        f"source {source!r} is not a local file or folder, and the Hugging Face hub could not "
-        f"be reached for it ({type(e).__name__}: {e}). Give a local copy instead: "
-        "--source PATH or SENTIFLOW_SOURCE=PATH (Parquet file or folder, CSV, aclImdb folder "
-        "or aclImdb_v1.tar.gz)"
-    )
-
-
-def _hub_revision(source: str) -> str:
-    try:
-        from huggingface_hub import HfApi
-
-        return HfApi().dataset_info(source, timeout=10).sha
-    except Exception as e:  # offline, unreachable, unknown id: one clear message
-        raise _hub_error(source, e) from e
-
-
 def _read_hub(source: str) -> Iterator[RawPart]:
     try:
         import datasets
 
         dd = datasets.load_dataset(source)
     except Exception as e:
-        raise _hub_error(source, e) from e
+        raise hub_error(source, e) from e
     for split in SPLITS:
         if split in dd:
             yield RawPart(split, dd[split].data.table, f"{source}[{split}]")

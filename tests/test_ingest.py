@@ -24,7 +24,8 @@ import pytest
 from sentiflow.storage.store import MANIFEST, Store
 from sentiflow.tasks import ingest as ingest_mod
 from sentiflow.tasks.ingest import SCHEMA, ingest, normalize
-from sentiflow.tasks.sources import SourceError, fingerprint, read_source, source_kind
+from sentiflow.tasks.reviews import fingerprint
+from sentiflow.tasks.sources import SourceError, read_source, source_kind
 from tests.conftest import capture_log, edit_module_source, make_reviews, write_imdb_folder
 
 REAL_IMDB = Path("/work/shared/data/imdb")
