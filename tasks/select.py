@@ -43,7 +43,7 @@ VERSION_TAG = "sentiflow.registered_version"
 MODEL_DESCRIPTION = (
     "sentiflow's sentiment classifier for movie reviews: an LSTM over spaCy tokens (lower-cased). "
     "Input: review texts (a list, or a DataFrame with a `text` column). Output: P(positive) per "
-    "review, NaN for a blank one. The model carries its vocabulary, tokenizer settings and "
+    "review, null (None) for a blank one. The model carries its vocabulary, tokenizer settings and "
     "inference code (a model from code); each version's description names its data and figures.")
 
 

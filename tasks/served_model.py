@@ -7,8 +7,10 @@ package name ``sentiflow``; its artifacts are ``config`` (JSON: model, tokenize,
 ``vocab`` (Parquet) and ``weights`` (a state dict, loaded with ``weights_only=True``).
 
 Input: review texts (a list, a Series, or a DataFrame whose ``text`` column, else first column,
-holds them). Output: P(positive) per review, float64; NaN for a blank or whitespace-only review
-(``sentiflow score`` gives such a row the status ``empty``).
+holds them). Output: P(positive) per review, a list of floats; ``None`` (JSON ``null`` from ``mlflow models
+serve``) for a blank or whitespace-only review (``sentiflow score`` gives such a row the status
+``empty``). A list, because the scoring server writes a float NaN as the bare token ``NaN``,
+which is not JSON.
 """
 
 from __future__ import annotations
@@ -38,12 +40,12 @@ class SentimentModel(PythonModel):
         a = context.artifacts
         self.scorer = Scorer.from_files(a["config"], a["vocab"], a["weights"])
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> np.ndarray:
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[float | None]:
         texts = review_texts(model_input)
         bad = [i for i, t in enumerate(texts) if t is not None and not isinstance(t, str)]
         if bad:
             raise TypeError(f"row {bad[0]}: expected review text, got {type(texts[bad[0]]).__name__}")
-        return self.scorer.predict_proba(texts)
+        return [None if np.isnan(p) else float(p) for p in self.scorer.predict_proba(texts)]
 
 
 mlflow.models.set_model(SentimentModel())
