@@ -22,7 +22,7 @@ import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,6 +30,10 @@ from pydantic import BaseModel
 
 MANIFEST = "manifest.json"
 STALE_SECONDS = 3600  # a .tmp-*/.trash-*/.lock-* entry untouched this long belongs to a dead process
+
+
+class StageError(RuntimeError):
+    """A stage folder that cannot be read as its manifest describes it."""
 
 
 class StageRef(BaseModel):
@@ -43,7 +47,25 @@ class StageRef(BaseModel):
         return self.path / name
 
     def shards(self, prefix: str = "part-") -> list[Path]:
-        return sorted(self.path.glob(f"{prefix}*.parquet"))
+        """The ``<prefix>*.parquet`` shards the manifest lists, in order, each checked present
+        with the manifest's row count: a stage is read whole or not at all, never as the part of
+        it a glob would find while it is written, replaced or damaged."""
+        try:
+            manifest = self.manifest()
+        except (OSError, ValueError) as e:
+            raise StageError(f"{self.stage} {self.key}: no readable manifest in {self.path} "
+                             "(missing, still being written, or damaged)") from e
+        names = sorted(n for n in manifest.get("files", {}) if n.startswith(prefix) and n.endswith(".parquet"))
+        rows = manifest.get("rows", {})
+        for name in names:
+            try:
+                found = pq.ParquetFile(self.path / name).metadata.num_rows
+            except (OSError, pa.ArrowInvalid) as e:
+                raise StageError(f"{self.stage} {self.key}: shard {name} cannot be read ({e})") from e
+            if name in rows and found != rows[name]:
+                raise StageError(f"{self.stage} {self.key}: shard {name} has {found} rows, "
+                                 f"its manifest says {rows[name]}")
+        return [self.path / n for n in names]
 
     def read_shards(self, columns: list[str] | None = None) -> pa.Table:
         """All ``part-*.parquet`` shards, in order, as one table."""
@@ -95,6 +117,27 @@ def _newest_mtime(folder: Path) -> float:
     return newest
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2`` with ``RENAME_EXCHANGE``). False where the
+    system or filesystem cannot, or ``b`` is gone; the caller then renames the usual way."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOENT, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 def _rmdir_if_empty(folder: Path) -> None:
     try:
         folder.rmdir()
@@ -144,11 +187,12 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------------
     @contextmanager
-    def lock(self, ref: StageRef) -> Iterator[None]:
+    def lock(self, ref: StageRef, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
         """Hold the exclusive lock of ``ref``'s key: ``<root>/<stage>/.lock-<key>``.
 
         The lock file is removed on release (while still held). A waiter that then gets the lock
         of the removed file sees that the path no longer names it and locks the new one.
+        ``on_wait`` is called once when another process holds the lock, before waiting for it.
         """
         parent = ref.path.parent
         path = parent / f".lock-{ref.key}"
@@ -159,7 +203,13 @@ class Store:
             except FileNotFoundError:  # the stage folder was removed as empty meanwhile
                 continue
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if on_wait is not None:
+                        on_wait()
+                        on_wait = None
+                    fcntl.flock(fd, fcntl.LOCK_EX)
                 if os.fstat(fd).st_ino == os.stat(path).st_ino:
                     break
             except FileNotFoundError:
@@ -224,13 +274,18 @@ class Store:
             raise
 
     def _replace(self, tmp: Path, ref: StageRef) -> None:
-        """Rename ``tmp`` to ``ref.path``, moving a folder already there aside first.
+        """Rename ``tmp`` to ``ref.path``. A folder already there (invalid, or forced) is swapped
+        out in one atomic step where the system can (Linux ``renameat2(RENAME_EXCHANGE)``), so a
+        reader finds the old folder or the new one, never none; elsewhere it is moved aside first.
 
         If another publisher renames its folder into place between the two steps (the rename
         then fails with ENOTEMPTY or EEXIST), a valid folder of theirs is kept and ours dropped;
         an invalid one is moved aside in turn.
         """
         target = ref.path
+        if target.exists() and _exchange(tmp, target):  # tmp now holds the old folder
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
         for _ in range(10):
             if target.exists():  # invalid, or forced: move it aside, then drop it
                 trash = target.with_name(f".trash-{target.name}-{uuid.uuid4().hex[:8]}")

