@@ -322,3 +322,77 @@ def test_spec_gives_the_key_and_the_manifest(tmp_path: Path):
     assert ref.key == stage_key("demo", {"a": 2}, ["up/abc", "up/def:train"], "code-1")
     m = ref.manifest()
     assert m["params"] == {"a": 2} and m["inputs"] == ["up/abc", "up/def:train"]
+
+
+# -- readers see a stage whole or not at all --------------------------------------------------------
+
+def test_shards_come_from_the_manifest_with_row_counts_checked(tmp_path: Path):
+    from sentiflow.storage.store import StageError
+
+    store = Store(tmp_path)
+    ref = store.ref("demo", "k1")
+    with store.build(ref, {}, []) as tmp:
+        for i, n in enumerate((3, 4)):
+            pq.write_table(pa.table({"x": list(range(n))}), tmp / f"part-{i:05d}.parquet")
+    assert [p.name for p in ref.shards()] == ["part-00000.parquet", "part-00001.parquet"]
+    # a stray shard that the manifest does not list is not read
+    pq.write_table(pa.table({"x": [9]}), ref.path / "part-00002.parquet")
+    assert [p.name for p in ref.shards()] == ["part-00000.parquet", "part-00001.parquet"]
+    # a shard with other rows than the manifest says: refused, named
+    pq.write_table(pa.table({"x": [1]}), ref.path / "part-00001.parquet")
+    with pytest.raises(StageError, match="part-00001.parquet has 1 rows, its manifest says 4"):
+        ref.shards()
+    # no manifest (a folder being written, or gone): refused, not an empty list
+    (ref.path / MANIFEST).unlink()
+    with pytest.raises(StageError, match="no readable manifest"):
+        ref.shards()
+    with pytest.raises(StageError):
+        store.ref("demo", "never-built").shards()
+
+
+def _poll_while_rebuilding(store: Store, ref, rows) -> tuple[int, list[str]]:
+    """Rebuild ``ref`` 150 times (forced) while another thread lists its shards; returns the
+    reads that succeeded and the errors seen."""
+    import threading
+
+    stop, errors, reads = threading.Event(), [], [0]
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                assert len(ref.shards()) == 1
+                reads[0] += 1
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(repr(e))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for i in range(150):
+            with store.build(ref, {"p": 1}, ["up/abc"]) as tmp:
+                pq.write_table(pa.table({"x": list(range(rows(i)))}), tmp / "part-00000.parquet")
+    finally:
+        stop.set()
+        reader.join()
+    return reads[0], errors
+
+
+def test_replacing_a_stage_never_opens_a_gap(tmp_path: Path):
+    """A reader polling a stage while it is rebuilt again and again always finds a whole folder:
+    the new one is swapped in atomically. (A stage's key names its content, so a rebuild writes
+    the same rows.)"""
+    store = Store(tmp_path)
+    ref = _build(store)
+    reads, errors = _poll_while_rebuilding(store, ref, lambda i: 3)
+    assert reads > 50 and errors == []
+    assert store.is_valid(ref) and not list((tmp_path / "demo").glob(".t*"))
+
+
+def test_a_reader_caught_between_two_different_builds_is_refused_not_misled(tmp_path: Path):
+    """Were a rebuild to write other rows, a reader that read the old manifest and then meets
+    the new shard gets a StageError naming the mismatch: never a wrong read, never no stage."""
+    store = Store(tmp_path)
+    ref = _build(store)
+    reads, errors = _poll_while_rebuilding(store, ref, lambda i: 3 + i % 2)
+    assert reads > 50
+    assert all("StageError" in e and "its manifest says" in e for e in errors), errors[:3]

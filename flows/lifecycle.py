@@ -1,0 +1,130 @@
+"""A command's process tree ends with the command: clean ends on signals, no orphans after a kill.
+
+Two things go wrong without this (seen here with Prefect 3):
+
+* ``SIGTERM`` (``kill``, ``timeout``, ``docker stop``, a cancelled run) and ``SIGHUP`` end Python
+  at once: no ``finally``, no ``atexit``. Prefect's ephemeral API server, a uvicorn child process
+  stopped only by ``atexit``, keeps running with its port and database; the flow run stays
+  ``Running`` and a stage's temporary folder stays behind. ``graceful_signals`` turns both
+  signals into ``KeyboardInterrupt`` in the main thread, as Ctrl-C is: context managers remove
+  temporary folders, Prefect marks the run crashed, ``atexit`` stops the server, and the command
+  exits with 128 + the signal number.
+* ``SIGKILL`` runs nothing at all. ``start_guarded_server`` starts the ephemeral server (the one
+  Prefect itself would start) with a guard: the server process holds the read end of a pipe
+  whose write end only this process holds; when this process dies, however it dies, the pipe
+  closes and the guard in the server ends it within a second. A parent-death signal
+  (``PR_SET_PDEATHSIG``) would not do: it fires when the *thread* that started the child ends.
+
+Tokenizer pool workers end by themselves when their parent dies (their task pipe closes).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread for SIGTERM or SIGHUP (a ``KeyboardInterrupt``: Prefect and
+    every ``finally`` treat it as Ctrl-C)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def graceful_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise ``Terminated`` in the main thread inside the block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        for s in _SIGNALS:  # a second signal while unwinding is ignored: let cleanup finish
+            signal.signal(s, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    before = {s: signal.signal(s, handler) for s in _SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
+# -- the ephemeral Prefect server, guarded ---------------------------------------------------------
+
+GUARD = """
+import os, runpy, signal, sys, threading, time
+fd = int(sys.argv.pop(1))
+def watch():
+    while os.read(fd, 1):
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down
+    time.sleep(5)
+    os._exit(1)
+threading.Thread(target=watch, daemon=True).start()
+sys.argv[0] = "uvicorn"
+runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
+"""
+
+
+def _guarded_server_class():
+    import prefect
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    class GuardedServer(SubprocessASGIServer):
+        """Prefect's ephemeral server, started so that it ends when this process does: the
+        command and environment are Prefect's own (``SubprocessASGIServer._run_uvicorn_command``
+        as of Prefect 3), run through ``GUARD``."""
+
+        _guards: list[int] = []  # write ends, held open for the life of this process
+
+        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+            read, write = os.pipe()
+            env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+                   "PREFECT__SERVER_FINAL": "1",
+                   **get_current_settings().to_environment_variables(exclude_unset=True)}
+            args = ["--app-dir", str(prefect.__module_path__.parent), "--factory",
+                    "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+                    "--log-level", "error", "--lifespan", "on"]
+            try:
+                return subprocess.Popen([sys.executable, "-c", GUARD, str(read), *args], env=env,
+                                        pass_fds=(read,))
+            finally:
+                os.close(read)
+                self._guards.append(write)
+
+    return GuardedServer
+
+
+def start_guarded_server() -> None:
+    """Start Prefect's ephemeral server now, guarded (see the module docstring), unless a Prefect
+    server is configured (``PREFECT_API_URL``) or the ephemeral mode is off. Prefect then uses
+    this server for the process's flow runs: it keeps one ephemeral server per process."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    _guarded_server_class()().start()
+
+
+def exit_code(e: Terminated) -> int:
+    return 128 + e.signum
+
+
+if __name__ == "__main__":  # pragma: no cover - manual check: python -m sentiflow.flows.lifecycle
+    start_guarded_server()
+    print(os.getpid(), flush=True)
+    signal.pause()
+    sys.exit(0)
