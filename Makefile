@@ -11,7 +11,7 @@ export SENTIFLOW_SOURCE ?= $(if $(wildcard ../shared/data/imdb/train.parquet),..
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup train score test bench lint clean compose-check-tool
+.PHONY: setup train score test bench lint clean compose-check-tool browser-tool
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,14 @@ compose-check-tool:
 	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null) \
 	  || echo "note: docker-compose not installed; its compose check will be skipped"; }
 
-test: setup compose-check-tool
+# Debian's chromium (headless) for tests/test_browser.py, which looks at the MLflow and Prefect UIs in a
+# real browser; installed when missing where apt-get can (CI runs as root), skipped by that test otherwise.
+browser-tool:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "note: chromium not installed; the browser test will be skipped"; }
+
+test: setup compose-check-tool browser-tool
 	$(BIN)/python -m pytest
 
 bench: setup
