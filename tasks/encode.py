@@ -10,7 +10,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from prefect import task
 
 from sentiflow.storage.store import StageRef
 from sentiflow.tasks import stage
@@ -62,6 +61,6 @@ def _planner(p: dict[str, Any]) -> StageRef:
     return plan(p["root"], p["tokens"], p["vocab"])
 
 
-@task(name="encode", task_run_name="encode-{part}", cache_key_fn=stage.cache_key_fn(_planner))
+@stage.stage_task("encode", _planner, task_run_name="encode-{part}")
 def encode_task(tokens: StageRef, vocab: StageRef, part: str, root: str, force: bool = False) -> StageRef:
     return run(tokens, vocab, root, force)

@@ -17,7 +17,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from prefect import task
 
 from sentiflow.storage.store import StageRef
 from sentiflow.tasks import stage
@@ -120,6 +119,6 @@ def _planner(p: dict[str, Any]) -> StageRef:
     return plan(p["root"], p["source_fingerprint"])
 
 
-@task(name="ingest", cache_key_fn=stage.cache_key_fn(_planner))
+@stage.stage_task("ingest", _planner)
 def ingest_task(source: str, root: str, source_fingerprint: str, force: bool = False) -> StageRef:
     return run(source, root, source_fingerprint, force)

@@ -32,7 +32,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from prefect import task
 from pydantic import BaseModel, Field
 
 from sentiflow.storage.store import StageRef, Store, file_sha256
@@ -292,7 +291,7 @@ def _planner(p: dict[str, Any]) -> StageRef:
     return plan(p["root"], p["params"], p["model"], p["source_fingerprint"])
 
 
-@task(name="score", cache_key_fn=stage.cache_key_fn(_planner))
+@stage.stage_task("score", _planner)
 def score_task(model: ModelRef, source: str, source_fingerprint: str, params: ScoreParams, root: str,
                workers: int = 1, batch_rows: int = BATCH_ROWS, force: bool = False) -> StageRef:
     return run(model, source, source_fingerprint, params, root, workers, batch_rows, force)

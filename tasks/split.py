@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-from prefect import task
 from pydantic import BaseModel, Field
 
 from sentiflow.storage.store import StageRef
@@ -78,6 +77,6 @@ def _planner(p: dict[str, Any]) -> StageRef:
     return plan(p["root"], p["params"], p["ingested"])
 
 
-@task(name="split", cache_key_fn=stage.cache_key_fn(_planner))
+@stage.stage_task("split", _planner)
 def split_task(params: SplitParams, ingested: StageRef, root: str, force: bool = False) -> StageRef:
     return run(params, ingested, root, force)

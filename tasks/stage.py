@@ -112,3 +112,12 @@ def cache_key_fn(planner: Callable[[dict[str, Any]], StageRef]):
         return None if get_result_store().exists(k) else k
 
     return key
+
+
+def stage_task(name: str, planner: Callable[[dict[str, Any]], StageRef], **options: Any):
+    """The ``@task`` of a stage: cached by its stage key (``cache_key_fn``), its result (a
+    ``StageRef``) stored as JSON, so a cache record on a shared volume is read, never unpickled."""
+    from prefect import task
+
+    return task(name=name, cache_key_fn=cache_key_fn(planner), result_serializer="json", **options)
+

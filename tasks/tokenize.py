@@ -34,7 +34,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import spacy
-from prefect import task
 
 from sentiflow.storage.store import StageRef
 from sentiflow.tasks import stage
@@ -115,7 +114,7 @@ def _planner(p: dict[str, Any]) -> StageRef:
     return plan(p["root"], p["params"], p["source"], p["part"])
 
 
-@task(name="tokenize", task_run_name="tokenize-{part}", cache_key_fn=stage.cache_key_fn(_planner))
+@stage.stage_task("tokenize", _planner, task_run_name="tokenize-{part}")
 def tokenize_task(params: TokenizeParams, source: StageRef, part: str, root: str,
                   workers: int = 1, force: bool = False) -> StageRef:
     return run(params, source, part, root, workers, force)

@@ -14,7 +14,6 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from prefect import task
 from pydantic import BaseModel, Field
 
 from sentiflow.storage.store import StageRef
@@ -68,6 +67,6 @@ def _planner(p: dict[str, Any]) -> StageRef:
     return plan(p["root"], p["params"], p["tokens"])
 
 
-@task(name="vocab", cache_key_fn=stage.cache_key_fn(_planner))
+@stage.stage_task("vocab", _planner)
 def vocab_task(params: VocabParams, tokens: StageRef, root: str, force: bool = False) -> StageRef:
     return run(params, tokens, root, force)
