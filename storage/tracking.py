@@ -17,6 +17,24 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
+def redact(uri: str) -> str:
+    """``uri`` without a password: ``http://user:secret@host`` → ``http://user:***@host``
+    (and a bare token ``http://token@host`` → ``http://***@host``). For anything printed,
+    logged or stored as a Prefect artifact."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if "@" not in parts.netloc:
+        return uri
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, sep, _ = userinfo.partition(":")
+    masked = f"{user}:***" if sep else "***"
+    return urlunsplit(parts._replace(netloc=f"{masked}@{host}"))
+
+
 def configure(settings: Settings) -> str:
     """Point MLflow at the configured store; create the experiment if needed. Returns its id.
 

@@ -26,6 +26,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
+from sentiflow.storage.tracking import redact
 from sentiflow.tasks.inference import Scorer
 
 
@@ -58,7 +59,7 @@ class ModelRef(BaseModel):
 def resolve_model(uri: str) -> ModelRef:
     """``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/RUN_ID/PATH`` or a local model
     folder → a ``ModelRef``; a ``ModelError`` saying what is wrong otherwise."""
-    where = f"(tracking URI {mlflow.get_tracking_uri()})"
+    where = f"(tracking URI {redact(mlflow.get_tracking_uri())})"
     name = version = None
     m = MODEL_URI.match(uri)
     if LOGGED_MODEL_URI.match(uri):
