@@ -143,11 +143,44 @@ def hub_error(source: str, e: Exception) -> SourceError:
     )
 
 
+HUB_ATTEMPTS, HUB_FIRST_WAIT = 4, 1.0  # waits 1, 2, 4 s between attempts
+
+
+def transient(e: BaseException) -> bool:
+    """A hub error worth another try: the network (not offline mode), a timeout, a 429 or 5xx."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(e, OfflineModeIsEnabled):
+        return False
+    if isinstance(e, HfHubHTTPError):
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        return status is not None and (status == 429 or status >= 500)
+    return isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in (
+        "ConnectError", "ConnectTimeout", "ReadTimeout", "ReadError", "RemoteProtocolError")
+
+
+def with_retries(call, what: str, attempts: int = HUB_ATTEMPTS, first_wait: float = HUB_FIRST_WAIT):
+    """``call()``, tried again with exponential backoff while it fails with a transient error."""
+    import logging
+    import time
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as e:
+            if attempt == attempts or not transient(e):
+                raise
+            wait = first_wait * 2 ** (attempt - 1)
+            logging.getLogger("sentiflow.sources").warning("%s failed (%s: %s); retry %d of %d in %.0f s",
+                                                           what, type(e).__name__, e, attempt, attempts - 1, wait)
+            time.sleep(wait)
+
+
 def _hub_revision(source: str) -> str:
     try:
         from huggingface_hub import HfApi
 
-        return HfApi().dataset_info(source, timeout=10).sha
+        return with_retries(lambda: HfApi().dataset_info(source, timeout=10).sha, f"hub revision of {source}")
     except Exception as e:  # offline, unreachable, unknown id: one clear message
         raise hub_error(source, e) from e
 

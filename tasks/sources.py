@@ -23,6 +23,7 @@ from sentiflow.tasks.reviews import (
     acl_root,
     check_split,
     hub_error,
+    with_retries,
     source_kind,
     split_files,
 )
@@ -156,7 +157,7 @@ def _read_hub(source: str) -> Iterator[RawPart]:
     try:
         import datasets
 
-        dd = datasets.load_dataset(source)
+        dd = with_retries(lambda: datasets.load_dataset(source), f"loading {source} from the hub")
     except Exception as e:
         raise hub_error(source, e) from e
     for split in SPLITS:

@@ -294,3 +294,39 @@ def test_ingest_key_follows_reviews(tmp_path, monkeypatch):
     before = ingest_mod.plan(tmp_path, "folder:abc").key
     edit_module_source(monkeypatch, "sentiflow.tasks.reviews")
     assert ingest_mod.plan(tmp_path, "folder:abc").key != before
+
+
+def test_hub_calls_are_retried_with_backoff_on_transient_errors_only():
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    from sentiflow.tasks.reviews import with_retries
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("connection reset")
+        return "sha"
+
+    assert with_retries(flaky, "test", first_wait=0.01) == "sha" and len(calls) == 3
+
+    offline = []
+
+    def fails_offline():
+        offline.append(1)
+        raise OfflineModeIsEnabled("offline")
+
+    with pytest.raises(OfflineModeIsEnabled):
+        with_retries(fails_offline, "test", first_wait=0.01)
+    assert len(offline) == 1  # offline mode is final: no retry
+
+    always = []
+
+    def down():
+        always.append(1)
+        raise TimeoutError("timed out")
+
+    with pytest.raises(TimeoutError):
+        with_retries(down, "test", attempts=3, first_wait=0.01)
+    assert len(always) == 3  # bounded
