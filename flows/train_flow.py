@@ -2,33 +2,32 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mlflow.tracking import MlflowClient
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from sentiflow.flows.data_flow import DataConfig, PreparedData, Stage, data_flow_for
-from sentiflow.storage.settings import Settings, get_settings
+from sentiflow.flows.runs import run_settings
+from sentiflow.storage.settings import Settings
+from sentiflow.storage.tracking import REGISTERED_MODEL
 from sentiflow.tasks.model import ModelParams
 from sentiflow.tasks.select import SelectResult, select_task
 from sentiflow.tasks.train import TrainConfig, TrainParams, TrainResult, train_task
 
 
-# The pipeline's default model: the seed's final hidden state concatenated with a max-pool over
-# time. The seed's head alone (``head="last"``, ModelParams' own default) reached 84.5 % test
-# accuracy in 6 epochs here; this one 89.2 % in 8 (docs/benchmarks.md).
-DEFAULT_MODEL = ModelParams(head="last+max")
-
-
 class TrainFlowConfig(BaseModel):
-    """Everything a training depends on (a form in the Prefect UI)."""
+    """Everything a training depends on (a form in the Prefect UI). Its defaults are the
+    pipeline's: the CLI (``sentiflow train``), the deployments and a bare ``train_flow()`` all
+    read them from here."""
 
     data: DataConfig = DataConfig()
-    model: ModelParams = DEFAULT_MODEL
+    # The pipeline's model: the seed's final hidden state concatenated with a max-pool over time.
+    # The seed's head alone (``head="last"``, ModelParams' own default) reached 84.5 % test
+    # accuracy in 6 epochs here; this one 89.2 % in 8 (docs/benchmarks.md).
+    model: ModelParams = Field(ModelParams(head="last+max"))
     train: TrainParams = TrainParams()
-    model_name: str = "sentiflow"
+    model_name: str = Field(REGISTERED_MODEL, description="Registered model name")
 
 
 class TrainOutcome(BaseModel):
@@ -51,15 +50,16 @@ def lineage(data: PreparedData, config: DataConfig) -> dict[str, str]:
 @flow(name="train")
 def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | None = None,
                force: list[Stage] = [], workers: int = 0) -> TrainOutcome:  # noqa: B006
-    settings = get_settings()
-    if data_root:
-        settings = settings.model_copy(update={"data_root": Path(data_root)})
-    data = data_flow_for(settings, workers=workers)(config=config.data, data_root=str(settings.data_root),
-                                                    force=force, workers=workers)
+    """The data stages (cached), training, selection and registration. ``data_root`` and
+    ``workers`` override the run's settings (``sentiflow.flows.runs``); ``force`` recomputes the
+    named data stages even when cached."""
+    settings = run_settings(data_root=data_root, workers=workers or None)
+    data_config = config.data.resolved(settings)
+    data = data_flow_for(settings)(config=data_config, force=force)
     train_config = TrainConfig(model=config.model, train=config.train)
     result = train_task(train_config, data.encoded["train"], data.encoded["val"], data.vocab,
-                        lineage(data, config.data), settings)
-    selected = select_task(result, train_config, config.data.tokenize, data.vocab, data.encoded["val"],
+                        lineage(data, data_config), settings)
+    selected = select_task(result, train_config, data_config.tokenize, data.vocab, data.encoded["val"],
                            data.encoded["test"], config.model_name, settings)
     create_markdown_artifact(summary(result, selected, settings), key="training-summary",
                              description="sentiflow training: epochs, best epoch, registered version")

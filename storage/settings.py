@@ -1,11 +1,17 @@
-"""One settings object: environment variables prefixed ``SENTIFLOW_``, defaults that need no server."""
+"""One settings object: environment variables prefixed ``SENTIFLOW_``, defaults that need no server.
+
+Settings are built once, where a run starts, and passed down as an argument from there: a CLI
+command builds them from its options and the environment (``Settings.load``); a flow run that no
+caller gave settings to (a deployment's run on a worker) builds them from the environment when it
+starts (``sentiflow.flows.runs``). Nothing reads them from a global, and nothing writes
+``os.environ`` to pass one on.
+"""
 
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +46,19 @@ class Settings(BaseSettings):
                     "Its workers must see the data root at the same path",
     )
 
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """The settings from the environment, with ``overrides`` over it: an entry point's
+        options (a CLI command's ``--data-root``, ``--source``, ``--workers``). ``None`` is an
+        option not given."""
+        return cls(**_given(overrides))
+
+    def updated(self, **overrides: Any) -> Settings:
+        """These settings with ``overrides`` over them (``None``: not given), validated; the
+        environment is not read again."""
+        given = _given(overrides)
+        return type(self).model_validate({**self.model_dump(), **given}) if given else self
+
     @property
     def resolved_tracking_uri(self) -> str:
         if self.tracking_uri:
@@ -51,6 +70,5 @@ class Settings(BaseSettings):
         return self.workers or os.cpu_count() or 1
 
 
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings()
+def _given(overrides: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in overrides.items() if v is not None}

@@ -124,7 +124,7 @@ def prefect_harness():
         yield
 
 
-_LEAKY = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "SENTIFLOW_DATA_ROOT")
+_LEAKY = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 def _restore(before: dict[str, str | None]) -> None:
@@ -133,17 +133,15 @@ def _restore(before: dict[str, str | None]) -> None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    from sentiflow.storage.settings import get_settings
-
-    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _environment_per_module():
     """``mlflow.set_tracking_uri``/``set_registry_uri`` also write ``MLFLOW_TRACKING_URI`` and
-    ``MLFLOW_REGISTRY_URI`` into ``os.environ`` (the CLI's ``--data-root`` writes
-    ``SENTIFLOW_DATA_ROOT``), and Settings and child processes read them: without this, a module
-    that points MLflow at its store hands that store (and its champion) to every later module."""
+    ``MLFLOW_REGISTRY_URI`` into ``os.environ``, and Settings and child processes read them:
+    without this, a test that points MLflow at its store by hand hands that store (and its
+    champion) to every later module. (sentiflow's own ``configure`` puts them back itself, and
+    the CLI writes nothing there: tests/test_cli.py checks it.)"""
     before = {k: os.environ.get(k) for k in _LEAKY}
     yield
     _restore(before)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 from typer.testing import CliRunner
 
-from sentiflow.flows.cli import app
+# Prefect sets up its log handlers on the streams of the moment when it is first imported: here,
+# not inside an invocation whose captured streams are closed when it returns (help imports it)
+import sentiflow.flows.data_flow  # noqa: F401
+from sentiflow.flows import cli
+from sentiflow.flows.cli import PREDICT, PREPARE, SCORE, TRAIN, app
 
 runner = CliRunner()
 COMMANDS = ["prepare", "train", "stages"]
@@ -76,3 +82,68 @@ def test_bad_option_values_are_one_clear_error(args, fragment, data_root):
     result = runner.invoke(app, [*args, "--data-root", str(data_root)])
     assert result.exit_code == 1
     assert fragment in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_commands_leave_the_environment_alone(imdb_folder, data_root, tmp_path):
+    """Settings are built from a command's options and the environment, then passed down as
+    arguments: no command writes os.environ (not --data-root, not MLflow's tracking URI)."""
+    before = dict(os.environ)
+    for args, code in [
+        (["prepare", "--source", str(imdb_folder), "--data-root", str(data_root), "--workers", "1"], 0),
+        (["stages", "--data-root", str(data_root), "--json"], 0),
+        (["predict", "--model", "models:/nope@champion", "--data-root", str(tmp_path / "p"), "a review"], 1),
+        (["ui", "--data-root", str(tmp_path / "none")], 1),
+    ]:
+        result = runner.invoke(app, args)
+        assert result.exit_code == code, result.output
+        assert dict(os.environ) == before, args
+    assert (data_root / "encode").is_dir()  # the --data-root given, not ./data
+    assert (tmp_path / "p" / "mlflow.db").exists()  # predict's store: under its --data-root
+
+
+def _model_defaults():
+    from sentiflow.flows.data_flow import DataConfig
+    from sentiflow.flows.score_flow import ScoreConfig
+    from sentiflow.flows.train_flow import TrainFlowConfig
+
+    return DataConfig(), TrainFlowConfig(), ScoreConfig()
+
+
+def test_cli_defaults_are_the_models_defaults():
+    data, train, score = _model_defaults()
+    # nothing given: the configurations the models default to, the pipeline's head among them
+    assert PREPARE.build() == data
+    assert TRAIN.build() == train and TRAIN.build().model.head == "last+max"
+    assert SCORE.build() == score and PREDICT.build() == score
+    # the CLI writes no default of its own: every option that sets a field defaults to "not given"
+    for command, fields in (("prepare", PREPARE), ("train", TRAIN), ("score", SCORE), ("predict", PREDICT)):
+        params = inspect.signature(getattr(cli, command)).parameters
+        assert {name: params[name].default for name in fields.paths} == dict.fromkeys(fields.paths), command
+    # options given land on their fields, the rest keep the defaults; 0 stands for "no limit"
+    given = TRAIN.build(head="max", lr=0.01, max_len=0, max_size=0, seed=7, bidirectional=True, train_seed=3)
+    assert (given.model.head, given.train.lr, given.train.max_len, given.data.vocab.max_size) == ("max", 0.01, None, None)
+    assert (given.data.split.seed, given.train.seed, given.model.bidirectional) == (7, 3, True)
+    assert given.model.hidden_dim == train.model.hidden_dim and given.data.tokenize == train.data.tokenize
+    assert TRAIN.defaults()["max_len"] == 0 and TRAIN.defaults()["max_size"] == data.vocab.max_size
+
+
+@pytest.mark.parametrize("command, fields", [("prepare", PREPARE), ("train", TRAIN), ("score", SCORE),
+                                             ("predict", PREDICT)])
+def test_help_shows_the_models_defaults(command, fields):
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for name, value in fields.defaults().items():
+        option = f"--{name.replace('_', '-')}"
+        (line,) = [ln for ln in lines if f" {option} " in ln]
+        if value is None:
+            assert "[default:" not in line, line
+        elif isinstance(value, bool):
+            assert f"[default: {'' if value else 'no-'}{option[2:]}]" in line, line
+        else:
+            assert f"[default: {value}]" in line, line
+    if command in ("prepare", "train"):  # the stage names, from the data flow's one tuple
+        from sentiflow.flows.data_flow import STAGES
+
+        assert ", ".join(STAGES) in result.output

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from sentiflow.flows.data_flow import DataConfig, PreparedData, data_flow_for, prepare_data, task_runner_for
+from sentiflow.flows.data_flow import (
+    DataConfig,
+    PreparedData,
+    data_flow_for,
+    prepare_data,
+    task_runner_for,
+)
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import MANIFEST
 from sentiflow.tasks.tokenize import TokenizeParams
@@ -45,7 +51,10 @@ def _run(flow, source: Path, root: Path):
 
 def test_settings_choose_the_task_runner(monkeypatch):
     assert Settings().task_runner == "local"
-    assert data_flow_for(Settings()) is prepare_data  # the default: the flow as it is
+    local_flow = data_flow_for(Settings())  # the default: the flow's own runner, one thread
+    assert local_flow.name == prepare_data.name and local_flow.task_runner is prepare_data.task_runner
+    assert type(local_flow.task_runner).__name__ == "ThreadPoolTaskRunner"
+    assert local_flow.task_runner._max_workers == 1
     assert task_runner_for(Settings()) is None
 
     monkeypatch.setenv("SENTIFLOW_TASK_RUNNER", "dask")

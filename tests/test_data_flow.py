@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
 import pytest
 
-from sentiflow.flows.data_flow import DataConfig, PreparedData, prepare_data
-from sentiflow.storage.store import MANIFEST, StageRef
+from sentiflow.flows.data_flow import (
+    RUNS,
+    STAGES,
+    DataConfig,
+    PreparedData,
+    data_flow_for,
+    prepare_data,
+)
+from sentiflow.storage.settings import Settings
+from sentiflow.storage.store import MANIFEST
 from sentiflow.tasks.tokenize import TokenizeParams
 from sentiflow.tasks.vocab import Vocab, VocabParams
 from tests.conftest import write_imdb_folder
@@ -24,12 +33,6 @@ class Run(PreparedData):
 
     rebuilt: set[str]
     flow_run_id: str
-
-
-def _refs(result: PreparedData) -> dict[str, StageRef]:
-    return {"ingest": result.ingest, "split": result.split, "vocab": result.vocab,
-            **{f"tokenize-{k}": v for k, v in result.tokens.items()},
-            **{f"encode-{k}": v for k, v in result.encoded.items()}}
 
 
 def _manifest_stamps(root: Path) -> dict[Path, tuple[int, int]]:
@@ -48,7 +51,7 @@ def run(source: Path, root: Path, **kw) -> Run:
                          return_state=True)
     result = state.result()
     after = _manifest_stamps(root)
-    rebuilt = {name for name, ref in _refs(result).items() if before.get(ref.path) != after[ref.path]}
+    rebuilt = {name for name, ref in result.refs().items() if before.get(ref.path) != after[ref.path]}
     return Run(**dict(result), rebuilt=rebuilt, flow_run_id=str(state.state_details.flow_run_id))
 
 
@@ -62,9 +65,9 @@ def recomputed(result: Run) -> set[str]:
     return ran
 
 
-def task_run_states(flow_run_id: str, expected: int) -> list[str]:
-    """The final state of every task run the API recorded for a flow run (task runs reach the
-    API as events: wait until ``expected`` of them are final, then a little longer)."""
+def task_runs(flow_run_id: str, expected: int) -> list:
+    """Every task run the API recorded for a flow run (task runs reach the API as events: wait
+    until ``expected`` of them are final, then a little longer)."""
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -76,9 +79,20 @@ def task_run_states(flow_run_id: str, expected: int) -> list[str]:
             done = [s for s in states if s in ("Cached", "Completed", "Failed")]
             if len(done) >= expected or time.monotonic() > deadline:
                 time.sleep(1.0)
-                runs = client.read_task_runs(flow_run_filter=flt)
-                return sorted(r.state.name if r.state else "?" for r in runs)
+                return client.read_task_runs(flow_run_filter=flt)
             time.sleep(0.2)
+
+
+def task_run_states(flow_run_id: str, expected: int) -> list[str]:
+    """The final state of every task run the API recorded for a flow run."""
+    return sorted(r.state.name if r.state else "?" for r in task_runs(flow_run_id, expected))
+
+
+def flow_run_parameters(flow_run_id: str) -> dict:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id).parameters
 
 
 def test_first_run_builds_all_then_everything_is_cached(imdb_folder, data_root):
@@ -160,3 +174,47 @@ def test_changed_source_data_reruns_everything(tmp_path, data_root):
     # the same data at another path is the same ingest key: nothing to do
     copy = write_imdb_folder(tmp_path / "copy", seed=1)
     assert recomputed(run(copy, data_root)) == set()
+
+
+def test_stage_order_is_written_once():
+    assert STAGES == ("ingest", "split", "tokenize", "vocab", "encode")
+    assert RUNS == tuple(ALL)
+
+
+def test_one_wiring_runs_locally_one_task_at_a_time_in_stage_order(imdb_folder, data_root):
+    """Every stage is submitted; the local runner (one thread) runs them one after the other, in
+    stage order, as the task runs the API recorded show; states and refs list them so."""
+    first = run(imdb_folder, data_root)
+    assert list(first.states) == ALL and list(first.refs()) == ALL
+    assert PreparedData.from_refs(first.refs(), first.states) == PreparedData(
+        **first.model_dump(exclude={"rebuilt", "flow_run_id"}))
+    runs = sorted(task_runs(first.flow_run_id, len(ALL)), key=lambda r: r.start_time)
+    assert len(runs) == len(ALL)
+    assert all(r.name.startswith(name) for r, name in zip(runs, ALL)), [r.name for r in runs]
+    for before, after in itertools.pairwise(runs):
+        assert before.end_time <= after.start_time, (before.name, after.name)
+
+
+def test_settings_come_from_the_caller_or_from_the_environment_at_flow_start(
+        imdb_folder, tmp_path, monkeypatch):
+    # a caller's settings (the CLI's): the run uses them, and they are no flow-run parameter
+    secret = "sqlite:///" + str(tmp_path / "token-s3cr3t.db")
+    caller = Settings(data_root=tmp_path / "caller", source=str(imdb_folder), workers=1, tracking_uri=secret)
+    state = data_flow_for(caller)(config=DataConfig(), return_state=True)
+    result = state.result()
+    assert result.ingest.path.parents[1] == (tmp_path / "caller").resolve()
+    params = flow_run_parameters(state.state_details.flow_run_id)
+    assert set(params) <= {"config", "data_root", "force", "workers"}
+    assert "s3cr3t" not in str(params)
+
+    # none given (a deployment's run on a worker): the environment, read when the run starts
+    monkeypatch.setenv("SENTIFLOW_DATA_ROOT", str(tmp_path / "env"))
+    monkeypatch.setenv("SENTIFLOW_SOURCE", str(imdb_folder))
+    monkeypatch.setenv("SENTIFLOW_WORKERS", "1")
+    assert DataConfig().source is None  # nothing read from the environment before the run
+    from_env = prepare_data()
+    assert from_env.ingest.path.parents[1] == (tmp_path / "env").resolve()
+    assert from_env.ingest.key == result.ingest.key
+    # a run's own data_root overrides the settings, whichever they came from
+    overridden = data_flow_for(caller)(config=DataConfig(), data_root=str(tmp_path / "param"))
+    assert overridden.ingest.path.parents[1] == (tmp_path / "param").resolve()

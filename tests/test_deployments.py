@@ -55,6 +55,20 @@ def test_entrypoints_load_the_flows_and_forms_are_pydantic():
     assert {"TrainFlowConfig", "ModelParams", "TrainParams", "DataConfig"} <= set(train_defs)
     assert {"ScoreConfig", "ScoreParams"} <= set(score_defs)
     assert score_defs["ScoreConfig"]["properties"]["model"]["default"] == "models:/sentiflow@champion"
+    # the pipeline's model is the deployments' default too, from TrainFlowConfig alone
+    assert train_defs["TrainFlowConfig"]["properties"]["model"]["default"]["head"] == "last+max"
+    # nothing in a form is read from the environment when the flows are imported
+    for defs in (train_defs["DataConfig"], score_defs["ScoreConfig"]):
+        assert defs["properties"]["source"].get("default") is None
+
+
+def test_deployments_take_no_settings_as_parameters():
+    """Settings hold the tracking URI, which may carry credentials: flow-run parameters (stored
+    and shown by the Prefect API) never include them; a deployment's run reads its settings from
+    the worker's environment when it starts (sentiflow.flows.runs)."""
+    for d in runner_deployments():
+        params = set(d._parameter_openapi_schema.model_dump()["properties"])
+        assert params <= {"config", "data_root", "force", "workers"}, params
 
 
 def test_pull_step_sets_the_project_folder():
@@ -64,13 +78,7 @@ def test_pull_step_sets_the_project_folder():
 
 def test_ui_with_a_tracking_server_prints_its_address(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
-    from sentiflow.storage.settings import get_settings
-
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(app, ["ui"])
-    finally:
-        get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["ui"])
     assert result.exit_code == 0 and "http://mlflow.example:5000" in result.output
 
 

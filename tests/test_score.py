@@ -405,13 +405,9 @@ def test_other_uri_forms_resolve_to_the_same_model(trained, champion_pyfunc, tmp
 @pytest.fixture
 def cli(trained, monkeypatch):
     """The CLI with the trained data root (restored afterwards)."""
-    from sentiflow.storage.settings import get_settings
-
     monkeypatch.setenv("SENTIFLOW_DATA_ROOT", str(trained.root))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    get_settings.cache_clear()
-    yield CliRunner()
-    get_settings.cache_clear()
+    return CliRunner()
 
 
 def _assert_one_error_line(result, *fragments):

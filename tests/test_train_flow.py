@@ -3,15 +3,17 @@ summary artifact; a rerun reuses the finished run and registers nothing new."""
 
 from __future__ import annotations
 
-
 import pytest
 from mlflow.tracking import MlflowClient
 
 from sentiflow.flows.data_flow import DataConfig
+from sentiflow.flows.runs import with_settings
 from sentiflow.flows.train_flow import TrainFlowConfig, train_flow
+from sentiflow.storage.settings import Settings
 from sentiflow.tasks.model import ModelParams
 from sentiflow.tasks.train import TrainParams
 from tests.conftest import read_artifacts, write_imdb_folder
+from tests.test_data_flow import flow_run_parameters
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -37,7 +39,19 @@ def test_train_flow_end_to_end_and_rerun(tmp_path):
     assert markdown and f"Best epoch **{first.selected.best_epoch}**" in markdown[0]
     assert markdown[0].count("\n| ") == 3 + 1  # header + one row per epoch
 
-    again = train_flow(config=config, data_root=root, workers=1)
+    # again, as the CLI runs it: with its settings (the same store), which are no flow parameter
+    settings = Settings(data_root=tmp_path / "data", workers=1, tracking_uri=first.tracking_uri)
+    state = with_settings(train_flow, settings)(config=config, return_state=True)
+    again = state.result()
     assert set(again.data.states.values()) == {"Cached"}
     assert again.train.run_id == first.train.run_id and again.selected.version == "1"
     assert [v.version for v in client.search_model_versions("name='sentiflow'")] in (["1"], [1])
+    params = flow_run_parameters(state.state_details.flow_run_id)
+    assert set(params) == {"config", "data_root", "force", "workers"} and params["data_root"] is None
+    assert first.tracking_uri not in str(params)
+
+
+def test_the_pipeline_default_model_has_one_home():
+    """TrainFlowConfig holds the pipeline's model (the CLI and the deployments read it there):
+    ModelParams' defaults with the head that beat the seed's (docs/benchmarks.md)."""
+    assert TrainFlowConfig().model == ModelParams(head="last+max")
