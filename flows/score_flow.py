@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from sentiflow.flows.runs import run_settings
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef
-from sentiflow.storage.tracking import CHAMPION, REGISTERED_MODEL, configure
+from sentiflow.storage.tracking import CHAMPION, REGISTERED_MODEL, configure, log_stage_datasets
 from sentiflow.tasks.metrics import confusion_figure
 from sentiflow.tasks.score import ScoreParams, ScoreStats, read_stats, score_task
 from sentiflow.tasks.reviews import fingerprint
@@ -77,6 +77,7 @@ def log_evaluation_task(model: ModelRef, stage: StageRef, stats: ScoreStats, con
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate-{model.name or 'model'}-{label}",
                           tags=tags) as run:
         mlflow.log_params({"model_uri": model.uri, "source": config.source, **config.params.model_dump()})
+        log_stage_datasets({"evaluation": stage}, config.source)  # the scored rows: the Dataset column
         # model_id links the figures to the logged model: they show on its page and its version's
         mlflow.log_metrics(metrics, model_id=model.model_id)
         mlflow.log_dict({"labels": ["neg", "pos"], "matrix": stats.confusion,

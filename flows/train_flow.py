@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 from sentiflow.flows.data_flow import DataConfig, PreparedData, Stage, data_flow_for
 from sentiflow.flows.runs import run_settings
 from sentiflow.storage.settings import Settings
-from sentiflow.storage.tracking import REGISTERED_MODEL
+from sentiflow.storage.tracking import REGISTERED_MODEL, redact, redact_all
+from sentiflow.tasks.gate import GateParams
 from sentiflow.tasks.model import ModelParams
 from sentiflow.tasks.select import SelectResult, select_task
 from sentiflow.tasks.train import TrainConfig, TrainParams, TrainResult, train_task
@@ -28,6 +29,11 @@ class TrainFlowConfig(BaseModel):
     model: ModelParams = Field(ModelParams(head="last+max"))
     train: TrainParams = TrainParams()
     model_name: str = Field(REGISTERED_MODEL, description="Registered model name")
+    gate: GateParams = GateParams()
+
+    def resolved_gate(self, settings: Settings) -> GateParams:
+        """The gate with its source defaulting to the settings' (``SENTIFLOW_GATE_SOURCE``)."""
+        return self.gate if self.gate.source else self.gate.model_copy(update={"source": settings.gate_source})
 
 
 class TrainOutcome(BaseModel):
@@ -60,11 +66,11 @@ def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | Non
     result = train_task(train_config, data.encoded["train"], data.encoded["val"], data.vocab,
                         lineage(data, data_config), settings)
     selected = select_task(result, train_config, data_config.tokenize, data.vocab, data.encoded["val"],
-                           data.encoded["test"], config.model_name, settings)
-    create_markdown_artifact(summary(result, selected, settings), key="training-summary",
+                           data.encoded["test"], config.model_name, settings, config.resolved_gate(settings))
+    create_markdown_artifact(redact_all(summary(result, selected, settings)), key="training-summary",
                              description="sentiflow training: epochs, best epoch, registered version")
     return TrainOutcome(data=data, train=result, selected=selected,
-                        tracking_uri=settings.resolved_tracking_uri)
+                        tracking_uri=redact(settings.resolved_tracking_uri))
 
 
 def summary(result: TrainResult, selected: SelectResult, settings: Settings) -> str:
@@ -83,7 +89,9 @@ def summary(result: TrainResult, selected: SelectResult, settings: Settings) -> 
         f"Best epoch **{selected.best_epoch}**: val_acc **{selected.val_acc:.4f}**, "
         f"test_acc **{selected.test_acc if selected.test_acc is None else f'{selected.test_acc:.4f}'}**", "",
         f"Registered `{selected.model_name}` version **{selected.version}** with alias "
-        f"`{selected.alias}` (champion's val_acc before: {selected.champion_val_acc})", "",
+        f"`{selected.alias}`.", "",
+        f"Champion gate: **{'promoted' if selected.gate and selected.gate.promote else 'not promoted'}**"
+        f" — {selected.gate.reason if selected.gate else 'not judged'}.", "",
         "| epoch | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|",
     ]
     for epoch in sorted(table):

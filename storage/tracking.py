@@ -35,6 +35,13 @@ def redact(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{masked}@{host}"))
 
 
+def redact_all(text: str) -> str:
+    """``text`` (an error message, a summary) with every URI in it redacted."""
+    import re
+
+    return re.sub(r"[a-z][a-z0-9+.-]*://[^\s'\"()<>\]\[]+", lambda m: redact(m.group(0)), text)
+
+
 def configure(settings: Settings) -> str:
     """Point MLflow at the configured store; create the experiment if needed. Returns its id.
 

@@ -497,3 +497,13 @@ def test_predict_reads_standard_input(trained, champion_pyfunc, cli, args):
     assert [r["status"] for r in rows] == ["ok", "empty", "ok", "ok"]
     np.testing.assert_allclose([r["prob_pos"] for r in rows if r["status"] == "ok"],
                                champion_pyfunc.predict(ok), atol=1e-6)
+
+
+def test_evaluation_run_logs_the_scored_rows_as_its_dataset(trained, first_score):
+    """The evaluation run's Dataset column: the score stage (its key as digest), from the source."""
+    client = MlflowClient(trained.uri)
+    run = client.get_run(first_score.evaluation_run_id)
+    (entry,) = run.inputs.dataset_inputs
+    assert {t.key: t.value for t in entry.tags}["mlflow.data.context"] == "evaluation"
+    assert entry.dataset.digest == first_score.stage.key and entry.dataset.name == "score-evaluation"
+    assert str(trained.src.resolve()) in entry.dataset.source
