@@ -1,0 +1,159 @@
+"""Retraining left unattended (issue 10): the real CLI in its own processes, killed and run twice.
+
+* SIGTERM to a running ``sentiflow prepare`` ends it cleanly (exit 143, the run crashed, no
+  temporary folder); SIGKILL leaves no child process (Prefect's server, tokenizer workers) alive
+  10 s later; a rerun after either completes with the manifests of an uninterrupted run.
+* Two ``sentiflow train`` of one key started 3 s apart give one training run and one version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import make_reviews
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def _env(base: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SENTIFLOW_", "PREFECT_"))}
+    env.update(HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_HOME=str(base / "prefect"),
+               SENTIFLOW_DATA_ROOT=str(base / "data"), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    return env
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture(scope="module")
+def big_source(tmp_path_factory) -> Path:
+    """Enough reviews, as long as IMDb's (~230 words), that tokenizing takes many seconds."""
+    import pyarrow.compute as pc
+
+    folder = tmp_path_factory.mktemp("big")
+    for part, n, seed in (("train", 20_000, 1), ("test", 5_000, 2)):
+        t = make_reviews(n, seed=seed, prefix=f"{part}-")
+        long = pc.binary_join_element_wise(*([t.column("text")] * 12), " ")
+        pq.write_table(t.set_column(1, "text", long), folder / f"{part}.parquet")
+    return folder
+
+
+def _start_and_wait_for(cmd: list[str], env: dict[str, str], cwd: Path, marker: str, timeout: float = 240):
+    """Start ``cmd``; return (process, its output so far as a list) once ``marker`` is printed."""
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if marker in line:
+                seen.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not seen.wait(timeout):
+        proc.kill()
+        pytest.fail(f"{marker!r} never printed:\n{''.join(lines)[-3000:]}")
+    return proc, lines
+
+
+def _manifests(root: Path) -> dict[str, dict]:
+    """Each stage folder's manifest, less what differs between two builds of the same bytes."""
+    out = {}
+    for m in sorted(root.glob("*/*/manifest.json")):
+        data = json.loads(m.read_text())
+        for k in ("created", "seconds"):
+            data.pop(k, None)
+        out[f"{m.parent.parent.name}/{m.parent.name}"] = data
+    return out
+
+
+@pytest.fixture(scope="module")
+def clean_prepare(big_source, tmp_path_factory) -> dict[str, dict]:
+    base = tmp_path_factory.mktemp("clean")
+    proc = subprocess.run([str(BIN / "sentiflow"), "prepare", "--source", str(big_source)], env=_env(base),
+                          cwd=base, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return _manifests(base / "data")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_killed_prepare_leaves_no_process_and_a_rerun_completes(sig, big_source, clean_prepare, tmp_path):
+    env = _env(tmp_path)
+    cmd = [str(BIN / "sentiflow"), "prepare", "--source", str(big_source)]
+    proc, lines = _start_and_wait_for(cmd, env, tmp_path, "tokenize train.parquet:")
+    time.sleep(0.5)  # inside the tokenize stage, its workers busy
+    family = _descendants(proc.pid)
+    assert family, "the command had no child process to check"
+    proc.send_signal(sig)
+    code = proc.wait(timeout=60)
+    if sig == signal.SIGTERM:
+        assert code == 128 + signal.SIGTERM, "".join(lines)[-3000:]
+        assert not list((tmp_path / "data").glob("*/.tmp-*")), "a temporary folder was left"
+    time.sleep(10)
+    left = sorted(p for p in family if _alive(p))
+    assert not left, [Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:200] for p in left]
+
+    rerun = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert _manifests(tmp_path / "data") == clean_prepare
+
+
+def test_two_trainings_of_one_key_give_one_run_and_one_version(tmp_path):
+    from tests.conftest import write_imdb_folder
+
+    src = write_imdb_folder(tmp_path / "src", n_train=2000, n_test=200, seed=5)
+    env = _env(tmp_path)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}"
+    cmd = [str(BIN / "sentiflow"), "train", "--source", str(src), "--max-epochs", "3", "--embed-dim", "16",
+           "--hidden-dim", "16", "--workers", "1"]
+    first = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    time.sleep(3)
+    second = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    outs = [p.communicate(timeout=900)[0] for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("sentiflow")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1, [(r.info.run_id, r.info.status) for r in runs]
+    versions = client.search_model_versions("name = 'sentiflow'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert all("version 1" in out for out in outs)
