@@ -41,3 +41,16 @@ def run_settings(**overrides: Any) -> Settings:
     ctx = FlowRunContext.get()
     given: Settings | None = getattr(ctx.flow, _ATTR, None) if ctx is not None else None
     return given.updated(**overrides) if given is not None else Settings.load(**overrides)
+
+
+def confine_deployment_paths(settings: Settings, **paths: str | None) -> None:
+    """In a run a deployment created (through the Prefect API, a schedule, a worker), every path
+    parameter must lie in the data root or ``settings.path_roots`` (``Settings.confine``): a
+    parameter form is no way to read or write any file the worker can. Runs started here (the
+    CLI, a test) are not confined: whoever starts them has these files already."""
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None or ctx.flow_run.deployment_id is None:
+        return
+    for what, path in paths.items():
+        settings.confine(path, what)
+

@@ -14,7 +14,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from sentiflow.flows.runs import run_settings
+from sentiflow.flows.runs import confine_deployment_paths, run_settings
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef
 from sentiflow.storage.tracking import CHAMPION, REGISTERED_MODEL, configure, log_stage_datasets
@@ -112,6 +112,7 @@ def score_flow(config: ScoreConfig = ScoreConfig(), data_root: str | None = None
     """Score ``config.source`` with ``config.model``. ``data_root`` and ``workers`` override the
     run's settings (``sentiflow.flows.runs``); ``force`` scores again even when cached."""
     settings = run_settings(data_root=data_root, workers=workers or None)
+    confine_deployment_paths(settings, source=config.source, out=config.out)  # as given, not the settings'
     config = config.resolved(settings)
     model = resolve_model_task(config.model, settings)
     fp = fingerprint(config.source)  # a plain call, as in the data flow

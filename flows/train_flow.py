@@ -8,7 +8,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
 from sentiflow.flows.data_flow import DataConfig, PreparedData, Stage, data_flow_for
-from sentiflow.flows.runs import run_settings
+from sentiflow.flows.runs import confine_deployment_paths, run_settings
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.tracking import REGISTERED_MODEL, redact, redact_all
 from sentiflow.tasks.gate import GateParams
@@ -60,6 +60,9 @@ def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | Non
     ``workers`` override the run's settings (``sentiflow.flows.runs``); ``force`` recomputes the
     named data stages even when cached."""
     settings = run_settings(data_root=data_root, workers=workers or None)
+    # the parameters as given; the settings' own source and gate source are the operator's
+    confine_deployment_paths(settings, source=config.data.source, gate_source=config.gate.source,
+                             pretrained=None if config.train.pretrained == "glove-6b-50d" else config.train.pretrained)
     data_config = config.data.resolved(settings)
     data = data_flow_for(settings)(config=data_config, force=force)
     train_config = TrainConfig(model=config.model, train=config.train)

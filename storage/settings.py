@@ -10,6 +10,7 @@ starts (``sentiflow.flows.runs``). Nothing reads them from a global, and nothing
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,13 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SOURCE = "stanfordnlp/imdb"
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+class PathNotAllowed(ValueError):
+    """A path parameter outside the configured roots."""
 
 
 class Settings(BaseSettings):
@@ -48,6 +56,26 @@ class Settings(BaseSettings):
                     "unset: a temporary LocalCluster of `workers` single-threaded processes. "
                     "Its workers must see the data root at the same path",
     )
+
+    path_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders (JSON list) that the path parameters of a deployment's flow run - a "
+                    "source, a gate source, an --out - must lie in, besides the data root: a run "
+                    "created through the Prefect API reads and writes nothing else")
+
+    def confine(self, path: str | None, what: str) -> None:
+        """Refuse ``path`` (a flow run's parameter ``what``) unless it lies in the data root or a
+        ``path_roots`` folder, links resolved. A Hugging Face dataset id is not a path."""
+        if not path:
+            return
+        p = Path(path).expanduser()
+        if not p.is_absolute() and not p.exists() and _HUB_ID.match(path):
+            return
+        target = p.resolve()
+        roots = [r.expanduser().resolve() for r in (self.data_root, *self.path_roots)]
+        if not any(target == r or target.is_relative_to(r) for r in roots):
+            raise PathNotAllowed(f"{what} {path!r} is outside the folders a deployment's run may use "
+                                 f"({', '.join(map(str, roots))}; add one with SENTIFLOW_PATH_ROOTS)")
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

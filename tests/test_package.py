@@ -113,3 +113,17 @@ def test_credentials_never_shown_in_a_uri():
     assert redact("postgresql://u:pw@db:5432/mlflow") == "postgresql://u:***@db:5432/mlflow"
     for plain in ("sqlite:////tmp/mlflow.db", "http://127.0.0.1:5000", "file:///tmp/mlruns"):
         assert redact(plain) == plain
+
+
+def test_a_deployment_path_must_lie_in_the_configured_roots(tmp_path):
+    from sentiflow.storage.settings import PathNotAllowed, Settings
+
+    s = Settings(data_root=tmp_path / "data", path_roots=[tmp_path / "in"])
+    for ok in (tmp_path / "data" / "x.parquet", tmp_path / "in" / "sub" / "r.csv", "stanfordnlp/imdb"):
+        s.confine(str(ok), "source")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "escape").symlink_to("/etc")
+    for bad in ("/etc/hostname", str(tmp_path / "in" / ".." / "other.parquet"), str(tmp_path / "in" / "escape" / "passwd"),
+                "../x.parquet"):
+        with pytest.raises(PathNotAllowed, match="outside the folders"):
+            s.confine(bad, "source")

@@ -98,7 +98,9 @@ def servers(tmp_path_factory):
         client_env = {**base, "PREFECT_HOME": str(tmp / "client-home"),
                       "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
                       "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
-                      "SENTIFLOW_DATA_ROOT": str(tmp / "data")}
+                      "SENTIFLOW_DATA_ROOT": str(tmp / "data"),
+                      # a deployment's runs may read the sources and write predictions here only
+                      "SENTIFLOW_PATH_ROOTS": json.dumps([str(tmp / "src"), str(tmp / "out")])}
         yield {"tmp": tmp, "env": client_env, "mlflow": f"http://127.0.0.1:{mlflow_port}",
                "prefect": f"http://127.0.0.1:{prefect_port}/api", "artifact_store": tmp / "artifact-store"}
 
@@ -169,15 +171,23 @@ def test_serve_runs_a_triggered_score_deployment(servers):
         schema = deployments["on-demand"]["parameter_openapi_schema"]
         assert "config" in schema["properties"]  # the pydantic form
 
-        out = tmp / "served.parquet"
-        run = _post(f"{api}/deployments/{deployments['on-demand']['id']}/create_flow_run",
-                    {"parameters": {"config": {"source": str(src / "test.parquet"), "out": str(out)},
-                                    "workers": 1}})
-        while True:
-            state = _get(f"{api}/flow_runs/{run['id']}")["state"]
-            if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                break
-            assert time.monotonic() < deadline + 120, (tmp / "serve.log").read_text()[-3000:]
-            time.sleep(1)
+        def run_on_demand(config: dict) -> dict:
+            run = _post(f"{api}/deployments/{deployments['on-demand']['id']}/create_flow_run",
+                        {"parameters": {"config": config, "workers": 1}})
+            while True:
+                state = _get(f"{api}/flow_runs/{run['id']}")["state"]
+                if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                    return state
+                assert time.monotonic() < deadline + 240, (tmp / "serve.log").read_text()[-3000:]
+                time.sleep(1)
+
+        out = tmp / "out" / "served.parquet"
+        state = run_on_demand({"source": str(src / "test.parquet"), "out": str(out)})
         assert state["type"] == "COMPLETED", (tmp / "serve.log").read_text()[-3000:]
         assert pq.read_metadata(out).num_rows == 60
+        # a parameter form is no way to read or write any file the worker can
+        for config in ({"source": "/etc/hostname"}, {"source": str(src / "test.parquet"), "out": str(tmp / "x.parquet")}):
+            state = run_on_demand(config)
+            assert state["type"] == "FAILED", state
+            assert "outside the folders a deployment's run may use" in (tmp / "serve.log").read_text()
+        assert not (tmp / "x.parquet").exists()
