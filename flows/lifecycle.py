@@ -10,12 +10,13 @@ Two things go wrong without this (seen here with Prefect 3):
   temporary folders, Prefect marks the run crashed, ``atexit`` stops the server, and the command
   exits with 128 + the signal number.
 * ``SIGKILL`` runs nothing at all. ``start_guarded_server`` starts the ephemeral server (the one
-  Prefect itself would start) with a guard: the server process holds the read end of a pipe
-  whose write end only this process holds; when this process dies, however it dies, the pipe
-  closes and the guard in the server ends it within a second. A parent-death signal
-  (``PR_SET_PDEATHSIG``) would not do: it fires when the *thread* that started the child ends.
+  Prefect itself would start) with a guard: a thread in the server process that watches its
+  parent's pid and ends the server within a second of the parent's death, however it died.
+  A parent-death signal (``PR_SET_PDEATHSIG``) would not do: it fires when the *thread* that
+  started the child ends; nor would a pipe: forked tokenizer workers inherit its write end.
 
-Tokenizer pool workers end by themselves when their parent dies (their task pipe closes).
+Tokenizer and scoring pool workers watch their parent the same way
+(``sentiflow.tasks.tokenize.exit_with_parent``).
 """
 
 from __future__ import annotations
@@ -65,10 +66,10 @@ def graceful_signals() -> Iterator[None]:
 
 GUARD = """
 import os, runpy, signal, sys, threading, time
-fd = int(sys.argv.pop(1))
+parent = os.getppid()
 def watch():
-    while os.read(fd, 1):
-        pass
+    while os.getppid() == parent:
+        time.sleep(0.5)
     os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down
     time.sleep(5)
     os._exit(1)
@@ -88,22 +89,14 @@ def _guarded_server_class():
         command and environment are Prefect's own (``SubprocessASGIServer._run_uvicorn_command``
         as of Prefect 3), run through ``GUARD``."""
 
-        _guards: list[int] = []  # write ends, held open for the life of this process
-
         def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-            read, write = os.pipe()
             env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
                    "PREFECT__SERVER_FINAL": "1",
                    **get_current_settings().to_environment_variables(exclude_unset=True)}
             args = ["--app-dir", str(prefect.__module_path__.parent), "--factory",
                     "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
                     "--log-level", "error", "--lifespan", "on"]
-            try:
-                return subprocess.Popen([sys.executable, "-c", GUARD, str(read), *args], env=env,
-                                        pass_fds=(read,))
-            finally:
-                os.close(read)
-                self._guards.append(write)
+            return subprocess.Popen([sys.executable, "-c", GUARD, *args], env=env)
 
     return GuardedServer
 

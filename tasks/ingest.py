@@ -51,6 +51,9 @@ def normalize(part: RawPart, start: int = 0) -> pa.Table:
     text = t.column(text_col)
     if pa.types.is_null(text.type):  # a CSV column with no value at all: every row is missing
         text = text.cast(pa.string())
+    if pa.types.is_binary(text.type) or pa.types.is_large_binary(text.type):  # a CSV with bytes that are not UTF-8
+        _check_utf8(text, part, text_col)
+        text = text.cast(pa.string())
     if not pa.types.is_string(text.type) and not pa.types.is_large_string(text.type):
         raise SourceError(f"{part.origin}, column {text_col!r}: expected text, found {text.type}")
     text = text.cast(pa.string())
@@ -75,21 +78,52 @@ def normalize(part: RawPart, start: int = 0) -> pa.Table:
     return pa.Table.from_arrays([ids, text, pa.array(label, pa.int8())], schema=SCHEMA)
 
 
+def _check_utf8(column: pa.ChunkedArray, part: RawPart, name: str) -> None:
+    """The first value of a binary column that is not UTF-8, named by file, row and column."""
+    for i, value in enumerate(column.to_pylist()):
+        if value is None:
+            continue
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SourceError(f"{part.origin}, row {_row(part, i)}, column {name!r}: not valid UTF-8 "
+                              f"(byte {e.start}: {value[e.start:e.start + 1]!r})") from None
+
+
+def _duplicate(source: str, split: str, table: pa.Table, parts: list[RawPart]) -> SourceError | None:
+    """A ``SourceError`` naming an id that occurs twice and the file and row of both, or None."""
+    ids = table.column("id")
+    if pc.count_distinct(ids).as_py() == table.num_rows:
+        return None
+    counts = pc.value_counts(ids)
+    dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
+    first, second = pc.indices_nonzero(pc.equal(ids, dup)).to_pylist()[:2]
+
+    def where(i: int) -> str:
+        for part in parts:
+            if i < part.table.num_rows:
+                return f"{part.origin}, row {_row(part, i)}"
+            i -= part.table.num_rows
+        return "?"
+
+    return SourceError(f"source {source!r}, {split}: duplicate id {dup!r} ({where(first)} and {where(second)})")
+
+
 def ingest(source: str, out_dir: Path) -> dict[str, int]:
     """Read ``source`` and write ``train.parquet`` and ``test.parquet`` into ``out_dir``."""
     tables: dict[str, list[pa.Table]] = {s: [] for s in SPLITS}
+    parts: dict[str, list[RawPart]] = {s: [] for s in SPLITS}
     for part in read_source(source):
         tables[part.split].append(normalize(part, sum(t.num_rows for t in tables[part.split])))
+        parts[part.split].append(part)
     counts = {s: sum(t.num_rows for t in tables[s]) for s in SPLITS}
     if counts["train"] == 0:
         raise SourceError(f"source {source!r}: no training reviews found (empty source)")
     for split in SPLITS:
         table = pa.concat_tables(tables[split]) if tables[split] else SCHEMA.empty_table()
-        ids = table.column("id")
-        if pc.count_distinct(ids).as_py() != table.num_rows:
-            counts_by_id = pc.value_counts(ids)
-            dup = counts_by_id.filter(pc.greater(counts_by_id.field("counts"), 1))[0]
-            raise SourceError(f"source {source!r}, {split}: duplicate id {dup['values'].as_py()!r}")
+        error = _duplicate(source, split, table, parts[split])
+        if error is not None:
+            raise error
         pq.write_table(table, out_dir / f"{split}.parquet", compression="zstd")
     if counts["test"] == 0:
         log.warning("source %r has no test reviews: its test part is empty", source)

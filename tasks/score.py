@@ -87,8 +87,9 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(itos: list[str], params: TokenizeParams, quiet: bool = True) -> None:
-    if quiet:
-        logging.disable(logging.CRITICAL)  # see sentiflow.tasks.tokenize: workers never log
+    if quiet:  # a worker process (see sentiflow.tasks.tokenize): it never logs, it ends with its parent
+        logging.disable(logging.CRITICAL)
+        tokenize_stage.exit_with_parent()
     _worker.update(vocab=Vocab(itos), params=params)
 
 

@@ -55,10 +55,29 @@ def _tokenize_shard(ids: list[str], texts: list[str], labels: list[int], out_fil
     return len(tokens.values)
 
 
+def exit_with_parent(poll_seconds: float = 0.5) -> None:
+    """End this worker process when the process that started it is gone, however it died
+    (SIGKILL included). A worker's task pipe does not tell: its siblings hold copies of both
+    ends. A daemon thread watches the parent's pid instead."""
+    import os
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _worker_init() -> None:
     """Workers never log: the handlers they inherit (Prefect's API handler among them) belong to
-    threads of the parent that do not exist here."""
+    threads of the parent that do not exist here. They end with their parent."""
     logging.disable(logging.CRITICAL)
+    exit_with_parent()
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
