@@ -117,6 +117,12 @@ def _newest_mtime(folder: Path) -> float:
     return newest
 
 
+def _disk_full(e: BaseException) -> bool:
+    """An error of a full disk, from the OS or from Arrow (whose IOError may carry no errno)."""
+    return isinstance(e, OSError) and (e.errno in (errno.ENOSPC, errno.EDQUOT)
+                                       or "No space left on device" in str(e))
+
+
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -268,9 +274,13 @@ class Store:
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
             self._replace(tmp, ref)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
             _rmdir_if_empty(parent)
+            if _disk_full(e):
+                raise OSError(errno.ENOSPC, f"stage {ref.stage} {ref.key}: no space left on the device "
+                              f"of {parent} while writing it; its previous output, if any, is "
+                              "untouched and the partial one removed") from e
             raise
 
     def _replace(self, tmp: Path, ref: StageRef) -> None:

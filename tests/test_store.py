@@ -396,3 +396,30 @@ def test_a_reader_caught_between_two_different_builds_is_refused_not_misled(tmp_
     reads, errors = _poll_while_rebuilding(store, ref, lambda i: 3 + i % 2)
     assert reads > 50
     assert all("StageError" in e and "its manifest says" in e for e in errors), errors[:3]
+
+
+def test_disk_full_names_the_stage_and_keeps_the_previous_output(tmp_path: Path, monkeypatch):
+    """ENOSPC injected where Arrow writes a shard: the error names the stage, the partial
+    folder is removed, and the previous good folder is untouched."""
+    import errno
+
+    store = Store(tmp_path)
+    ref = _build(store)
+    before = {p.name: p.read_bytes() for p in ref.path.iterdir()}
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", full)
+    with pytest.raises(OSError, match=r"stage demo k1: no space left on the device .* previous output") as e:
+        with store.build(ref, {"p": 1}, ["up/abc"]) as tmp:
+            pq.write_table(pa.table({"x": [1]}), tmp / "part-00000.parquet")
+    assert e.value.errno == errno.ENOSPC
+    assert {p.name: p.read_bytes() for p in ref.path.iterdir()} == before and store.is_valid(ref)
+    assert not list((tmp_path / "demo").glob(".tmp-*"))
+    # Arrow's own error text, no errno
+    monkeypatch.setattr(pq, "write_table", lambda *a, **k: (_ for _ in ()).throw(
+        OSError("IOError: error writing bytes to file. Detail: [errno 28] No space left on device")))
+    with pytest.raises(OSError, match="stage demo k1: no space left"):
+        with store.build(ref, {"p": 1}, ["up/abc"]) as tmp:
+            pq.write_table(pa.table({"x": [1]}), tmp / "part-00000.parquet")
