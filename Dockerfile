@@ -6,8 +6,15 @@
 ARG MLFLOW_VERSION=3.17.2
 
 FROM ghcr.io/mlflow/mlflow:v${MLFLOW_VERSION} AS mlflow-server
-RUN pip install --no-cache-dir "psycopg[binary]==3.3.9" boto3==1.44.8
-ENV MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1
+ARG MLFLOW_VERSION
+# mlflow[auth]: --app-name basic-auth (users and permissions; the admin comes from the
+# environment, MLFLOW_AUTH_ADMIN_USERNAME/PASSWORD, set from .env by docker-compose.yml)
+RUN pip install --no-cache-dir "mlflow[auth]==${MLFLOW_VERSION}" "psycopg[binary]==3.3.9" boto3==1.44.8 \
+ && mkdir -p /etc/mlflow /mlflow-auth \
+ && printf '%s\n' '[mlflow]' 'default_permission = NO_PERMISSIONS' \
+      'database_uri = sqlite:////mlflow-auth/basic_auth.db' \
+      'authorization_function = mlflow.server.auth:authenticate_request_basic_auth' > /etc/mlflow/auth.ini
+ENV MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=1 MLFLOW_AUTH_CONFIG_PATH=/etc/mlflow/auth.ini
 
 FROM python:3.11-slim-bookworm AS worker
 ARG MLFLOW_VERSION

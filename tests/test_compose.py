@@ -272,7 +272,21 @@ def test_workers_reach_the_servers_by_service_name_without_storage_credentials()
         env = environment(SERVICES[name])
         assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
-        assert not [k for k in env if k.startswith("AWS_") or SECRET_NAME.search(k)], name
+        # no storage credentials; the MLflow login (basic-auth) only, from .env
+        assert not [k for k in env if k.startswith("AWS_")
+                    or (SECRET_NAME.search(k) and k != "MLFLOW_TRACKING_PASSWORD")], name
+        assert REQUIRED_REF.fullmatch(environment(RAW_SERVICES[name])["MLFLOW_TRACKING_PASSWORD"]), name
+
+
+def test_mlflow_server_requires_a_login_from_env():
+    mlflow_args = SERVICES["mlflow"]["command"]
+    assert "--app-name=basic-auth" in mlflow_args
+    env = environment(RAW_SERVICES["mlflow"])
+    for key in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert REQUIRED_REF.fullmatch(env[key]), key
+    dockerfile = DOCKERFILE.read_text()
+    assert '"mlflow[auth]==${MLFLOW_VERSION}"' in dockerfile and "MLFLOW_AUTH_CONFIG_PATH" in dockerfile
+    assert "default_permission = NO_PERMISSIONS" in dockerfile
 
 
 def test_gpu_worker_is_an_opt_in_profile_with_an_nvidia_device():
