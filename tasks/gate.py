@@ -20,6 +20,7 @@ A champion that cannot be loaded or scored is reported and kept, never silently 
 from __future__ import annotations
 
 import json
+import pickle
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -185,7 +186,7 @@ def judge(challenger: Scorer, challenger_vocab: Path, rows: GateRows, champion_u
                 other = Comparison(on=guard.on, rows=len(guard.labels),
                                    challenger_acc=score_on(challenger, guard, False),
                                    champion_acc=score_on(champion, guard, False))
-    except (ModelError, OSError, RuntimeError, KeyError, ValueError, json.JSONDecodeError) as e:
+    except (ModelError, OSError, RuntimeError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as e:
         log.warning("champion version %s cannot be scored (%s): it stays champion", version, e)
         return GateResult(main=main, champion_version=version, promote=False,
                           reason=f"champion version {version} cannot be scored ({e}); kept, not displaced")

@@ -191,6 +191,12 @@ def _version_or_none(client: MlflowClient, name: str, version: str) -> ModelVers
         return None
 
 
+def _version_of_run(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
+    """The version of ``name`` registered from ``run_id``, if any (the earliest)."""
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
 def _reported(run_id: str, name: str, v: ModelVersion) -> SelectResult:
     """A run selected and registered before: the result it got then."""
     t = v.tags
@@ -214,13 +220,20 @@ def select(result: TrainResult, config: TrainConfig, tokenize: TokenizeParams, v
         if v is not None:
             log.info("run %s already registered as %s version %s", result.run_id, model_name, done)
             return _reported(result.run_id, model_name, v)
+        earlier = _version_of_run(client, model_name, result.run_id)  # a selection killed midway
+        if earlier is not None and earlier.tags.get("alias"):  # judged, tagged: finish its last steps
+            client.set_registered_model_alias(model_name, earlier.tags["alias"], earlier.version)
+            client.set_tag(result.run_id, f"{VERSION_TAG}.{model_name}", str(earlier.version))
+            return _reported(result.run_id, model_name, earlier)
         return _select(client, store, result, config, tokenize, vocab_ref, val_ref,
-                       test_ref, model_name, gate)
+                       test_ref, model_name, gate, earlier)
 
 
 def _select(client: MlflowClient, store: Store, result: TrainResult, config: TrainConfig, tokenize: TokenizeParams,
             vocab_ref: StageRef, val_ref: StageRef, test_ref: StageRef | None, model_name: str,
-            gate: GateParams) -> SelectResult:
+            gate: GateParams, earlier: ModelVersion | None = None) -> SelectResult:
+    """Choose, evaluate, judge, log, register, promote. ``earlier``: a version of this run that a
+    killed selection registered but never judged; it is judged and promoted, not registered again."""
     epoch, val_acc = choose_epoch(client, result.run_id)
     vocab_file = vocab_ref.file("vocab.parquet")
     champion = alias_version(model_name, CHAMPION)
@@ -237,10 +250,14 @@ def _select(client: MlflowClient, store: Store, result: TrainResult, config: Tra
                         guard)
         mlflow.log_metrics({"gate_challenger_acc": verdict.challenger_acc,
                             **({} if verdict.champion_acc is None else {"gate_champion_acc": verdict.champion_acc})})
-        info = log_model(scorer, vocab_file, {"best_epoch": epoch}, Path(tmp))
         evaluation = Evaluation(val_acc, test_acc)
-        version = register(client, info.model_uri, model_name,
-                           version_description(client.get_run(result.run_id), epoch, evaluation, verdict))
+        description = version_description(client.get_run(result.run_id), epoch, evaluation, verdict)
+        if earlier is None:
+            info = log_model(scorer, vocab_file, {"best_epoch": epoch}, Path(tmp))
+            version = register(client, info.model_uri, model_name, description)
+        else:
+            version = str(earlier.version)
+            client.update_model_version(model_name, version, description=description)
         tags = {"val_acc": val_acc, "best_epoch": epoch, "run_id": result.run_id,
                 "test_acc": "" if test_acc is None else test_acc,
                 "champion_val_acc": "" if champion_val_acc is None else champion_val_acc}

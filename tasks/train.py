@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import pickle
 import tempfile
 import time
 from pathlib import Path
@@ -310,7 +311,7 @@ def _restore(run_id: str, model: nn.Module, optimizer: torch.optim.Optimizer, sc
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-    except (RuntimeError, KeyError, ValueError, OSError) as e:
+    except (RuntimeError, KeyError, ValueError, OSError, EOFError, pickle.UnpicklingError) as e:
         log.warning("run %s: checkpoint cannot be loaded (%s); starting a new run", run_id, e)
         return None
     epoch = int(state["epoch"])

@@ -230,3 +230,62 @@ def test_settings_name_the_tracking_store(tmp_path, monkeypatch):
     assert Settings(data_root=tmp_path).resolved_tracking_uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert Settings().resolved_tracking_uri == "http://127.0.0.1:5000"
+
+
+def test_a_selection_killed_midway_registers_nothing_twice(data, settings):
+    """Killed after registering (before judging), or after judging (before the run's marker):
+    the rerun finishes that version, never a second one."""
+    from sentiflow.tasks.select import VERSION_TAG
+
+    first = choose(data, settings, fit(data, settings))
+    client = MlflowClient(settings.resolved_tracking_uri)
+    marker = f"{VERSION_TAG}.sentiflow"
+    # killed before the run's marker: everything else done
+    client.delete_tag(first.run_id, marker)
+    again = choose(data, settings, fit(data, settings))
+    assert (again.version, again.alias) == (first.version, "champion")
+    # killed right after registering: no tags, no alias, no marker
+    client.delete_tag(first.run_id, marker)
+    for key in client.get_model_version("sentiflow", first.version).tags:
+        client.delete_model_version_tag("sentiflow", first.version, key)
+    client.delete_registered_model_alias("sentiflow", "champion")
+    third = choose(data, settings, fit(data, settings))
+    assert (third.version, third.alias) == (first.version, "champion")
+    assert [str(v.version) for v in client.search_model_versions("name = 'sentiflow'")] == [first.version]
+    assert client.get_model_version("sentiflow", first.version).tags["gate.decision"] == "promote"
+
+
+def test_an_unreadable_checkpoint_starts_a_new_run(data, settings, tmp_path):
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    from sentiflow.tasks.train import COMPLETE_TAG
+
+    config = TrainConfig(model=SMALL.model, train=SMALL.train.model_copy(update={"max_epochs": 2}))
+    first = fit(data, settings, config)
+    client = MlflowClient(settings.resolved_tracking_uri)
+    client.delete_tag(first.run_id, COMPLETE_TAG)  # as if killed after epoch 2's checkpoint
+    resume = Path(urlparse(client.get_run(first.run_id).info.artifact_uri).path) / "checkpoints" / "resume.pt"
+    resume.write_bytes(b"not a checkpoint")
+    second = fit(data, settings, config)
+    assert second.run_id != first.run_id and second.resumed_from == 0 and second.epochs == 2
+    assert [m.step for m in client.get_metric_history(second.run_id, "val_acc")] == [1, 2]
+
+
+def test_a_run_reopened_before_its_first_checkpoint_keeps_its_params(data, settings):
+    """Killed before its first checkpoint, then rerun with the same data read from another path:
+    the run is reopened, its params stay as first logged (MLflow refuses a changed value)."""
+    from sentiflow.storage.tracking import configure
+    from sentiflow.tasks import stage
+    from sentiflow.tasks.train import TRAIN_KEY_TAG, train_key
+
+    inputs = [stage.input_token(r) for r in (data.encoded["train"], data.encoded["val"], data.vocab)]
+    key = train_key(SMALL, inputs)
+    experiment_id = configure(settings)
+    with mlflow.start_run(experiment_id=experiment_id, tags={TRAIN_KEY_TAG: key}) as run:
+        mlflow.log_params({"data.source": "/old/path", "device": "cpu"})
+    result = train(SMALL, data.encoded["train"], data.encoded["val"], data.vocab,
+                   {"data.source": "/new/path"}, settings)
+    assert result.run_id == run.info.run_id
+    params = MlflowClient(settings.resolved_tracking_uri).get_run(result.run_id).data.params
+    assert params["data.source"] == "/old/path" and params["model.hidden_dim"] == "16"
