@@ -19,9 +19,8 @@ A champion that cannot be loaded or scored is reported and kept, never silently 
 
 from __future__ import annotations
 
-import json
-import pickle
 import logging
+import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
