@@ -217,6 +217,9 @@ def _user_errors():
     except Terminated as e:
         err_console.print(f"[bold red]stopped:[/] {e} (temporary files removed; rerun to continue)")
         raise typer.Exit(128 + e.signum) from None
+    except KeyboardInterrupt:  # Ctrl-C (SIGINT)
+        err_console.print("[bold red]stopped:[/] SIGINT (temporary files removed; rerun to continue)")
+        raise typer.Exit(128 + 2) from None
     finally:
         for lg in loggers:
             lg.removeFilter(quiet)

@@ -2,7 +2,8 @@
 
 * SIGTERM to a running ``sentiflow prepare`` ends it cleanly (exit 143, the run crashed, no
   temporary folder); SIGKILL leaves no child process (Prefect's server, tokenizer workers) alive
-  10 s later; a rerun after either completes with the manifests of an uninterrupted run.
+  10 s later; a rerun after either, wherever it landed (ingest, tokenize, vocab, encode),
+  completes with the manifests of an uninterrupted run.
 * Two ``sentiflow train`` of one key started 3 s apart give one training run and one version.
 """
 
@@ -113,18 +114,26 @@ def clean_prepare(big_source, tmp_path_factory) -> dict[str, dict]:
     return _manifests(base / "data")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_a_killed_prepare_leaves_no_process_and_a_rerun_completes(sig, big_source, clean_prepare, tmp_path):
+# where the kill lands: the line printed just before it (the stage then running)
+IN_TOKENIZE = "tokenize train.parquet:"  # its workers busy
+IN_VOCAB = "Task run 'tokenize-test' - Finished"
+
+
+@pytest.mark.parametrize("sig, marker", [
+    (signal.SIGTERM, IN_TOKENIZE), (signal.SIGINT, IN_TOKENIZE), (signal.SIGKILL, IN_TOKENIZE),
+    (signal.SIGKILL, IN_VOCAB),
+], ids=["term-tokenize", "int-tokenize", "kill-tokenize", "kill-vocab"])
+def test_a_killed_prepare_leaves_no_process_and_a_rerun_completes(sig, marker, big_source, clean_prepare, tmp_path):
     env = _env(tmp_path)
     cmd = [str(BIN / "sentiflow"), "prepare", "--source", str(big_source)]
-    proc, lines = _start_and_wait_for(cmd, env, tmp_path, "tokenize train.parquet:")
-    time.sleep(0.5)  # inside the tokenize stage, its workers busy
+    proc, lines = _start_and_wait_for(cmd, env, tmp_path, marker)
+    time.sleep(0.3)
     family = _descendants(proc.pid)
     assert family, "the command had no child process to check"
     proc.send_signal(sig)
     code = proc.wait(timeout=60)
-    if sig == signal.SIGTERM:
-        assert code == 128 + signal.SIGTERM, "".join(lines)[-3000:]
+    if sig != signal.SIGKILL:  # a clean end: 128 + the signal, nothing half-written
+        assert code == 128 + sig, "".join(lines)[-3000:]
         assert not list((tmp_path / "data").glob("*/.tmp-*")), "a temporary folder was left"
     time.sleep(10)
     left = sorted(p for p in family if _alive(p))
@@ -157,3 +166,33 @@ def test_two_trainings_of_one_key_give_one_run_and_one_version(tmp_path):
     versions = client.search_model_versions("name = 'sentiflow'")
     assert [str(v.version) for v in versions] == ["1"]
     assert all("version 1" in out for out in outs)
+
+
+def test_a_killed_score_leaves_no_process_and_a_rerun_gives_the_same_predictions(big_source, tmp_path):
+    """``sentiflow score`` killed (SIGKILL) while its workers tokenize: nothing left running, and
+    the rerun writes the predictions an uninterrupted run writes."""
+    from tests.conftest import write_imdb_folder
+
+    env = _env(tmp_path)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}"
+    small = write_imdb_folder(tmp_path / "small", n_train=300, n_test=50)
+    trained = subprocess.run([str(BIN / "sentiflow"), "train", "--source", str(small), "--max-epochs", "1",
+                              "--embed-dim", "8", "--hidden-dim", "8", "--workers", "1"],
+                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    score = [str(BIN / "sentiflow"), "score", "--source", str(big_source / "train.parquet"), "--workers", "2"]
+    proc, lines = _start_and_wait_for(score, env, tmp_path, "Beginning flow run")
+    time.sleep(4)  # reading, tokenizing, scoring
+    family = _descendants(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    time.sleep(10)
+    assert not [p for p in family if _alive(p)]
+
+    out = [tmp_path / "after-kill.parquet", tmp_path / "forced.parquet"]
+    for path, extra in zip(out, ([], ["--force"])):
+        rerun = subprocess.run([*score, "--out", str(path), *extra], env=env, cwd=tmp_path, capture_output=True,
+                               text=True, timeout=900)
+        assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert pq.read_table(out[0]).equals(pq.read_table(out[1]))
+    assert pq.read_metadata(out[0]).num_rows == 20_000
