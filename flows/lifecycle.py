@@ -112,10 +112,6 @@ def start_guarded_server() -> None:
     _guarded_server_class()().start()
 
 
-def exit_code(e: Terminated) -> int:
-    return 128 + e.signum
-
-
 if __name__ == "__main__":  # pragma: no cover - manual check: python -m sentiflow.flows.lifecycle
     start_guarded_server()
     print(os.getpid(), flush=True)
