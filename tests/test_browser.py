@@ -30,12 +30,13 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import write_imdb_folder
+from tests.test_server import _process  # the servers, started and stopped as there
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -94,27 +95,6 @@ def _stop_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-@contextmanager
-def _server(cmd: list[str], env: dict[str, str], log: Path, health: str, timeout: float = 180) -> Iterator[None]:
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"{cmd[:4]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(health, timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{health} not up after {timeout} s:\n{log.read_text()[-3000:]}")
-                time.sleep(0.5)
-        yield
-    finally:
-        _stop_group(proc)
 
 
 # --- the browser -------------------------------------------------------------------------------
@@ -301,7 +281,7 @@ def mlflow_ui(trained) -> Iterator[dict]:
     port, log = _port(), trained["tmp"] / "mlflow-ui.log"
     cmd = [sys.executable, "-m", "sentiflow.flows.cli", "ui", "--data-root", str(trained["data"]), "--port", str(port)]
     base = f"http://127.0.0.1:{port}"
-    with _server(cmd, trained["env"], log, f"{base}/health"):
+    with _process(cmd, trained["env"], log, f"{base}/health", timeout=180):
         api = f"{base}/api/2.0/mlflow"
         experiment = _get(f"{api}/experiments/get-by-name?experiment_name=sentiflow")["experiment"]
         run = _get(f"{api}/runs/get?run_id={trained['run_id']}")["run"]
@@ -322,7 +302,7 @@ def prefect_ui(trained) -> Iterator[dict]:
            "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false"}
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"]
     base = f"http://127.0.0.1:{port}"
-    with _server(cmd, env, tmp / "prefect-server.log", f"{base}/api/health"):
+    with _process(cmd, env, tmp / "prefect-server.log", f"{base}/api/health", timeout=180):
         yield {"base": base, "api": f"{base}/api"}
 
 
