@@ -166,11 +166,14 @@ def _encodes_alike(a_vocab: Path, a: Scorer, b_vocab: Path, b: Scorer) -> bool:
 
 
 def judge(challenger: Scorer, challenger_vocab: Path, rows: GateRows, champion_uri: str | None,
-          margin: float, guard: GateRows | None = None) -> GateResult:
+          margin: float, guard: GateRows | None = None, challenger_acc: float | None = None) -> GateResult:
     """Score the challenger and the champion (``models:/NAME/VERSION``, None when there is
     none) on ``rows`` (and ``guard``, the champion's own rows): promote when the challenger is
-    better on ``rows`` by at least ``margin`` and not worse on ``guard``."""
-    main = Comparison(on=rows.on, rows=len(rows.labels), challenger_acc=score_on(challenger, rows, True))
+    better on ``rows`` by at least ``margin`` and not worse on ``guard``. ``challenger_acc``:
+    the challenger's accuracy on ``rows`` when already measured (its ``test_acc``)."""
+    if challenger_acc is None:
+        challenger_acc = score_on(challenger, rows, True)
+    main = Comparison(on=rows.on, rows=len(rows.labels), challenger_acc=challenger_acc)
     if champion_uri is None:
         return GateResult(main=main, promote=True, reason="no champion yet")
     version = champion_uri.rsplit("/", 1)[-1]

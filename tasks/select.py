@@ -245,9 +245,11 @@ def _select(client: MlflowClient, store: Store, result: TrainResult, config: Tra
         rows = gate_rows(gate, val_ref, test_ref, config.train.max_len)
         guard = None if gate.source or champion is None else \
             champion_rows(store, client.get_run(champion.run_id).data.params, rows)
+        # on the test split the challenger's figure is its test_acc, measured just above
+        known = test_acc if not gate.source and rows.on.startswith("test ") else None
         verdict = judge(scorer, vocab_file, rows,
                         None if champion is None else f"models:/{model_name}/{champion.version}", gate.margin,
-                        guard)
+                        guard, known)
         mlflow.log_metrics({"gate_challenger_acc": verdict.challenger_acc,
                             **({} if verdict.champion_acc is None else {"gate_champion_acc": verdict.champion_acc})})
         evaluation = Evaluation(val_acc, test_acc)

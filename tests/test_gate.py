@@ -145,3 +145,9 @@ def test_a_champion_that_cannot_be_loaded_is_kept_and_reported(world, settings):
     assert second.alias == "challenger" and not second.gate.promote
     assert "cannot be scored" in second.gate.reason and second.gate.champion_version == first.version
     assert str(client.get_model_version_by_alias("sentiflow", "champion").version) == first.version
+
+
+def test_on_the_test_split_the_gate_figure_is_the_test_accuracy(world, settings):
+    """The challenger is not scored twice on the test split: its gate figure is its test_acc."""
+    first = fit_and_select(world, settings, "imdb")
+    assert first.gate.main.on.startswith("test split ") and first.gate.main.challenger_acc == first.test_acc
