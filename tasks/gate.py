@@ -33,6 +33,7 @@ from sentiflow.storage.store import StageRef, Store, file_sha256
 from sentiflow.tasks.inference import Encoded, Scorer, accuracy
 from sentiflow.tasks.score_sources import OK, as_text, open_reviews, status_of
 from sentiflow.tasks.serving import ModelError, download_model, resolve_model
+from sentiflow.tasks.stage import read_input_token
 
 log = logging.getLogger("sentiflow.gate")
 
@@ -111,24 +112,24 @@ class GateRows:
 
 def _input(ref: StageRef, *stages: str) -> tuple[StageRef, str]:
     """The input of ``ref`` made by one of ``stages``, and the part of it read (from the
-    manifest, which records each input as ``<stage>/<key>[:<part>]``)."""
+    manifest, which records each input as ``stage.input_token`` wrote it)."""
     store = Store(ref.path.parent.parent)
     for token in ref.manifest()["inputs"]:
-        name, _, rest = token.partition("/")
-        key, _, part = rest.partition(":")
+        name, key, part = read_input_token(token)
         if name in stages:
             return store.ref(name, key), part
     raise ValueError(f"{ref.stage} {ref.key}: no {' or '.join(stages)} input in its manifest")
 
 
-def split_rows(encoded: StageRef, max_len: int | None) -> GateRows:
-    """The raw reviews behind an encoded part (encode ← tokenize ← ingest or split), with their
-    encoding: the same rows in the same order (tokenize keeps the file's order)."""
+def split_rows(encoded: StageRef, max_len: int | None, with_encoding: bool = True) -> GateRows:
+    """The raw reviews behind an encoded part (encode ← tokenize ← ingest or split) and, with
+    ``with_encoding``, their encoding: the same rows in the same order (tokenize keeps the
+    file's order)."""
     tokens, _ = _input(encoded, "tokenize")
     raw, part = _input(tokens, "ingest", "split")
     table = pq.read_table(raw.file(f"{part}.parquet"), columns=["id", "text", "label"])
-    enc = Encoded.from_shards(encoded.shards(), max_len)
-    if enc.ids != table.column("id").to_pylist():
+    enc = Encoded.from_shards(encoded.shards(), max_len) if with_encoding else None
+    if enc is not None and enc.ids != table.column("id").to_pylist():
         raise ValueError(f"encode {encoded.key}: its rows differ from {raw.stage} {raw.key} {part}")
     return GateRows(f"{part} split {encoded.key}", table.column("text").to_pylist(),
                     table.column("label").to_numpy().astype(np.float32), enc)
@@ -211,6 +212,5 @@ def champion_rows(store: Store, champion_params: dict[str, str], main: GateRows)
     ref = store.ref("encode", key)
     if not store.is_valid(ref) or not ref.manifest().get("total_rows") or main.on.endswith(key):
         return None
-    rows = split_rows(ref, None)
-    rows.encoded = None  # encoded with the champion's vocabulary: both models read the text
-    return rows
+    # encoded with the champion's vocabulary: both models read the text, so it is not loaded
+    return split_rows(ref, None, with_encoding=False)

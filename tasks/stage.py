@@ -39,6 +39,13 @@ def input_token(ref: StageRef, part: str = "") -> str:
     return f"{ref.stage}/{ref.key}" + (f":{part}" if part else "")
 
 
+def read_input_token(token: str) -> tuple[str, str, str]:
+    """``input_token``'s parts back: (stage, key, part); part "" when none is named."""
+    stage, _, rest = token.partition("/")
+    key, _, part = rest.partition(":")
+    return stage, key, part
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """Everything a stage's key depends on; also what its manifest records."""
