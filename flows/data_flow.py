@@ -2,20 +2,22 @@
 
 The flow only wires tasks, once, whichever task runner runs them: every stage is submitted, each
 task gets its upstream tasks' futures as inputs, and the flow then resolves the futures in stage
-order. Each task returns a ``StageRef`` and is served from Prefect's cache (state "Cached") when its
-stage folder is present and valid. The source's fingerprint (ingest's key) is a plain call, not a
-task: a task would run, and show as Completed, on every run.
+order. Tokenize and encode are one task per shard (``tokenize-train-3``), each keyed by its
+shard's content, then one task per part gathers them (``tokenize-train``; ``sentiflow.tasks.shards``).
+Each task returns a ``StageRef`` and is served from Prefect's cache (state "Cached") when its
+stage folder is present and valid: after reviews are appended to a source, the shards that did
+not change are Cached and only the new ones are tokenized (``PreparedData.shards`` counts them).
+The source's fingerprint (ingest's key) is a plain call, not a task: a task would run, and show as
+Completed, on every run.
 
 Where tasks run: ``data_flow_for(settings)`` is the flow to call, with the task runner the settings
-choose. With ``task_runner = "local"`` (the default, ``SENTIFLOW_TASK_RUNNER``) it is
-``prepare_data``'s own runner, a pool of one thread: the tasks run in this process one at a time, in
-stage order, and tokenize forks its own pool of ``workers`` processes. With ``"dask"`` it is a
-``prefect_dask.DaskTaskRunner``: the cluster runs each task as soon as its inputs exist, the three
-tokenize and the three encode tasks concurrently (tokenize-test right after ingest, encode-val/test
-as soon as their tokens and the vocab are there). On Dask the parallelism is Dask's: each tokenize
-task runs single-process inside its Dask worker (``workers=1``), because a Dask worker process is
-daemonic and may not start a pool of its own. Run Dask workers single-threaded, one per core (``dask
-worker --nworkers N --nthreads 1``): tokenization holds the GIL.
+choose. With ``task_runner = "local"`` (the default, ``SENTIFLOW_TASK_RUNNER``) it is a pool of
+``workers`` threads in this process, taking tasks in the order they were submitted, and a process
+pool of ``workers`` tokenizers (``tokenize.worker_pool``, forked at the start of the run) does the
+shards' tokenizing. With ``"dask"`` it is a ``prefect_dask.DaskTaskRunner``: one Dask task per
+shard, run as soon as its inputs exist, each single-process inside its Dask worker (a Dask worker
+process is daemonic and may not start a pool of its own). Run Dask workers single-threaded, one per
+core (``dask worker --nworkers N --nthreads 1``): tokenization holds the GIL.
 
 Shards are the same bytes either way (each shard is tokenized and written on its own), so the
 stage keys, folders and Prefect cache records are shared between the two modes: a folder built on
@@ -36,6 +38,7 @@ on loopback, which serves a LocalCluster only.
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,9 +54,11 @@ from pydantic import BaseModel, Field
 from sentiflow.flows.runs import run_settings, with_settings
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef
+from sentiflow.tasks import encode, tokenize
 from sentiflow.tasks.encode import encode_task
-from sentiflow.tasks.ingest import ingest_task
+from sentiflow.tasks.ingest import IngestParams, ingest_task
 from sentiflow.tasks.reviews import fingerprint
+from sentiflow.tasks.shards import gather_task, shards_of
 from sentiflow.tasks.split import SplitParams, split_task
 from sentiflow.tasks.tokenize import TokenizeParams, tokenize_task
 from sentiflow.tasks.vocab import VocabParams, vocab_task
@@ -62,9 +67,13 @@ from sentiflow.tasks.vocab import VocabParams, vocab_task
 Stage = Literal["ingest", "split", "tokenize", "vocab", "encode"]
 STAGES: tuple[Stage, ...] = get_args(Stage)
 PARTS = ("train", "val", "test")
-# the stages that run once per part ("tokenize-train", ...), and their PreparedData field
+# where each part's shards come from: the split's proper-train and validation shards, ingest's test ones
+SHARDS_FROM = {"train": "split", "val": "split", "test": "ingest"}
+# the stages that run once per shard ("tokenize-train-3", ...) and are gathered per part
+# ("tokenize-train"), and their PreparedData field
 PER_PART = {"tokenize": "tokens", "encode": "encoded"}
-# the task runs, in stage order: the keys of PreparedData.states and .refs()
+GATHERED = {"tokenize": tokenize.GATHERED, "encode": encode.GATHERED}
+# the task runs that give a stage folder each, in stage order: the keys of PreparedData.states and .refs()
 RUNS: tuple[str, ...] = tuple(
     name for stage in STAGES
     for name in ([f"{stage}-{part}" for part in PARTS] if stage in PER_PART else [stage]))
@@ -76,6 +85,7 @@ class DataConfig(BaseModel):
     source: str | None = Field(None, description="Hugging Face dataset id, or a local Parquet/CSV/aclImdb "
                                                  "path; empty: the settings' source (SENTIFLOW_SOURCE, "
                                                  "default stanfordnlp/imdb)")
+    ingest: IngestParams = IngestParams()
     split: SplitParams = SplitParams()
     tokenize: TokenizeParams = TokenizeParams()
     vocab: VocabParams = VocabParams()
@@ -92,6 +102,9 @@ class PreparedData(BaseModel):
     vocab: StageRef
     encoded: dict[str, StageRef]
     states: dict[str, str] = Field(description="task run name → final state name (Cached, Completed)")
+    shards: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="per-part run name (tokenize-train, ...) → its shard tasks' "
+                                          "final states, counted (Cached: reused, Completed: computed)")
 
     def refs(self) -> dict[str, StageRef]:
         """Each task run's stage folder, by the task run names used in ``states`` (``RUNS``)."""
@@ -102,7 +115,8 @@ class PreparedData(BaseModel):
         return refs
 
     @classmethod
-    def from_refs(cls, refs: dict[str, StageRef], states: dict[str, str]) -> PreparedData:
+    def from_refs(cls, refs: dict[str, StageRef], states: dict[str, str],
+                  shards: dict[str, dict[str, int]] | None = None) -> PreparedData:
         """The inverse of ``refs``: task run name → stage folder, for every run in ``RUNS``."""
         fields: dict[str, Any] = {}
         for name in RUNS:
@@ -111,11 +125,12 @@ class PreparedData(BaseModel):
                 fields.setdefault(PER_PART[stage], {})[part] = refs[name]
             else:
                 fields[stage] = refs[name]
-        return cls(**fields, states=states)
+        return cls(**fields, states=states, shards=shards or {})
 
 
-# Locally, one thread runs the submitted tasks one at a time, in the order they were submitted (stage
-# order): tokenize's own process pool is the parallelism, and it forks from that thread alone.
+# Locally the flow's runner is a pool of ``workers`` threads (``task_runner_for``), which runs the
+# submitted tasks in the order they were submitted (stage order); a shard's tokenize task hands its
+# shard to the run's process pool (``tokenize.worker_pool``), started by the flow before any task.
 @flow(name="prepare-data", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def prepare_data(
     config: DataConfig = DataConfig(),
@@ -130,32 +145,43 @@ def prepare_data(
 
 
 def prepare(config: DataConfig, settings: Settings, force: Sequence[str] = ()) -> PreparedData:
-    """The wiring, inside a data flow run: every stage submitted to the flow's task runner with
-    its inputs' futures, then resolved in stage order (the first failed stage's error is raised).
-    A task is submitted after the tasks it takes futures of, so the local one-thread runner never
-    waits on a task queued behind it. The data root is made absolute: a Dask worker may have
-    another working directory."""
+    """The wiring, inside a data flow run: every stage submitted to the flow's task runner with its
+    inputs' futures, one task per shard for tokenize and encode, then resolved in stage order (the
+    first failed stage's error is raised). The shards are known once ingest and split are done, so
+    the flow waits for those two first. A task is submitted after the tasks it takes futures of, so
+    a runner's threads never all wait on tasks queued behind them. The data root is made absolute:
+    a Dask worker may have another working directory."""
     root = str(Path(settings.data_root).resolve())
-    tokenize_workers = 1 if _on_dask() else settings.resolved_workers
     futures: dict[str, PrefectFuture[StageRef]] = {}
+    shard_futures: dict[str, list[PrefectFuture[StageRef]]] = {}
 
     def submit(name: str, task_fn: Any, **kwargs: Any) -> PrefectFuture[StageRef]:
         futures[name] = task_fn.submit(**kwargs, root=root, force=name.split("-")[0] in force)
         return futures[name]
 
-    with _api_for_workers():
+    def per_shard(stage: str, part: str, task_fn: Any, inputs: list[dict[str, Any]]) -> PrefectFuture[StageRef]:
+        """One task per shard, then the part gathered."""
+        shard_futures[f"{stage}-{part}"] = [
+            task_fn.submit(**kw, part=part, index=i, root=root, force=stage in force)
+            for i, kw in enumerate(inputs)]
+        return submit(f"{stage}-{part}", gather_task, stage_name=stage, part=part,
+                      shards=shard_futures[f"{stage}-{part}"], files=GATHERED[stage])
+
+    with _api_for_workers(), tokenize.worker_pool(1 if _on_dask() else settings.resolved_workers):
         fp = fingerprint(config.source)
-        ingested = submit("ingest", ingest_task, source=config.source, source_fingerprint=fp)
-        split = submit("split", split_task, params=config.split, ingested=ingested)
-        sources = {"train": split, "val": split, "test": ingested}
-        tokens = {part: submit(f"tokenize-{part}", tokenize_task, params=config.tokenize,
-                               source=sources[part], part=part, workers=tokenize_workers)
-                  for part in PARTS}
-        vocab = submit("vocab", vocab_task, params=config.vocab, tokens=tokens["train"])
+        submit("ingest", ingest_task, source=config.source, source_fingerprint=fp, params=config.ingest)
+        submit("split", split_task, params=config.split, ingested=futures["ingest"])
+        sources = {"ingest": futures["ingest"].result(), "split": futures["split"].result()}
         for part in PARTS:
-            submit(f"encode-{part}", encode_task, tokens=tokens[part], vocab=vocab, part=part)
+            per_shard("tokenize", part, tokenize_task, [
+                {"params": config.tokenize, "shard": s} for s in shards_of(sources[SHARDS_FROM[part]], part)])
+        vocab = submit("vocab", vocab_task, params=config.vocab, tokens=futures["tokenize-train"])
+        for part in PARTS:
+            per_shard("encode", part, encode_task, [
+                {"tokens": t, "vocab": vocab} for t in shard_futures[f"tokenize-{part}"]])
         refs = {name: futures[name].result() for name in RUNS}  # raises a failed task's error
-    return PreparedData.from_refs(refs, {name: futures[name].state.name for name in RUNS})
+    shards = {name: dict(Counter(f.state.name for f in fs)) for name, fs in shard_futures.items()}
+    return PreparedData.from_refs(refs, {name: futures[name].state.name for name in RUNS}, shards)
 
 
 # -- on a Dask cluster ----------------------------------------------------------------------------
@@ -185,12 +211,13 @@ def _api_for_workers() -> Iterator[None]:
 
 def task_runner_for(settings: Settings, workers: int = 0,
                     cluster_kwargs: dict[str, Any] | None = None) -> TaskRunner | None:
-    """The task runner the settings choose: ``None`` for "local" (the flow's own), else a
+    """The task runner the settings choose: for "local" a pool of ``workers`` threads (default:
+    ``settings.resolved_workers``; the shards' work runs in the flow's process pool), else a
     ``DaskTaskRunner`` on ``settings.dask_address``, or on a temporary ``LocalCluster`` of
     ``workers`` (default: ``settings.resolved_workers``) single-threaded worker processes, no
     dashboard; ``cluster_kwargs`` override the LocalCluster's arguments."""
     if settings.task_runner == "local":
-        return None
+        return ThreadPoolTaskRunner(max_workers=max(1, workers or settings.resolved_workers))
     from prefect_dask import DaskTaskRunner
 
     if settings.dask_address:

@@ -1,9 +1,12 @@
-"""Stage 5, encode: token shards + vocab → shards of ``id``, ``label``, ``ids: list<int32>``,
-``length: int32`` (one output shard per input shard)."""
+"""Stage 5, encode: each tokenize shard + the vocab → ``id``, ``label``, ``ids: list<int32>``,
+``length: int32``. A shard is a stage of its own (``encode-shard``, keyed by its tokenize shard and
+the vocab); a part's shards are then gathered (``encode``: ``part-NNNNN.parquet``, what training,
+the gate and scoring read)."""
 
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +16,13 @@ import pyarrow.parquet as pq
 
 from sentiflow.storage.store import StageRef
 from sentiflow.tasks import stage
-from sentiflow.tasks.progress import progress
+from sentiflow.tasks.shards import gathered, plan_gather, run_gather
 from sentiflow.tasks.text import Vocab
+from sentiflow.tasks.tokenize import TOKENS
 
-STAGE = "encode"
+STAGE = "encode"  # a part's shards gathered (sentiflow.tasks.shards)
+SHARD_STAGE = "encode-shard"  # one shard
+GATHERED = {"encoded.parquet": "part"}
 log = logging.getLogger("sentiflow.encode")
 SCHEMA = pa.schema([("id", pa.string()), ("label", pa.int8()),
                     ("ids", pa.list_(pa.int32())), ("length", pa.int32())])
@@ -28,39 +34,62 @@ def encode_table(tokens: pa.Table, vocab: Vocab) -> pa.Table:
     return pa.Table.from_arrays([tokens.column("id"), tokens.column("label"), ids, length], schema=SCHEMA)
 
 
-def encode_shards(shards: list[Path], vocab: Vocab, out_dir: Path) -> int:
-    total = 0
-    with progress(log, "encode", len(shards), "shards") as bar:
-        for shard in shards:
-            out = encode_table(pq.read_table(shard), vocab)
-            pq.write_table(out, out_dir / shard.name, compression="zstd")
-            total += len(out.column("ids").combine_chunks().values)
-            bar.advance()
-    return total
+ENCODED = "encoded.parquet"
 
 
-# -- stage and task ------------------------------------------------------------------------------
+def encode_shard(tokens_file: Path, vocab: Vocab, out_dir: Path) -> int:
+    """One tokenize shard → ``encoded.parquet``; returns its token count."""
+    out = encode_table(pq.read_table(tokens_file), vocab)
+    pq.write_table(out.combine_chunks(), out_dir / ENCODED, compression="zstd")
+    return len(out.column("ids").combine_chunks().values)
 
-def spec(tokens: StageRef, vocab: StageRef) -> stage.StageSpec:
-    return stage.StageSpec(STAGE, None, (stage.input_token(tokens), stage.input_token(vocab)),
-                           stage.code_version([__name__, "sentiflow.tasks.text"]))
+
+@lru_cache(maxsize=4)
+def _vocab(path: Path, sha256: str) -> Vocab:
+    """A vocabulary read once per process for the many shards encoded with it (by file and hash)."""
+    return Vocab.read(path)
+
+
+def vocab_of(ref: StageRef) -> Vocab:
+    return _vocab(ref.file("vocab.parquet"), ref.manifest()["files"]["vocab.parquet"]["sha256"])
+
+
+# -- stages and tasks ----------------------------------------------------------------------------
+
+def _code() -> str:
+    return stage.code_version([__name__, "sentiflow.tasks.text"])
+
+
+def shard_spec(tokens: StageRef, vocab: StageRef) -> stage.StageSpec:
+    return stage.StageSpec(SHARD_STAGE, None, (stage.input_token(tokens), stage.input_token(vocab)), _code())
+
+
+def plan_shard(root: Path | str, tokens: StageRef, vocab: StageRef) -> StageRef:
+    return shard_spec(tokens, vocab).ref(root)
+
+
+def run_shard(tokens: StageRef, vocab: StageRef, root: Path | str, force: bool = False) -> StageRef:
+    return stage.run_stage(root, shard_spec(tokens, vocab),
+                           lambda out: encode_shard(tokens.file(TOKENS), vocab_of(vocab), out), force)
 
 
 def plan(root: Path | str, tokens: StageRef, vocab: StageRef) -> StageRef:
-    return spec(tokens, vocab).ref(root)
+    """A gathered tokenize part's shards encoded with ``vocab``, gathered."""
+    return plan_gather(root, STAGE, [plan_shard(root, t, vocab) for t in gathered(tokens)])
 
 
 def run(tokens: StageRef, vocab: StageRef, root: Path | str, force: bool = False) -> StageRef:
-    return stage.run_stage(
-        root, spec(tokens, vocab),
-        lambda out: encode_shards(tokens.shards(), Vocab.read(vocab.file("vocab.parquet")), out), force,
-    )
+    """Every shard of a gathered tokenize part encoded (reused where valid), then gathered: the
+    plain path, no Prefect."""
+    done = [run_shard(t, vocab, root, force) for t in gathered(tokens)]
+    return run_gather(STAGE, done, GATHERED, root, force)
 
 
 def _planner(p: dict[str, Any]) -> StageRef:
-    return plan(p["root"], p["tokens"], p["vocab"])
+    return plan_shard(p["root"], p["tokens"], p["vocab"])
 
 
-@stage.stage_task("encode", _planner, task_run_name="encode-{part}")
-def encode_task(tokens: StageRef, vocab: StageRef, part: str, root: str, force: bool = False) -> StageRef:
-    return run(tokens, vocab, root, force)
+@stage.stage_task("encode", _planner, task_run_name="encode-{part}-{index}")
+def encode_task(tokens: StageRef, vocab: StageRef, part: str, index: int, root: str,
+                force: bool = False) -> StageRef:
+    return run_shard(tokens, vocab, root, force)

@@ -41,7 +41,6 @@ class TokenizeParams(BaseModel):
     html_breaks: Literal["space", "keep"] = Field(
         "space", description="'space': replace <br /> tags by a space; 'keep': tokenize them"
     )
-    shard_rows: int = Field(2500, ge=1, description="Reviews per output shard")
 
 
 @lru_cache(maxsize=1)

@@ -1,13 +1,15 @@
-"""Stage 3, tokenize: one split's reviews → Parquet shards of ``id``, ``label``,
-``tokens: list<string>``, with spaCy's English tokenizer (``spacy.blank("en")``, the same rules
-as ``en_core_web_sm``), lower-cased.
+"""Stage 3, tokenize: each shard of reviews → ``id``, ``label``, ``tokens: list<string>`` (and its
+token counts), with spaCy's English tokenizer (``spacy.blank("en")``, the same rules as
+``en_core_web_sm``), lower-cased. A shard is a stage of its own (``tokenize-shard``), keyed by its
+content (``sentiflow.tasks.shards``); a part's shards are then gathered (``tokenize``).
 
 The tokenizer itself (settings, ``<br />`` handling, ``tokenize_texts``) lives in
 ``sentiflow.tasks.text``, which the served model carries too.
 
-Shards are tokenized in parallel by a process pool; each worker gets its shard's reviews,
-tokenizes with ``Doc.to_array`` (no Python ``Token`` objects), writes its shard and returns only
-a count.
+Locally, shards are tokenized in parallel by a process pool (``worker_pool``, one for the data
+flow run); a shard's task hands the worker the file names, the worker reads the shard, tokenizes
+with ``Doc.to_array`` (no Python ``Token`` objects), writes its output and returns only a count,
+so the flow's process never holds a shard's text. On Dask each shard is one Dask task.
 
 Why the pool forks (where the platform can), although a Prefect flow has ~6 threads alive. A
 forked child gets a copy of every lock as it was; one held by another thread stays held, so the
@@ -27,32 +29,47 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import spacy
 
 from sentiflow.storage.store import StageRef
 from sentiflow.tasks import stage
-from sentiflow.tasks.progress import progress
+from sentiflow.tasks.shards import Shard, plan_gather, run_gather, shards_of
 from sentiflow.tasks.text import TokenizeParams, _tokenizer, tokenize_text, tokenize_texts  # noqa: F401
 
-STAGE = "tokenize"
+STAGE = "tokenize"  # a part's shards gathered (sentiflow.tasks.shards)
+SHARD_STAGE = "tokenize-shard"  # one shard
 log = logging.getLogger("sentiflow.tokenize")
 SCHEMA = pa.schema([("id", pa.string()), ("label", pa.int8()), ("tokens", pa.list_(pa.string()))])
+TOKENS, COUNTS = "tokens.parquet", "counts.parquet"
+# a gathered part: the shards' tokens as part-NNNNN.parquet, their token counts as counts-NNNNN.parquet
+GATHERED = {TOKENS: "part", COUNTS: "counts"}
 
 
-def _tokenize_shard(ids: list[str], texts: list[str], labels: list[int], out_file: str,
-                    params: TokenizeParams) -> int:
-    """Worker: one shard's reviews → one Parquet file. Returns its token count."""
-    tokens = tokenize_texts(texts, params)
-    out = pa.Table.from_arrays(
-        [pa.array(ids, pa.string()), pa.array(labels, pa.int8()), tokens], schema=SCHEMA)
-    pq.write_table(out, out_file, compression="zstd")
+def tokenize_shard(in_file: Path, out_dir: Path, params: TokenizeParams) -> int:
+    """One shard of reviews → ``tokens.parquet`` (id, label, tokens) and ``counts.parquet``
+    (token, count: what vocab merges). Returns its token count."""
+    table = pq.read_table(in_file, columns=["id", "text", "label"])
+    tokens = tokenize_texts(table.column("text").to_pylist(), params)
+    out = pa.Table.from_arrays([table.column("id"), table.column("label"), tokens], schema=SCHEMA)
+    pq.write_table(out.combine_chunks(), out_dir / TOKENS, compression="zstd")
+    pq.write_table(count_tokens(tokens), out_dir / COUNTS, compression="zstd")
     return len(tokens.values)
+
+
+def count_tokens(tokens: pa.ListArray) -> pa.Table:
+    """Each distinct token and how often it occurs, by token."""
+    vc = pc.value_counts(pc.list_flatten(tokens).cast(pa.string()))
+    counts = pa.table({"token": vc.field("values"), "count": vc.field("counts")})
+    return counts.sort_by("token")
 
 
 def exit_with_parent(poll_seconds: float = 0.5) -> None:
@@ -88,52 +105,80 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_worker_init)
 
 
-def tokenize_file(in_file: Path, out_dir: Path, params: TokenizeParams, workers: int = 1) -> int:
-    """Tokenize a Parquet file of reviews into ``part-NNNNN.parquet`` shards in ``out_dir``."""
-    table = pq.read_table(in_file, columns=["id", "text", "label"])
-    n = table.num_rows
-    columns = {c: table.column(c).to_pylist() for c in ("id", "text", "label")}
-    bounds = [(s, min(s + params.shard_rows, n)) for s in range(0, n, params.shard_rows)] or [(0, 0)]
-    jobs = [(columns["id"][a:b], columns["text"][a:b], columns["label"][a:b],
-             str(out_dir / f"part-{i:05d}.parquet"), params) for i, (a, b) in enumerate(bounds)]
-    total = 0
-    with progress(log, f"tokenize {in_file.name}", n, "reviews") as bar:
-        if workers <= 1 or len(jobs) == 1:
-            for job in jobs:
-                total += _tokenize_shard(*job)
-                bar.advance(len(job[0]))
-        else:
-            with _pool(min(workers, len(jobs))) as pool:
-                for job, count in zip(jobs, pool.map(_tokenize_shard, *zip(*jobs))):
-                    total += count
-                    bar.advance(len(job[0]))
-    return total
+_POOL: ProcessPoolExecutor | None = None
 
 
-# -- stage and task ------------------------------------------------------------------------------
+@contextmanager
+def worker_pool(workers: int) -> Iterator[None]:
+    """Within: shards are tokenized by a pool of ``workers`` processes, started here (so from
+    the calling thread, before any shard), whichever thread runs a shard's task. ``workers <= 1``,
+    or outside (a Dask worker): in the task's own process."""
+    global _POOL
+    if workers <= 1 or _POOL is not None:
+        yield
+        return
+    pool = _pool(workers)
+    pool.submit(int).result()  # a forking pool starts all its processes at the first task
+    _POOL = pool
+    try:
+        yield
+    finally:
+        _POOL = None
+        pool.shutdown(cancel_futures=True)
 
-def spec(params: TokenizeParams, source: StageRef, part: str) -> stage.StageSpec:
-    return stage.StageSpec(STAGE, params, (stage.input_token(source, part),),
-                           stage.code_version([__name__, "sentiflow.tasks.text"], f"spacy=={spacy.__version__}"))
+
+def _tokenize(in_file: Path, out_dir: Path, params: TokenizeParams) -> int:
+    pool = _POOL
+    if pool is None:
+        return tokenize_shard(in_file, out_dir, params)
+    return pool.submit(tokenize_shard, in_file, out_dir, params).result()
+
+
+# -- stages and tasks ----------------------------------------------------------------------------
+
+def _code() -> str:
+    return stage.code_version([__name__, "sentiflow.tasks.text"], f"spacy=={spacy.__version__}")
+
+
+def shard_spec(params: TokenizeParams, shard: Shard) -> stage.StageSpec:
+    return stage.StageSpec(SHARD_STAGE, params, (shard.token,), _code())
+
+
+def plan_shard(root: Path | str, params: TokenizeParams, shard: Shard) -> StageRef:
+    return shard_spec(params, shard).ref(root)
+
+
+def run_shard(params: TokenizeParams, shard: Shard, root: Path | str, force: bool = False) -> StageRef:
+    return stage.run_stage(root, shard_spec(params, shard),
+                           lambda out: _tokenize(shard.path, out, params), force)
 
 
 def plan(root: Path | str, params: TokenizeParams, source: StageRef, part: str) -> StageRef:
-    return spec(params, source, part).ref(root)
+    """The gathered tokens of ``part``'s shards in ``source`` (an ingest or split folder)."""
+    return plan_gather(root, STAGE, [plan_shard(root, params, s) for s in shards_of(source, part)])
 
 
-def run(params: TokenizeParams, source: StageRef, part: str, root: Path | str,
-        workers: int = 1, force: bool = False) -> StageRef:
-    return stage.run_stage(
-        root, spec(params, source, part),
-        lambda out: tokenize_file(source.file(f"{part}.parquet"), out, params, workers), force,
-    )
+def run(params: TokenizeParams, source: StageRef, part: str, root: Path | str, workers: int = 1,
+        force: bool = False) -> StageRef:
+    """Every shard of ``part`` tokenized (reused where valid; by ``workers`` processes), then the
+    part gathered: the plain path, no Prefect."""
+    shards = shards_of(source, part)
+    with worker_pool(min(workers, len(shards))):
+        if _POOL is None:
+            done = [run_shard(params, s, root, force) for s in shards]
+        else:  # the pool's processes run the shards; these threads only wait for them
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(workers) as threads:
+                done = list(threads.map(lambda s: run_shard(params, s, root, force), shards))
+    return run_gather(STAGE, done, GATHERED, root, force)
 
 
 def _planner(p: dict[str, Any]) -> StageRef:
-    return plan(p["root"], p["params"], p["source"], p["part"])
+    return plan_shard(p["root"], p["params"], p["shard"])
 
 
-@stage.stage_task("tokenize", _planner, task_run_name="tokenize-{part}")
-def tokenize_task(params: TokenizeParams, source: StageRef, part: str, root: str,
-                  workers: int = 1, force: bool = False) -> StageRef:
-    return run(params, source, part, root, workers, force)
+@stage.stage_task("tokenize", _planner, task_run_name="tokenize-{part}-{index}")
+def tokenize_task(params: TokenizeParams, shard: Shard, part: str, index: int, root: str,
+                  force: bool = False) -> StageRef:
+    return run_shard(params, shard, root, force)

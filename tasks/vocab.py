@@ -1,5 +1,8 @@
 """Stage 4, vocab: proper-train tokens → ``vocab.parquet`` (``token``, ``id``, ``count``).
 
+Each tokenize shard stored its token counts; vocab merges them (``merge_counts``), so it reads
+the distinct tokens of each shard, never every token list.
+
 Specials first (``<unk>`` = 0, ``<pad>`` = 1), then tokens by descending count, ties by token.
 ``min_freq`` drops rare tokens; ``max_size`` caps the number of non-special tokens.
 The ``Vocab`` itself (token ↔ id) lives in ``sentiflow.tasks.text``, which the served model
@@ -9,7 +12,7 @@ carries too.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from sentiflow.storage.store import StageRef
 from sentiflow.tasks import stage
+from sentiflow.tasks.tokenize import count_tokens
 from sentiflow.tasks.text import PAD, SPECIALS, UNK, Vocab  # noqa: F401
 
 STAGE = "vocab"
@@ -28,12 +32,25 @@ class VocabParams(BaseModel):
     max_size: int | None = Field(25_000, ge=1, description="At most this many tokens besides specials")
 
 
-def build_vocab(token_lists: Iterable[pa.ChunkedArray | pa.ListArray], params: VocabParams) -> Vocab:
-    """Count tokens (in Arrow), keep ``min_freq``+, order by count desc then token, cap."""
-    flat = [pc.list_flatten(c) for c in token_lists]
-    chunks = [chunk for f in flat for chunk in (f.chunks if isinstance(f, pa.ChunkedArray) else [f])]
-    vc = pc.value_counts(pa.chunked_array(chunks, type=pa.string()))
-    counts = pa.table({"token": vc.field("values"), "count": vc.field("counts")})
+def merge_counts(counts: Iterable[pa.Table], every: int = 32) -> pa.Table:
+    """Per-shard token counts summed into one table (token, count), merged every ``every`` shards
+    so that memory holds the distinct tokens, not every shard's list of them."""
+    merged: list[pa.Table] = []
+
+    def fold(tables: list[pa.Table]) -> pa.Table:
+        t = pa.concat_tables(tables).group_by("token").aggregate([("count", "sum")])
+        return t.rename_columns(["token", "count"]).select(["token", "count"])
+
+    for table in counts:
+        merged.append(table.select(["token", "count"]))
+        if len(merged) >= every:
+            merged = [fold(merged)]
+    empty = pa.table({"token": pa.array([], pa.string()), "count": pa.array([], pa.int64())})
+    return fold(merged) if merged else empty
+
+
+def vocab_from_counts(counts: pa.Table, params: VocabParams) -> Vocab:
+    """Keep ``min_freq``+, order by count desc then token, cap at ``max_size``; specials first."""
     counts = counts.filter(pc.and_(pc.greater_equal(counts["count"], params.min_freq),
                                    pc.invert(pc.is_in(counts["token"], pa.array(SPECIALS)))))
     counts = counts.sort_by([("count", "descending"), ("token", "ascending")])
@@ -42,14 +59,26 @@ def build_vocab(token_lists: Iterable[pa.ChunkedArray | pa.ListArray], params: V
     return Vocab([*SPECIALS, *counts["token"].to_pylist()], [0, 0, *counts["count"].to_pylist()])
 
 
-def vocab_from_shards(shards: list[Path], params: VocabParams) -> Vocab:
-    return build_vocab((pq.read_table(s, columns=["tokens"]).column("tokens") for s in shards), params)
+def build_vocab(token_lists: Iterable[pa.ChunkedArray | pa.ListArray], params: VocabParams) -> Vocab:
+    """The vocabulary of lists of token lists (counted here; the stage merges stored counts)."""
+    def counted() -> Iterator[pa.Table]:
+        for tokens in token_lists:
+            chunks = tokens.chunks if isinstance(tokens, pa.ChunkedArray) else [tokens]
+            for chunk in chunks:
+                yield count_tokens(chunk)
+    return vocab_from_counts(merge_counts(counted()), params)
+
+
+def vocab_from_shards(count_files: list[Path], params: VocabParams) -> Vocab:
+    """The vocabulary of a gathered tokenize part, from its shards' stored counts."""
+    return vocab_from_counts(merge_counts(pq.read_table(f) for f in count_files), params)
 
 
 # -- stage and task ------------------------------------------------------------------------------
 
 def spec(params: VocabParams, tokens: StageRef) -> stage.StageSpec:
-    return stage.StageSpec(STAGE, params, (stage.input_token(tokens),), stage.code_version([__name__, "sentiflow.tasks.text"]))
+    return stage.StageSpec(STAGE, params, (stage.input_token(tokens),),
+                           stage.code_version([__name__, "sentiflow.tasks.text"]))
 
 
 def plan(root: Path | str, params: VocabParams, tokens: StageRef) -> StageRef:
@@ -59,7 +88,7 @@ def plan(root: Path | str, params: VocabParams, tokens: StageRef) -> StageRef:
 def run(params: VocabParams, tokens: StageRef, root: Path | str, force: bool = False) -> StageRef:
     return stage.run_stage(
         root, spec(params, tokens),
-        lambda out: vocab_from_shards(tokens.shards(), params).write(out / "vocab.parquet"), force,
+        lambda out: vocab_from_shards(tokens.shards("counts-"), params).write(out / "vocab.parquet"), force,
     )
 
 

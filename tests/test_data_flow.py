@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from sentiflow.flows.data_flow import (
 )
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import MANIFEST
+from sentiflow.tasks.ingest import IngestParams, read_part
+from sentiflow.tasks.split import SplitParams, held_out
 from sentiflow.tasks.tokenize import TokenizeParams
 from sentiflow.tasks.vocab import Vocab, VocabParams
 from tests.conftest import write_imdb_folder
@@ -99,7 +100,11 @@ def test_first_run_builds_all_then_everything_is_cached(imdb_folder, data_root):
     first = run(imdb_folder, data_root)
     assert recomputed(first) == set(ALL)
     counts = {part: ref.manifest()["total_rows"] for part, ref in first.encoded.items()}
-    assert counts == {"train": 160, "val": 40, "test": 100}
+    assert counts["train"] + counts["val"] == 200 and counts["test"] == 100
+    ids = read_part(first.ingest.path, "train").column("id").to_pylist()
+    held = held_out(ids, SplitParams())
+    assert first.encoded["val"].read_shards().column("id").to_pylist() == [i for i, h in zip(ids, held) if h]
+    assert first.shards == {name: {"Completed": 1} for name in ALL if name.count("-")}
     enc = first.encoded["train"].read_shards()
     assert enc.column_names == ["id", "label", "ids", "length"]
     assert enc.column("length").to_pylist() == [len(x) for x in enc.column("ids").to_pylist()]
@@ -109,7 +114,7 @@ def test_first_run_builds_all_then_everything_is_cached(imdb_folder, data_root):
 
     second = run(imdb_folder, data_root)
     assert recomputed(second) == set()
-    volatile = {"states", "rebuilt", "flow_run_id"}
+    volatile = {"states", "shards", "rebuilt", "flow_run_id"}
     assert second.model_dump(exclude=volatile) == first.model_dump(exclude=volatile)
 
 
@@ -119,7 +124,9 @@ def test_rerun_with_no_change_has_only_cached_task_runs(imdb_folder, data_root):
     run(imdb_folder, data_root)
     second = run(imdb_folder, data_root)
     assert recomputed(second) == set()
-    assert task_run_states(second.flow_run_id, len(ALL)) == ["Cached"] * len(ALL)
+    assert second.shards == {name: {"Cached": 1} for name in ALL if name.count("-")}
+    expected = len(ALL) + 6  # and one task per shard: a shard a part here
+    assert task_run_states(second.flow_run_id, expected) == ["Cached"] * expected
 
 
 def test_tokenizer_change_reruns_tokenize_vocab_encode_only(imdb_folder, data_root):
@@ -148,7 +155,7 @@ def test_deleted_folder_and_damaged_shard_are_recomputed(imdb_folder, data_root)
     again = run(imdb_folder, data_root)
     assert recomputed(again) == {"tokenize-val", "encode-train"}
     assert shard.read_bytes() == good
-    assert first.tokens["val"].read_shards().num_rows == 40
+    assert first.tokens["val"].read_shards().num_rows == first.encoded["val"].manifest()["total_rows"]
     assert recomputed(run(imdb_folder, data_root)) == set()
 
 
@@ -181,18 +188,33 @@ def test_stage_order_is_written_once():
     assert RUNS == tuple(ALL)
 
 
-def test_one_wiring_runs_locally_one_task_at_a_time_in_stage_order(imdb_folder, data_root):
-    """Every stage is submitted; the local runner (one thread) runs them one after the other, in
-    stage order, as the task runs the API recorded show; states and refs list them so."""
-    first = run(imdb_folder, data_root)
+def test_one_wiring_runs_each_task_after_its_inputs(imdb_folder, data_root):
+    """Every stage is submitted; the local runner's threads run a task only once the tasks it
+    reads have ended, as the task runs the API recorded show; states and refs list them in stage
+    order."""
+    first = run(imdb_folder, data_root, ingest=IngestParams(shard_rows=40))
     assert list(first.states) == ALL and list(first.refs()) == ALL
-    assert PreparedData.from_refs(first.refs(), first.states) == PreparedData(
+    assert PreparedData.from_refs(first.refs(), first.states, first.shards) == PreparedData(
         **first.model_dump(exclude={"rebuilt", "flow_run_id"}))
-    runs = sorted(task_runs(first.flow_run_id, len(ALL)), key=lambda r: r.start_time)
-    assert len(runs) == len(ALL)
-    assert all(r.name.startswith(name) for r, name in zip(runs, ALL)), [r.name for r in runs]
-    for before, after in itertools.pairwise(runs):
-        assert before.end_time <= after.start_time, (before.name, after.name)
+    n_shards = sum(sum(c.values()) for c in first.shards.values())
+    assert first.shards["tokenize-train"] == first.shards["encode-train"] == {"Completed": 5}  # 200 in 40s
+    runs = {r.name: r for r in task_runs(first.flow_run_id, len(ALL) + n_shards)}
+    assert len(runs) == len(ALL) + n_shards
+
+    def ends_before(a: str, b: str) -> None:
+        assert runs[a].end_time <= runs[b].start_time, (a, b)
+
+    ingest, split = (next(n for n in runs if n.startswith(s + "-")) for s in ("ingest", "split"))
+    vocab = next(n for n in runs if n.startswith("vocab-"))
+    ends_before(ingest, split)
+    ends_before("tokenize-train", vocab)
+    for part in ("train", "val", "test"):
+        for shard in [n for n in runs if n.startswith(f"tokenize-{part}-")]:
+            ends_before(split, shard)
+            ends_before(shard, f"tokenize-{part}")
+            ends_before(vocab, shard.replace("tokenize", "encode"))
+            ends_before(shard, shard.replace("tokenize", "encode"))
+            ends_before(shard.replace("tokenize", "encode"), f"encode-{part}")
 
 
 def test_settings_come_from_the_caller_or_from_the_environment_at_flow_start(

@@ -23,7 +23,7 @@ import pytest
 
 from sentiflow.storage.store import MANIFEST, Store
 from sentiflow.tasks import ingest as ingest_mod
-from sentiflow.tasks.ingest import SCHEMA, ingest, normalize
+from sentiflow.tasks.ingest import SCHEMA, ingest, normalize, read_part
 from sentiflow.tasks.reviews import fingerprint
 from sentiflow.tasks.sources import SourceError, read_source, source_kind
 from tests.conftest import capture_log, edit_module_source, make_reviews, write_imdb_folder
@@ -103,8 +103,8 @@ def run_ingest(source: Path | str, out: Path) -> tuple[dict[str, int], dict[str,
     """``ingest`` into a fresh folder; returns its counts and the two tables it wrote."""
     out.mkdir(parents=True)
     counts = ingest(str(source), out)
-    assert sorted(p.name for p in out.iterdir()) == ["test.parquet", "train.parquet"]
-    tables = {s: pq.read_table(out / f"{s}.parquet") for s in ("train", "test")}
+    assert sorted(p.name for p in out.iterdir()) == ["test-00000.parquet", "train-00000.parquet"]
+    tables = {s: read_part(out, s) for s in ("train", "test")}
     for t in tables.values():
         assert t.schema.equals(SCHEMA), t.schema
     assert counts == {s: t.num_rows for s, t in tables.items()}
@@ -581,14 +581,14 @@ def test_successful_run_writes_a_valid_stage_and_reuses_it(imdb_folder, data_roo
     manifest = ref.manifest()
     assert manifest["stage"] == "ingest" and manifest["key"] == ref.key
     assert manifest["inputs"] == [fingerprint(str(imdb_folder))]
-    assert manifest["rows"] == {"train.parquet": 200, "test.parquet": 100}
-    assert sorted(p.name for p in ref.path.iterdir()) == [MANIFEST, "test.parquet", "train.parquet"]
-    assert pq.read_table(ref.file("train.parquet")).schema.equals(SCHEMA)
-    stamp = (ref.file(MANIFEST).stat().st_mtime_ns, ref.file("train.parquet").stat().st_mtime_ns)
+    assert manifest["rows"] == {"train-00000.parquet": 200, "test-00000.parquet": 100}
+    assert sorted(p.name for p in ref.path.iterdir()) == [MANIFEST, "test-00000.parquet", "train-00000.parquet"]
+    assert pq.read_table(ref.file("train-00000.parquet")).schema.equals(SCHEMA)
+    stamp = (ref.file(MANIFEST).stat().st_mtime_ns, ref.file("train-00000.parquet").stat().st_mtime_ns)
     again = ingest_mod.run(str(imdb_folder), data_root)
     assert again == ref
     assert (ref.file(MANIFEST).stat().st_mtime_ns,
-            ref.file("train.parquet").stat().st_mtime_ns) == stamp  # reused, not rewritten
+            ref.file("train-00000.parquet").stat().st_mtime_ns) == stamp  # reused, not rewritten
     assert [p.name for p in (data_root / "ingest").iterdir()] == [ref.key]
 
 
@@ -763,7 +763,7 @@ def test_source_without_test_reviews_is_accepted_with_a_warning(tmp_path, data_r
     src = write_parquet(tmp_path / "train_only.parquet", text=["good", "bad"], label=[1, 0])
     with capture_log("sentiflow.ingest") as records:
         ref = ingest_mod.run(str(src), data_root)
-    assert ref.manifest()["rows"] == {"train.parquet": 2, "test.parquet": 0}
+    assert ref.manifest()["rows"] == {"train-00000.parquet": 2, "test-00000.parquet": 0}
     assert any(r.levelno == logging.WARNING and "no test reviews" in r.getMessage()
                for r in records)
 
@@ -775,10 +775,13 @@ def test_source_without_test_reviews_is_accepted_with_a_warning(tmp_path, data_r
 def test_real_imdb_folder():
     fp = fingerprint(str(REAL_IMDB))
     assert fp.startswith("folder:") and len(fp) == len("folder:") + 64
-    parts = read_source(str(REAL_IMDB))
-    train_part = next(parts)  # train comes first; test is not read
-    assert train_part.split == "train"
-    train = normalize(train_part)
+    parts = read_source(str(REAL_IMDB))  # train comes first, in batches; test is not read
+    batches = []
+    for part in parts:
+        if part.split != "train":
+            break
+        batches.append(normalize(part, sum(b.num_rows for b in batches)))
+    train = pa.concat_tables(batches)
     assert train.schema.equals(SCHEMA)
     assert train.num_rows == 25_000
     labels = col(train, "label")

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sentiflow.tasks import ingest as ingest_mod
-from sentiflow.tasks.ingest import ingest
+from sentiflow.tasks.ingest import ingest, read_part
 from sentiflow.tasks.reviews import (
     ID_COLUMNS,
     LABEL_COLUMNS,
@@ -46,7 +46,7 @@ def scored(source, split="auto", batch_rows=2048):
 def ingested(source, out):
     out.mkdir(parents=True, exist_ok=True)
     ingest(str(source), out)
-    return {s: pq.read_table(out / f"{s}.parquet").to_pydict() for s in ("train", "test")}
+    return {s: read_part(out, s).to_pydict() for s in ("train", "test")}
 
 
 def sha(data: bytes) -> bytes:
