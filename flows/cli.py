@@ -271,13 +271,23 @@ def _human_bytes(n: float) -> str:
 
 def _stage_table(result) -> Table:
     table = Table(title="data stages")
-    for col in ("task", "state", "key", "rows"):
+    for col in ("task", "state", "key", "rows", "shards"):
         table.add_column(col)
     refs = result.refs()
     for name, state in result.states.items():
         ref = refs[name]
-        table.add_row(name, state, ref.key, str(ref.manifest().get("total_rows", "")))
+        shards = result.shards.get(name)
+        table.add_row(name, state, ref.key, str(ref.manifest().get("total_rows", "")),
+                      _shard_counts(shards) if shards else "")
     return table
+
+
+def _shard_counts(states: dict[str, int]) -> str:
+    """A part's shard tasks: "44: 40 reused, 4 computed" (Cached = reused)."""
+    total = sum(states.values())
+    reused = states.get("Cached", 0)
+    rest = ", ".join(f"{n} {s.lower()}" for s, n in states.items() if s not in ("Cached", "Completed"))
+    return f"{total}: {reused} reused, {states.get('Completed', 0)} computed" + (f", {rest}" if rest else "")
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -498,7 +508,8 @@ def stages(
     data_root: DataRoot = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
 ) -> None:
-    """List the stored stages: stage, key, rows, size, created."""
+    """List the stored stages: stage, key, rows, size, created; a part's shards (tokenize, encode)
+    as a count, with how many it shares with an earlier part (reused, not recomputed)."""
     from sentiflow.storage.store import Store
 
     with _user_errors():
@@ -508,10 +519,25 @@ def stages(
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(title=f"stages in {root}")
-    for col in ("stage", "key", "rows", "size", "created"):
+    for col in ("stage", "key", "rows", "size", "created", "shards"):
         table.add_column(col)
-    for r in rows:
-        table.add_row(r["stage"], r["key"], f"{r['rows']:,}", _human_bytes(r["bytes"]), r["created"])
+    seen: dict[str, set[str]] = {}  # a gathered stage → the shards of its earlier folders
+    per_shard: dict[str, list[int]] = {}  # a shard stage → [folders, rows, bytes]
+    for r in rows:  # oldest first
+        if r["stage"].endswith("-shard"):
+            totals = per_shard.setdefault(r["stage"], [0, 0, 0])
+            for i, n in enumerate((1, r["rows"], r["bytes"])):
+                totals[i] += n
+            continue
+        shards = ""
+        if r["stage"] in ("tokenize", "encode"):
+            earlier = seen.setdefault(r["stage"], set())
+            reused = sum(i in earlier for i in r["inputs"])
+            shards = f"{len(r['inputs'])}: {reused} reused"
+            earlier.update(r["inputs"])
+        table.add_row(r["stage"], r["key"], f"{r['rows']:,}", _human_bytes(r["bytes"]), r["created"], shards)
+    for stage, (folders, n_rows, n_bytes) in per_shard.items():
+        table.add_row(stage, f"({folders:,} folders)", f"{n_rows:,}", _human_bytes(n_bytes), "", "")
     console.print(table)
 
 

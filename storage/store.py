@@ -369,6 +369,7 @@ class Store:
                     "bytes": sum(f["bytes"] for f in m["files"].values()),
                     "created": created if isinstance(created, str) else None,
                     "path": str(folder),
+                    "inputs": [i for i in m.get("inputs", []) if isinstance(i, str)],
                 }
             )
         out.sort(key=lambda r: (r["created"] or "", str(r["stage"])))

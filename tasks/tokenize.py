@@ -50,8 +50,8 @@ SHARD_STAGE = "tokenize-shard"  # one shard
 log = logging.getLogger("sentiflow.tokenize")
 SCHEMA = pa.schema([("id", pa.string()), ("label", pa.int8()), ("tokens", pa.list_(pa.string()))])
 TOKENS, COUNTS = "tokens.parquet", "counts.parquet"
-# a gathered part: the shards' tokens as part-NNNNN.parquet, their token counts as counts-NNNNN.parquet
-GATHERED = {TOKENS: "part", COUNTS: "counts"}
+# a gathered part: the shards' tokens as part-NNNNN.parquet (vocab reads the counts from the shards)
+GATHERED = {TOKENS: "part"}
 
 
 def tokenize_shard(in_file: Path, out_dir: Path, params: TokenizeParams) -> int:

@@ -19,9 +19,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from sentiflow.storage.store import StageRef
+from sentiflow.storage.store import StageError, StageRef
 from sentiflow.tasks import stage
-from sentiflow.tasks.tokenize import count_tokens
+from sentiflow.tasks.shards import gathered
+from sentiflow.tasks.tokenize import COUNTS, count_tokens
 from sentiflow.tasks.text import PAD, SPECIALS, UNK, Vocab  # noqa: F401
 
 STAGE = "vocab"
@@ -69,9 +70,16 @@ def build_vocab(token_lists: Iterable[pa.ChunkedArray | pa.ListArray], params: V
     return vocab_from_counts(merge_counts(counted()), params)
 
 
-def vocab_from_shards(count_files: list[Path], params: VocabParams) -> Vocab:
+def vocab_from_shards(tokens: StageRef, params: VocabParams) -> Vocab:
     """The vocabulary of a gathered tokenize part, from its shards' stored counts."""
-    return vocab_from_counts(merge_counts(pq.read_table(f) for f in count_files), params)
+    def counts() -> Iterator[pa.Table]:
+        for shard in gathered(tokens):
+            try:
+                yield pq.read_table(shard.file(COUNTS))
+            except (OSError, pa.ArrowInvalid) as e:
+                raise StageError(f"tokenize {tokens.key}: the counts of its shard {shard.key} cannot be "
+                                 f"read ({e}); run prepare again to rebuild it") from e
+    return vocab_from_counts(merge_counts(counts()), params)
 
 
 # -- stage and task ------------------------------------------------------------------------------
@@ -88,7 +96,7 @@ def plan(root: Path | str, params: VocabParams, tokens: StageRef) -> StageRef:
 def run(params: VocabParams, tokens: StageRef, root: Path | str, force: bool = False) -> StageRef:
     return stage.run_stage(
         root, spec(params, tokens),
-        lambda out: vocab_from_shards(tokens.shards("counts-"), params).write(out / "vocab.parquet"), force,
+        lambda out: vocab_from_shards(tokens, params).write(out / "vocab.parquet"), force,
     )
 
 

@@ -45,10 +45,12 @@ def test_prepare_then_stages_json(imdb_folder, data_root):
     by_stage = {}
     for r in rows:
         by_stage.setdefault(r["stage"], []).append(r["rows"])
-    assert sorted(by_stage["encode"]) == [40, 100, 160]
+    assert sum(by_stage["encode"]) == 300 and 100 in by_stage["encode"]  # train + val = 200, test
     assert by_stage["ingest"] == [300] and by_stage["vocab"][0] > 2
-    table = runner.invoke(app, ["stages", "--data-root", str(data_root)])
+    assert sorted(by_stage["encode-shard"]) == sorted(by_stage["encode"])  # a shard a part here
+    table = runner.invoke(app, ["stages", "--data-root", str(data_root)], env={"COLUMNS": "200"})
     assert table.exit_code == 0 and "tokenize" in table.output
+    assert "(3 folders)" in table.output and "1: 0 reused" in table.output
 
 
 def test_prepare_rejects_unknown_force_stage(data_root):

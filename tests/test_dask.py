@@ -3,9 +3,9 @@
 The slow test runs the data stages three ways on the same small source: in-process into one data
 root; on a LocalCluster that the Dask task runner starts (``SENTIFLOW_TASK_RUNNER=dask``, no
 address) into another; then again on an existing scheduler (``SENTIFLOW_DASK_ADDRESS``), which
-finds every stage Cached. Shards are small (``shard_rows=50``) so that each split has several,
-and the in-process run tokenizes them with its fork pool while Dask tokenizes them one by one in
-a worker: the bytes must not depend on who wrote them.
+finds every stage Cached. Shards are small (``shard_rows=50``) so that each part has several, and
+each is a task of its own; the in-process run tokenizes them in its fork pool while Dask tokenizes
+each in a worker: the bytes must not depend on who wrote them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from sentiflow.flows.data_flow import (
 )
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import MANIFEST
-from sentiflow.tasks.tokenize import TokenizeParams
+from sentiflow.tasks.ingest import IngestParams
 from tests.conftest import capture_log
 from tests.test_data_flow import ALL, _manifest_stamps, task_run_states
 
@@ -33,7 +33,7 @@ CLUSTER = {"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboar
 
 
 def _config(source: Path) -> DataConfig:
-    return DataConfig(source=str(source), tokenize=TokenizeParams(shard_rows=50))
+    return DataConfig(source=str(source), ingest=IngestParams(shard_rows=50))
 
 
 def _files(result: PreparedData) -> dict[str, dict[str, str]]:
@@ -51,11 +51,10 @@ def _run(flow, source: Path, root: Path):
 
 def test_settings_choose_the_task_runner(monkeypatch):
     assert Settings().task_runner == "local"
-    local_flow = data_flow_for(Settings())  # the default: the flow's own runner, one thread
-    assert local_flow.name == prepare_data.name and local_flow.task_runner is prepare_data.task_runner
+    local_flow = data_flow_for(Settings(workers=3))  # the default: a pool of `workers` threads
+    assert local_flow.name == prepare_data.name
     assert type(local_flow.task_runner).__name__ == "ThreadPoolTaskRunner"
-    assert local_flow.task_runner._max_workers == 1
-    assert task_runner_for(Settings()) is None
+    assert local_flow.task_runner._max_workers == 3
 
     monkeypatch.setenv("SENTIFLOW_TASK_RUNNER", "dask")
     monkeypatch.setenv("SENTIFLOW_DASK_ADDRESS", "tcp://scheduler:8786")
@@ -86,7 +85,9 @@ def test_dask_cluster_writes_the_same_bytes_and_is_then_cached(imdb_folder, data
 
     local, _ = _run(prepare_data, imdb_folder, data_root)
     assert set(local.states.values()) == {"Completed"}
-    assert len(local.tokens["train"].shards()) == 4  # 160 reviews in shards of 50
+    # 200 training reviews in 4 ingest shards of 50: 4 proper-train and 4 validation shards
+    assert len(local.tokens["train"].shards()) == len(local.tokens["val"].shards()) == 4
+    assert local.shards["tokenize-test"] == {"Completed": 2}
 
     dask_root = tmp_path / "data-dask"
     on_dask = data_flow_for(Settings(task_runner="dask"), cluster_kwargs=CLUSTER)
@@ -109,9 +110,11 @@ def test_dask_cluster_writes_the_same_bytes_and_is_then_cached(imdb_folder, data
         settings = Settings(task_runner="dask", dask_address=cluster.scheduler_address)
         second, flow_run_id = _run(data_flow_for(settings), imdb_folder, dask_root)
     assert second.states == {name: "Cached" for name in ALL}
-    assert task_run_states(flow_run_id, len(ALL)) == ["Cached"] * len(ALL)
+    n_tasks = len(ALL) + sum(sum(c.values()) for c in second.shards.values())  # one a shard
+    assert n_tasks == len(ALL) + 2 * (4 + 4 + 2)
+    assert task_run_states(flow_run_id, n_tasks) == ["Cached"] * n_tasks
     assert _manifest_stamps(dask_root) == stamps
-    assert second.model_dump(exclude={"states"}) == first.model_dump(exclude={"states"})
+    assert second.model_dump(exclude={"states", "shards"}) == first.model_dump(exclude={"states", "shards"})
 
     # the two modes share stage folders and cache records: in-process, the Dask-built root is Cached
     third, _ = _run(prepare_data, imdb_folder, dask_root)
