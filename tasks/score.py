@@ -21,8 +21,10 @@ from __future__ import annotations
 import logging
 import itertools
 import multiprocessing as mp
+import shutil
 import tempfile
 import time
+import uuid
 from contextlib import closing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -37,8 +39,10 @@ from pydantic import BaseModel, Field
 from sentiflow.storage.store import StageRef, Store, file_sha256
 from sentiflow.tasks import encode, ingest, stage
 from sentiflow.tasks import tokenize as tokenize_stage
+from sentiflow.tasks.shards import shards_of
 from sentiflow.tasks.metrics import classification_metrics
-from sentiflow.tasks.score_sources import OK, STATUSES, ReviewBatch, Split, as_text, open_reviews, status_of
+from sentiflow.tasks.score_sources import (OK, STATUSES, ReviewBatch, SourcePart, Split, as_text, open_reviews,
+                                           part_batches, plan_parts, status_of)
 from sentiflow.tasks.inference import Encoded, Scorer
 from sentiflow.tasks.serving import ModelRef, download_model
 from sentiflow.tasks.text import TokenizeParams, Vocab, tokenize_texts
@@ -210,23 +214,32 @@ def _score(scorer: Scorer, source: str, out_dir: Path, params: ScoreParams, work
     if reuse is not None:  # the data stages' encoded test part: every row ok, every row labeled
         stats.labeled = True
         with closing(_Writer(out_dir / "predictions.parquet", True, params.threshold, stats)) as writer:
-            for shard in reuse.shards():
-                data = Encoded.from_table(pq.read_table(shard, columns=["id", "label", "ids"]), scorer.max_len)
-                probs = scorer.predict_encoded(data)
-                writer.write(data.ids, [OK] * len(data), probs, data.labels.astype(np.int8).tolist())
-                release_memory()
+            _score_shards(scorer, reuse.shards(), writer)
     else:
         stream = open_reviews(source, params.split, batch_rows)
         stats.labeled = stream.labeled
-        # closed on any error too: the worker pool and the file handle go with the failed run
-        with closing(_Writer(out_dir / "predictions.parquet", stream.labeled, params.threshold, stats)) as writer, \
-                closing(_prepared(stream.batches, scorer, workers)) as prepared:
-            for batch, (statuses, flat, offsets) in prepared:
-                data = Encoded(flat.astype(np.int64), offsets.astype(np.int64),
-                               np.zeros(len(offsets) - 1, np.float32), [])
-                probs = scorer.predict_encoded(data.truncated(scorer.max_len) if scorer.max_len else data)
-                writer.write(batch.ids, statuses, probs, batch.labels)
-                release_memory()
+        with closing(_Writer(out_dir / "predictions.parquet", stream.labeled, params.threshold, stats)) as writer:
+            _score_batches(scorer, stream.batches, writer, workers)
+
+
+def _score_shards(scorer: Scorer, shards: list[Path], writer: _Writer) -> None:
+    """Encoded shards of the data stages (``id``, ``label``, ``ids``): every row ok and labeled."""
+    for shard in shards:
+        data = Encoded.from_table(pq.read_table(shard, columns=["id", "label", "ids"]), scorer.max_len)
+        probs = scorer.predict_encoded(data)
+        writer.write(data.ids, [OK] * len(data), probs, data.labels.astype(np.int8).tolist())
+        release_memory()
+
+
+def _score_batches(scorer: Scorer, batches: Iterator[ReviewBatch], writer: _Writer, workers: int) -> None:
+    # closed on any error too: the worker pool goes with the failed run
+    with closing(_prepared(batches, scorer, workers)) as prepared:
+        for batch, (statuses, flat, offsets) in prepared:
+            data = Encoded(flat.astype(np.int64), offsets.astype(np.int64),
+                           np.zeros(len(offsets) - 1, np.float32), [])
+            probs = scorer.predict_encoded(data.truncated(scorer.max_len) if scorer.max_len else data)
+            writer.write(batch.ids, statuses, probs, batch.labels)
+            release_memory()
 
 
 def read_stats(ref: StageRef) -> ScoreStats:
@@ -238,27 +251,147 @@ def read_stats(ref: StageRef) -> ScoreStats:
 def cached_encoding(root: Path | str, vocab_file: Path, tokenize: TokenizeParams, source_fp: str,
                     split: Split) -> StageRef | None:
     """The data stages' encoded test part of this source, made with this tokenizer setting and
-    this vocabulary (byte for byte), when it is in the store and valid; else None."""
+    this vocabulary (byte for byte), when it is in the store and valid; else None. Any ingest of
+    the source (whatever its shard size) will do: the shards hold its test reviews in order."""
     if split not in ("auto", "test"):
         return None
     store = Store(root)
-    ingested = ingest.plan(root, source_fp)
-    if not store.is_valid(ingested) or not ingested.manifest().get("rows", {}).get("test.parquet"):
-        return None
-    tokens = tokenize_stage.plan(root, tokenize, ingested, "test")
-    if not store.is_valid(tokens):
-        return None
+    entries = store.list()
     sha = file_sha256(vocab_file)
-    for entry in store.list():
-        if entry["stage"] != "vocab":
+    vocabs = [store.ref("vocab", e["key"]) for e in entries if e["stage"] == "vocab"]
+    vocabs = [v for v in vocabs if v.manifest()["files"].get("vocab.parquet", {}).get("sha256") == sha]
+    for entry in entries:
+        if entry["stage"] != "ingest" or entry["inputs"] != [source_fp]:
             continue
-        vocab = store.ref("vocab", entry["key"])
-        if vocab.manifest()["files"].get("vocab.parquet", {}).get("sha256") != sha:
+        ingested = store.ref("ingest", entry["key"])
+        if not store.is_valid(ingested) or not sum(s.rows for s in shards_of(ingested, "test")):
             continue
-        encoded = encode.plan(root, tokens, vocab)
-        if store.is_valid(encoded):
-            return encoded
+        tokens = tokenize_stage.plan(root, tokenize, ingested, "test")
+        if not store.is_valid(tokens):
+            continue
+        for vocab in vocabs:
+            encoded = encode.plan(root, tokens, vocab)
+            if store.is_valid(encoded):
+                return encoded
     return None
+
+
+# -- in parts: one task per part of the input (on Dask) -------------------------------------------
+
+PART_ROWS = 10_000  # rows of a part at least (Parquet: whole row groups, or slices of a bigger one)
+
+
+class ScorePart(BaseModel):
+    """One part of a score stage's input, scored on its own (one Dask task): contiguous rows of
+    the source, or one encoded shard of the data stages. Its predictions and counts go to the
+    work folder, which every Dask worker sees at the same path (the data root's filesystem)."""
+
+    index: int
+    folder: str
+    model_files: dict[str, str]  # config, vocab, weights: downloaded once, into the work folder
+    labeled: bool  # the whole source's: a part's file has a label column when any part has one
+    source: SourcePart | None = None
+    encoded: str | None = None
+
+    @property
+    def out_file(self) -> Path:
+        return Path(self.folder) / f"part-{self.index:05d}.parquet"
+
+    @property
+    def stats_file(self) -> Path:
+        return Path(self.folder) / f"part-{self.index:05d}.json"
+
+
+class ScoreWork(BaseModel):
+    """A score stage cut into parts, in order, with its work folder: ``<root>/score/.tmp-parts-*``
+    (removed by ``discard``; a stale one is swept by the store like any ``.tmp-*`` folder)."""
+
+    folder: str
+    labeled: bool
+    reused: str | None = None
+    started: float  # time.time() when planned: the stage's seconds run from here
+    parts: list[ScorePart]
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def plan_work(model: ModelRef, source: str, source_fp: str, params: ScoreParams, root: Path | str,
+              part_rows: int = PART_ROWS) -> ScoreWork:
+    """Download the model into a new work folder and cut the input into parts: the data stages'
+    encoded shards when they can be reused (``cached_encoding``), else ranges of the source
+    (``plan_parts``). Raises the source's errors that ``open_reviews`` raises at once."""
+    started = time.time()
+    root = Path(root).resolve()
+    folder = root / STAGE / f".tmp-parts-{plan(root, params, model, source_fp).key}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True)
+    try:
+        files = download_model(model, folder / "model")
+        reuse = cached_encoding(root, files["vocab"], _load(files).tokenize, source_fp, params.split)
+        common = {"folder": str(folder), "model_files": {k: str(v) for k, v in files.items()}}
+        if reuse is not None:
+            log.info("scoring the cached encode stage %s (no tokenizing)", reuse.key)
+            parts = [ScorePart(index=i, labeled=True, encoded=str(shard), **common)
+                     for i, shard in enumerate(reuse.shards())]
+            return ScoreWork(folder=str(folder), labeled=True, reused=reuse.key, started=started, parts=parts)
+        labeled, ranges = plan_parts(source, params.split, part_rows)
+        parts = [ScorePart(index=i, labeled=labeled, source=r, **common) for i, r in enumerate(ranges)]
+        return ScoreWork(folder=str(folder), labeled=labeled, started=started, parts=parts)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _load(files: dict[str, Any]) -> Scorer:
+    return Scorer.from_files(Path(files["config"]), Path(files["vocab"]), Path(files["weights"]))
+
+
+_part_scorer: dict[str, Scorer] = {}  # a worker process's model, loaded once per work folder
+
+
+def score_part(part: ScorePart, params: ScoreParams, batch_rows: int = BATCH_ROWS) -> ScoreStats:
+    """Score one part in this process (no tokenizer pool: a Dask worker may not fork one) into
+    ``part.out_file`` (one row group per batch), its counts into ``part.stats_file``."""
+    if part.folder not in _part_scorer:
+        _part_scorer.clear()
+        _part_scorer[part.folder] = _load(part.model_files)
+    scorer = _part_scorer[part.folder]
+    started = time.perf_counter()
+    stats = ScoreStats(labeled=part.labeled)
+    bounded_memory()
+    with closing(_Writer(part.out_file, part.labeled, params.threshold, stats)) as writer:
+        if part.encoded is not None:
+            _score_shards(scorer, [Path(part.encoded)], writer)
+        else:
+            _score_batches(scorer, part_batches(part.source, batch_rows), writer, workers=1)
+    stats.seconds = time.perf_counter() - started
+    part.stats_file.write_text(stats.model_dump_json())
+    return stats
+
+
+def assemble(work: ScoreWork, out_dir: Path) -> ScoreStats:
+    """The parts' predictions, in order, into ``out_dir/predictions.parquet`` (a row group at a
+    time: never the whole file in memory) and their counts summed into ``stats.json``."""
+    stats = ScoreStats(labeled=work.labeled, reused=work.reused)
+    cm = np.zeros((2, 2), np.int64)
+    with closing(pq.ParquetWriter(out_dir / "predictions.parquet", out_schema(work.labeled),
+                                  compression="zstd")) as writer:
+        for part in work.parts:
+            done = ScoreStats.model_validate_json(part.stats_file.read_text())  # missing: the part never ran
+            f = pq.ParquetFile(part.out_file)
+            for g in range(f.num_row_groups):
+                writer.write_table(f.read_row_group(g))
+            stats.rows += done.rows
+            stats.labeled_rows += done.labeled_rows
+            for k, v in done.statuses.items():
+                stats.statuses[k] += v
+            cm += np.array(done.confusion)
+    stats.confusion = cm.tolist()
+    stats.seconds = time.time() - work.started
+    (out_dir / "stats.json").write_text(stats.model_dump_json(indent=2))
+    log.info("assembled %d parts: %d reviews in %.1f s (%.0f/s)", len(work.parts), stats.rows, stats.seconds,
+             stats.reviews_per_second)
+    return stats
 
 
 # -- stage and task -------------------------------------------------------------------------------
@@ -275,8 +408,14 @@ def plan(root: Path | str, params: ScoreParams, model: ModelRef, source_fp: str)
 
 
 def run(model: ModelRef, source: str, source_fp: str, params: ScoreParams, root: Path | str,
-        workers: int = 1, batch_rows: int = BATCH_ROWS, force: bool = False) -> StageRef:
+        workers: int = 1, batch_rows: int = BATCH_ROWS, force: bool = False,
+        work: ScoreWork | None = None) -> StageRef:
+    """The score stage: scored here (``workers`` tokenizer processes), or, given ``work`` whose
+    parts were all scored (``score_part``), assembled from them."""
     def build(out: Path) -> None:
+        if work is not None:
+            assemble(work, out)
+            return
         with tempfile.TemporaryDirectory(prefix="sentiflow-model-") as tmp:
             files = download_model(model, Path(tmp))
             scorer = Scorer.from_files(files["config"], files["vocab"], files["weights"])
@@ -294,5 +433,7 @@ def _planner(p: dict[str, Any]) -> StageRef:
 
 @stage.stage_task("score", _planner)
 def score_task(model: ModelRef, source: str, source_fingerprint: str, params: ScoreParams, root: str,
-               workers: int = 1, batch_rows: int = BATCH_ROWS, force: bool = False) -> StageRef:
-    return run(model, source, source_fingerprint, params, root, workers, batch_rows, force)
+               workers: int = 1, batch_rows: int = BATCH_ROWS, force: bool = False,
+               work: ScoreWork | None = None) -> StageRef:
+    return run(model, source, source_fingerprint, params, root, workers, batch_rows, force, work)
+
