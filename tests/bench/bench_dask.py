@@ -1,6 +1,8 @@
 """The data stages in-process (a fork pool of 2) against a Dask LocalCluster (2 workers x 1
 thread), on the full IMDb, one JSON line per run, then whether every stage's files are the same
-bytes in every run. Task times come from the Prefect API. Used for docs/scaling.md:
+bytes in every run. Task times come from the Prefect API; tokenize and encode are one task per
+shard, and the mean time of a shard's task on one worker is what the 32-core arithmetic of
+docs/scaling.md starts from. Used for docs/scaling.md:
 
     .venv/bin/python tests/bench/bench_dask.py ../shared/data/imdb local,dask,local,dask
 """
@@ -48,12 +50,15 @@ def one(mode, root, src, base=None):
     tt = task_times(state.state_details.flow_run_id)
     te = [v for k, v in tt.items() if k.startswith(("tokenize", "encode"))]
     span = max(e for s, e in te) - min(s for s, e in te)
-    dur = {k: round(e - s, 1) for k, (s, e) in sorted(tt.items(), key=lambda kv: kv[1][0])}
     first_tok = min(s for k, (s, e) in tt.items() if k.startswith("tokenize"))
+    shard_s = {stage: [e - s for k, (s, e) in tt.items() if k.startswith(stage + "-") and k[-1].isdigit()]
+               for stage in ("tokenize", "encode")}
     rec = {"mode": mode, "wall_s": round(wall, 1), "tokenize_encode_span_s": round(span, 1),
+           "shard_tasks": {k: len(v) for k, v in shard_s.items()},
+           "shard_task_mean_s": {k: round(sum(v) / len(v), 2) for k, v in shard_s.items() if v},
            "sum_tokenize_encode_s": round(sum(e - s for s, e in te), 1),
            "flow_start_to_first_tokenize_s": round(first_tok - t0, 1),
-           "task_s": dur, "states": res.states, "loadavg_before": l0, "loadavg_after": l1}
+           "states": res.states, "loadavg_before": l0, "loadavg_after": l1}
     print(json.dumps(rec), flush=True)
     return res
 

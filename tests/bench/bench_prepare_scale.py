@@ -80,7 +80,9 @@ def run_prepare(source: Path, data_root: Path, log: Path) -> dict:
 
 
 def _shard_lines(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if "tokenize-" in line or "encode-" in line]
+    """The rows of the command's table for the per-shard stages (their shards reused / computed)."""
+    return [" ".join(line.replace("│", " ").split()) for line in text.splitlines()
+            if line.startswith("│") and ("tokenize-" in line or "encode-" in line)]
 
 
 def main() -> None:
