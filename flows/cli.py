@@ -532,9 +532,9 @@ def stages(
         shards = ""
         if r["stage"] in ("tokenize", "encode"):
             earlier = seen.setdefault(r["stage"], set())
-            reused = sum(i in earlier for i in r["inputs"])
-            shards = f"{len(r['inputs'])}: {reused} reused"
-            earlier.update(r["inputs"])
+            mine = [i for i in r["inputs"] if i.startswith(f"{r['stage']}-shard/")]
+            shards = f"{len(mine)}: {sum(i in earlier for i in mine)} reused"
+            earlier.update(mine)
         table.add_row(r["stage"], r["key"], f"{r['rows']:,}", _human_bytes(r["bytes"]), r["created"], shards)
     for stage, (folders, n_rows, n_bytes) in per_shard.items():
         table.add_row(stage, f"({folders:,} folders)", f"{n_rows:,}", _human_bytes(n_bytes), "", "")

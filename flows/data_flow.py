@@ -159,13 +159,15 @@ def prepare(config: DataConfig, settings: Settings, force: Sequence[str] = ()) -
         futures[name] = task_fn.submit(**kwargs, root=root, force=name.split("-")[0] in force)
         return futures[name]
 
-    def per_shard(stage: str, part: str, task_fn: Any, inputs: list[dict[str, Any]]) -> PrefectFuture[StageRef]:
-        """One task per shard, then the part gathered."""
+    def per_shard(stage: str, part: str, task_fn: Any, inputs: list[dict[str, Any]], source: Any,
+                  source_part: str = "") -> PrefectFuture[StageRef]:
+        """One task per shard, then the part gathered (``source``: what the shards came from)."""
         shard_futures[f"{stage}-{part}"] = [
             task_fn.submit(**kw, part=part, index=i, root=root, force=stage in force)
             for i, kw in enumerate(inputs)]
         return submit(f"{stage}-{part}", gather_task, stage_name=stage, part=part,
-                      shards=shard_futures[f"{stage}-{part}"], files=GATHERED[stage])
+                      shards=shard_futures[f"{stage}-{part}"], files=GATHERED[stage], source=source,
+                      source_part=source_part)
 
     with _api_for_workers(), tokenize.worker_pool(1 if _on_dask() else settings.resolved_workers):
         fp = fingerprint(config.source)
@@ -173,12 +175,14 @@ def prepare(config: DataConfig, settings: Settings, force: Sequence[str] = ()) -
         submit("split", split_task, params=config.split, ingested=futures["ingest"])
         sources = {"ingest": futures["ingest"].result(), "split": futures["split"].result()}
         for part in PARTS:
+            source = sources[SHARDS_FROM[part]]
             per_shard("tokenize", part, tokenize_task, [
-                {"params": config.tokenize, "shard": s} for s in shards_of(sources[SHARDS_FROM[part]], part)])
+                {"params": config.tokenize, "shard": s} for s in shards_of(source, part)], source, part)
         vocab = submit("vocab", vocab_task, params=config.vocab, tokens=futures["tokenize-train"])
         for part in PARTS:
             per_shard("encode", part, encode_task, [
-                {"tokens": t, "vocab": vocab} for t in shard_futures[f"tokenize-{part}"]])
+                {"tokens": t, "vocab": vocab} for t in shard_futures[f"tokenize-{part}"]],
+                futures[f"tokenize-{part}"])
         refs = {name: futures[name].result() for name in RUNS}  # raises a failed task's error
     shards = {name: dict(Counter(f.state.name for f in fs)) for name, fs in shard_futures.items()}
     return PreparedData.from_refs(refs, {name: futures[name].state.name for name in RUNS}, shards)

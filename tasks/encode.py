@@ -75,14 +75,15 @@ def run_shard(tokens: StageRef, vocab: StageRef, root: Path | str, force: bool =
 
 def plan(root: Path | str, tokens: StageRef, vocab: StageRef) -> StageRef:
     """A gathered tokenize part's shards encoded with ``vocab``, gathered."""
-    return plan_gather(root, STAGE, [plan_shard(root, t, vocab) for t in gathered(tokens)])
+    return plan_gather(root, STAGE, [plan_shard(root, t, vocab) for t in gathered(tokens)],
+                       stage.input_token(tokens))
 
 
 def run(tokens: StageRef, vocab: StageRef, root: Path | str, force: bool = False) -> StageRef:
     """Every shard of a gathered tokenize part encoded (reused where valid), then gathered: the
     plain path, no Prefect."""
     done = [run_shard(t, vocab, root, force) for t in gathered(tokens)]
-    return run_gather(STAGE, done, GATHERED, root, force)
+    return run_gather(STAGE, done, GATHERED, root, stage.input_token(tokens), force)
 
 
 def _planner(p: dict[str, Any]) -> StageRef:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
@@ -33,6 +34,7 @@ from sentiflow.storage.store import StageRef, Store, file_sha256
 from sentiflow.tasks.inference import Encoded, Scorer, accuracy
 from sentiflow.tasks.score_sources import OK, as_text, open_reviews, status_of
 from sentiflow.tasks.serving import ModelError, download_model, resolve_model
+from sentiflow.tasks.shards import shards_of
 from sentiflow.tasks.stage import read_input_token
 
 log = logging.getLogger("sentiflow.gate")
@@ -122,12 +124,13 @@ def _input(ref: StageRef, *stages: str) -> tuple[StageRef, str]:
 
 
 def split_rows(encoded: StageRef, max_len: int | None, with_encoding: bool = True) -> GateRows:
-    """The raw reviews behind an encoded part (encode ← tokenize ← ingest or split) and, with
+    """The raw reviews behind an encoded part (encode ← tokenize ← an ingest or split part, as
+    the gathered parts' manifests record their origin) and, with
     ``with_encoding``, their encoding: the same rows in the same order (tokenize keeps the
     file's order)."""
     tokens, _ = _input(encoded, "tokenize")
     raw, part = _input(tokens, "ingest", "split")
-    table = pq.read_table(raw.file(f"{part}.parquet"), columns=["id", "text", "label"])
+    table = pa.concat_tables(pq.read_table(s.path, columns=["id", "text", "label"]) for s in shards_of(raw, part))
     enc = Encoded.from_shards(encoded.shards(), max_len) if with_encoding else None
     if enc is not None and enc.ids != table.column("id").to_pylist():
         raise ValueError(f"encode {encoded.key}: its rows differ from {raw.stage} {raw.key} {part}")

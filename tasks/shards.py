@@ -77,30 +77,35 @@ def gathered(ref: StageRef) -> list[StageRef]:
     out = []
     for token in ref.manifest()["inputs"]:
         stage_name, key, _ = stage.read_input_token(token)
-        out.append(StageRef(stage=stage_name, key=key, path=store_root / stage_name / key))
+        if stage_name.endswith("-shard"):
+            out.append(StageRef(stage=stage_name, key=key, path=store_root / stage_name / key))
     return out
 
 
-def gather_spec(stage_name: str, shards: list[StageRef]) -> stage.StageSpec:
-    return stage.StageSpec(stage_name, None, tuple(stage.input_token(r) for r in shards),
+def gather_spec(stage_name: str, shards: list[StageRef], origin: str) -> stage.StageSpec:
+    """The key of a gathered part: its shards in order, and ``origin``, the input its shards were
+    made from (``stage.input_token``: the ingest or split part for tokenize, the tokenize part for
+    encode), so that its manifest leads back to the reviews (the gate reads their text)."""
+    return stage.StageSpec(stage_name, None, (origin, *(stage.input_token(r) for r in shards)),
                            stage.code_version(__name__, GATHER_CODE))
 
 
-def plan_gather(root: Path | str, stage_name: str, shards: list[StageRef]) -> StageRef:
-    return gather_spec(stage_name, shards).ref(root)
+def plan_gather(root: Path | str, stage_name: str, shards: list[StageRef], origin: str) -> StageRef:
+    return gather_spec(stage_name, shards, origin).ref(root)
 
 
 def run_gather(stage_name: str, shards: list[StageRef], files: dict[str, str], root: Path | str,
-               force: bool = False) -> StageRef:
-    return stage.run_stage(root, gather_spec(stage_name, shards),
+               origin: str, force: bool = False) -> StageRef:
+    return stage.run_stage(root, gather_spec(stage_name, shards, origin),
                            lambda out: gather(shards, files, out), force)
 
 
 def _planner(p: dict[str, Any]) -> StageRef:
-    return plan_gather(p["root"], p["stage_name"], p["shards"])
+    return plan_gather(p["root"], p["stage_name"], p["shards"], stage.input_token(p["source"], p["source_part"]))
 
 
 @stage.stage_task("gather", _planner, task_run_name="{stage_name}-{part}")
-def gather_task(stage_name: str, part: str, shards: list[StageRef], files: dict[str, str], root: str,
-                force: bool = False) -> StageRef:
-    return run_gather(stage_name, shards, files, root, force)
+def gather_task(stage_name: str, part: str, shards: list[StageRef], files: dict[str, str], source: StageRef,
+                source_part: str, root: str, force: bool = False) -> StageRef:
+    """``part``'s shards gathered; ``source`` (and ``source_part`` of it) is what they were made from."""
+    return run_gather(stage_name, shards, files, root, stage.input_token(source, source_part), force)

@@ -155,7 +155,8 @@ def run_shard(params: TokenizeParams, shard: Shard, root: Path | str, force: boo
 
 def plan(root: Path | str, params: TokenizeParams, source: StageRef, part: str) -> StageRef:
     """The gathered tokens of ``part``'s shards in ``source`` (an ingest or split folder)."""
-    return plan_gather(root, STAGE, [plan_shard(root, params, s) for s in shards_of(source, part)])
+    return plan_gather(root, STAGE, [plan_shard(root, params, s) for s in shards_of(source, part)],
+                       stage.input_token(source, part))
 
 
 def run(params: TokenizeParams, source: StageRef, part: str, root: Path | str, workers: int = 1,
@@ -171,7 +172,7 @@ def run(params: TokenizeParams, source: StageRef, part: str, root: Path | str, w
 
             with ThreadPoolExecutor(workers) as threads:
                 done = list(threads.map(lambda s: run_shard(params, s, root, force), shards))
-    return run_gather(STAGE, done, GATHERED, root, force)
+    return run_gather(STAGE, done, GATHERED, root, stage.input_token(source, part), force)
 
 
 def _planner(p: dict[str, Any]) -> StageRef:
