@@ -444,15 +444,15 @@ def test_prefect_ui_shows_the_flow_runs_and_their_task_states(trained, prefect_u
     assert re.search(r"\btrain\b", text) and "Completed" in text
     browser.screenshot("prefect-runs")
 
-    # a data flow run's page, Task Runs tab: the nine stages, Completed the first time and
-    # Cached the second
+    # a data flow run's page, Task Runs tab: the nine stages and one task per shard (a shard a part
+    # for this small source: six), Completed the first time and Cached the second
     stages = ["ingest", "split", "tokenize-train", "tokenize-val", "tokenize-test", "vocab", "encode-train",
               "encode-val", "encode-test"]
     for r, state in zip(trains, ("Completed", "Cached")):
         (sub,) = children[r["id"]]
         browser.open(f"{base}/v2/runs/flow-run/{sub['id']}", lambda t: "Task Runs" in t)
         assert browser.click("Task Runs"), _shown(browser, f"prefect-{state.lower()}", "the Task Runs tab", browser.text())
-        summary = f"({len(stages)} {state})"  # the tab's head: "9 Task runs (9 Cached)"
+        summary = f"({len(stages) + 6} {state})"  # the tab's head: "15 Task runs (15 Cached)"
         text = browser.wait(lambda t, summary=summary: summary in t and "encode-test" in t and "ingest" in t, timeout=30)
         shot = browser.screenshot(f"prefect-task-runs-{state.lower()}")
         assert summary in text, f"no {summary!r} on {browser.url()} (screenshot {shot}):\n{text[:3000]}"

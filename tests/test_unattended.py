@@ -115,7 +115,7 @@ def clean_prepare(big_source, tmp_path_factory) -> dict[str, dict]:
 
 
 # where the kill lands: the line printed just before it (the stage then running)
-IN_TOKENIZE = "tokenize train.parquet:"  # its workers busy
+IN_TOKENIZE = "Task run 'tokenize-train-0' - Finished"  # the first shard done, the workers busy with more
 IN_VOCAB = "Task run 'tokenize-test' - Finished"
 
 
