@@ -11,7 +11,7 @@ export SENTIFLOW_SOURCE ?= $(if $(wildcard ../shared/data/imdb/train.parquet),..
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup train score test bench lint clean compose-check-tool browser-tool
+.PHONY: setup train score test bench lint clean compose-check-tool browser-tool postgres-tool
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,16 @@ browser-tool:
 	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "note: chromium not installed; the browser test will be skipped"; }
 
-test: setup compose-check-tool browser-tool
+# Debian's postgresql (initdb, pg_ctl) for tests/test_server.py, which runs the MLflow and Prefect servers
+# on a temporary cluster on loopback (no system service is started); installed when missing where
+# apt-get can (CI runs as root), skipped by that test otherwise.
+postgres-tool:
+	@{ command -v pg_config >/dev/null && [ -x "$$(pg_config --bindir)/initdb" ]; } || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	  || echo "note: PostgreSQL not installed; the server tests will be skipped"; }
+
+test: setup compose-check-tool browser-tool postgres-tool
 	$(BIN)/python -m pytest
 
 bench: setup

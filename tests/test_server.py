@@ -1,8 +1,11 @@
-"""Server mode: a real ``mlflow server`` and a real ``prefect server`` on loopback; ``sentiflow
+"""Server mode: a real ``mlflow server`` and a real ``prefect server`` on loopback, both on a real
+PostgreSQL (a temporary cluster, tests/postgres.py), MLflow serving the artifacts. ``sentiflow
 train`` and ``sentiflow score`` run against them as a user would (``PREFECT_API_URL``,
-``MLFLOW_TRACKING_URI``), then ``sentiflow serve`` runs a triggered score deployment. Checked
-through the servers' REST APIs: the runs, the model version and its alias, artifacts in the
-server's artifact store (nothing under the local data root), the flow runs' states."""
+``MLFLOW_TRACKING_URI``); ``sentiflow serve`` runs a triggered score deployment; then the
+deployments of ``prefect.yaml`` go to a process work pool, where two real ``prefect worker``
+processes run a scheduled training and a score run at the same time. Checked through the servers'
+REST APIs: the runs, the model versions and their aliases, artifacts in the server's artifact
+store (nothing under the local data root), the flow runs' states."""
 
 from __future__ import annotations
 
@@ -15,13 +18,17 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections import Counter
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from tests.conftest import write_imdb_folder
+from tests.postgres import bindir, postgres_cluster
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +52,21 @@ def _post(url: str, body: dict) -> dict | list:
         return json.loads(r.read() or b"{}")
 
 
+def _wait_healthy(proc: subprocess.Popen, log: Path, health: str, timeout: float = 120) -> None:
+    """Wait until ``health`` answers; fail at once if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args[:3]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(health, timeout=2).read()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{health} not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+
+
 @contextmanager
 def _process(cmd: list[str], env: dict[str, str], log: Path, health: str | None = None, timeout: float = 120):
     """Start ``cmd`` in its own process group; wait for ``health`` to answer; stop it with SIGINT
@@ -53,17 +75,8 @@ def _process(cmd: list[str], env: dict[str, str], log: Path, health: str | None 
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
-        deadline = time.monotonic() + timeout
-        while health:
-            if proc.poll() is not None:
-                raise AssertionError(f"{cmd[:3]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(health, timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{health} not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
-                time.sleep(0.5)
+        if health:
+            _wait_healthy(proc, log, health, timeout)
         yield proc
     finally:
         for sig, wait in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
@@ -81,20 +94,37 @@ def _process(cmd: list[str], env: dict[str, str], log: Path, health: str | None 
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+def postgres():
+    """A real PostgreSQL on loopback: a temporary cluster with the databases mlflow and prefect."""
+    if bindir() is None:
+        pytest.skip("PostgreSQL is not installed (no initdb/pg_ctl); `make postgres-tool` installs Debian's")
+    with postgres_cluster(("mlflow", "prefect")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory, postgres):
     tmp = tmp_path_factory.mktemp("servers")
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SENTIFLOW_"))}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SENTIFLOW_", "PG"))}
     base.update({"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
                  "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"})
     mlflow_port, prefect_port = _port(), _port()
+    # The store URI in the environment (as docker-compose.yml does), not on the command line.
+    # No GenAI job runner (its consumer processes take over 1 GB), as in docker-compose.yml.
+    mlflow_env = {**base, "MLFLOW_BACKEND_STORE_URI": postgres.url("mlflow", "psycopg"),
+                  "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     mlflow_cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-                  "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp / 'mlflow.db'}",
-                  "--artifacts-destination", (tmp / "artifact-store").as_uri(), "--serve-artifacts"]
+                  "--workers", "1", "--artifacts-destination", (tmp / "artifact-store").as_uri(), "--serve-artifacts"]
     prefect_env = {**base, "PREFECT_HOME": str(tmp / "prefect-server-home"), "PREFECT_UI_ENABLED": "false",
-                   "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp / 'prefect.db'}"}
+                   "PREFECT_API_DATABASE_CONNECTION_URL": postgres.url("prefect", "asyncpg"),
+                   # the scheduler looks for deployments to schedule every 2 s (default 60 s)
+                   "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
     prefect_cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)]
-    with _process(mlflow_cmd, base, tmp / "mlflow.log", f"http://127.0.0.1:{mlflow_port}/health"), \
-            _process(prefect_cmd, prefect_env, tmp / "prefect.log", f"http://127.0.0.1:{prefect_port}/api/health"):
+    # both start at once (each creates its tables in its database), then both must answer
+    with _process(mlflow_cmd, mlflow_env, tmp / "mlflow.log") as mlflow_server, \
+            _process(prefect_cmd, prefect_env, tmp / "prefect.log") as prefect_server:
+        _wait_healthy(mlflow_server, tmp / "mlflow.log", f"http://127.0.0.1:{mlflow_port}/health", 180)
+        _wait_healthy(prefect_server, tmp / "prefect.log", f"http://127.0.0.1:{prefect_port}/api/health", 180)
         client_env = {**base, "PREFECT_HOME": str(tmp / "client-home"),
                       "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
                       "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
@@ -102,14 +132,38 @@ def servers(tmp_path_factory):
                       # a deployment's runs may read the sources and write predictions here only
                       "SENTIFLOW_PATH_ROOTS": json.dumps([str(tmp / "src"), str(tmp / "out")])}
         yield {"tmp": tmp, "env": client_env, "mlflow": f"http://127.0.0.1:{mlflow_port}",
-               "prefect": f"http://127.0.0.1:{prefect_port}/api", "artifact_store": tmp / "artifact-store"}
+               "prefect": f"http://127.0.0.1:{prefect_port}/api", "artifact_store": tmp / "artifact-store",
+               "postgres": postgres}
 
 
 def _cli(args: list[str], env: dict[str, str], timeout: float = 300) -> str:
     r = subprocess.run([sys.executable, "-m", "sentiflow.flows.cli", *args], env=env, cwd=ROOT, capture_output=True,
-                       text=True, timeout=timeout)
+                       text=True, timeout=timeout, check=False)
     assert r.returncode == 0, f"sentiflow {args[0]} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return r.stdout
+
+
+def _sql(url: str, query: str, *args) -> list[tuple]:
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        return conn.execute(query, args).fetchall()
+
+
+def _run(cmd: list[str], env: dict[str, str], timeout: float = 300) -> str:
+    r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                       stdin=subprocess.DEVNULL, check=False)
+    assert r.returncode == 0, f"{cmd[:3]} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout
+
+
+def _wait_final(api: str, run_id: str, deadline: float, logs: list[Path]) -> dict:
+    while True:
+        run = _get(f"{api}/flow_runs/{run_id}")
+        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        assert time.monotonic() < deadline, "\n".join(p.read_text()[-3000:] for p in logs)
+        time.sleep(1)
 
 
 def _flow_runs(api: str, flow_name: str) -> list[dict]:
@@ -149,6 +203,14 @@ def test_train_and_score_against_servers(servers):
     for flow_name in ("train", "score"):
         runs = _flow_runs(servers["prefect"], flow_name)
         assert runs and all(r["state"]["type"] == "COMPLETED" for r in runs), flow_name
+
+    # both servers keep their state in PostgreSQL: the rows are there, read with a driver
+    pg = servers["postgres"]
+    assert _sql(pg.url("mlflow"), "SELECT status FROM runs WHERE run_uuid = %s", champion["run_id"]) == [("FINISHED",)]
+    assert _sql(pg.url("mlflow"), "SELECT version FROM model_versions WHERE name = 'sentiflow'") == [(1,)]
+    flow_run_ids = {r["id"] for name in ("train", "score") for r in _flow_runs(servers["prefect"], name)}
+    rows = _sql(pg.url("prefect"), "SELECT id::text FROM flow_run")
+    assert flow_run_ids <= {r[0] for r in rows}
 
 
 def test_serve_runs_a_triggered_score_deployment(servers):
@@ -191,3 +253,108 @@ def test_serve_runs_a_triggered_score_deployment(servers):
             assert state["type"] == "FAILED", state
             assert "outside the folders a deployment's run may use" in (tmp / "serve.log").read_text()
         assert not (tmp / "x.parquet").exists()
+
+
+def test_workers_run_a_scheduled_training_and_a_score_at_once(servers):
+    """``prefect.yaml``'s deployments on a process work pool served by two real ``prefect worker``
+    processes (one flow run at a time each). A schedule added to train/weekly fires within seconds;
+    the server's scheduler creates the run, a worker picks it up, and while it trains a score run
+    created through the API goes to the other worker. Both complete; the registry stays consistent.
+    Needs the model of the first test (the score run uses the champion)."""
+    tmp, env, api, mlflow_api = servers["tmp"], servers["env"], servers["prefect"], f"{servers['mlflow']}/api/2.0/mlflow"
+    src = tmp / "src"
+    if not src.exists():
+        pytest.skip("needs the model trained by test_train_and_score_against_servers")
+    pool = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"][0]["work_pool"]["name"]
+    # a worker runs flows from this checkout (prefect.yaml's pull step); it polls every second
+    worker_env = {**env, "SENTIFLOW_PROJECT_DIR": str(ROOT), "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    prefect = str(BIN / "prefect")
+    _run([prefect, "work-pool", "create", pool, "--type", "process"], worker_env)
+    logs = {name: tmp / f"{name}.log" for name in ("worker-a", "worker-b")}
+    with _process([prefect, "worker", "start", "--pool", pool, "--type", "process", "--name", "worker-a",
+                   "--limit", "1"], worker_env, logs["worker-a"]), \
+            _process([prefect, "worker", "start", "--pool", pool, "--type", "process", "--name", "worker-b",
+                      "--limit", "1"], worker_env, logs["worker-b"]):
+        _run([prefect, "--no-prompt", "deploy", "--name", "weekly", "--name", "on-demand"], worker_env)
+        deployments = {d["name"]: d for d in _post(f"{api}/deployments/filter", {})}
+        weekly, on_demand = deployments["weekly"], deployments["on-demand"]
+        assert weekly["work_pool_name"] == pool and on_demand["work_pool_name"] == pool
+        assert weekly["entrypoint"] == "flows/train_flow.py:train_flow"
+        assert [s["schedule"]["cron"] for s in weekly["schedules"]] == ["0 3 * * 1"]  # as declared
+
+        # a second schedule of train/weekly that fires in seconds, with a tiny training as its
+        # parameters (another seed than the first test's training: a new training key)
+        config = {"data": {"source": str(src)}, "model": {"embed_dim": 16, "hidden_dim": 16, "head": "last+max"},
+                  "train": {"max_epochs": 2, "batch_size": 16, "seed": 7}}
+        anchor = datetime.now(timezone.utc) + timedelta(seconds=3)
+        _post(f"{api}/deployments/{weekly['id']}/schedules", [{
+            "schedule": {"interval": 3600, "anchor_date": anchor.isoformat(), "timezone": "UTC"},
+            "active": True, "max_scheduled_runs": 1, "parameters": {"config": config, "workers": 1}}])
+
+        # the scheduler creates the run; a worker claims it
+        deadline = time.monotonic() + 180
+        while True:
+            claimed = _post(f"{api}/flow_runs/filter", {"flow_runs": {
+                "deployment_id": {"any_": [weekly["id"]]},
+                "state": {"type": {"any_": ["PENDING", "RUNNING", "COMPLETED", "FAILED", "CRASHED"]}}}})
+            if claimed:
+                break
+            assert time.monotonic() < deadline, "\n".join(p.read_text()[-3000:] for p in logs.values())
+            time.sleep(0.5)
+        (train_run,) = claimed
+        # while it trains: a score run through the API; the busy worker leaves it to the other one
+        out = tmp / "out" / "worker-scored.parquet"
+        score_run = _post(f"{api}/deployments/{on_demand['id']}/create_flow_run", {
+            "parameters": {"config": {"source": str(src / "test.parquet"), "out": str(out)}, "workers": 1}})
+
+        deadline = time.monotonic() + 420
+        train_run = _wait_final(api, train_run["id"], deadline, list(logs.values()))
+        score_run = _wait_final(api, score_run["id"], deadline, list(logs.values()))
+        worker_logs = {name: path.read_text() for name, path in logs.items()}
+    for run in (train_run, score_run):
+        assert run["state"]["type"] == "COMPLETED", (run["state"], *(t[-3000:] for t in worker_logs.values()))
+
+    # the training was the schedule's run, with the schedule's parameters, on the pool's worker
+    assert train_run["auto_scheduled"] and train_run["deployment_id"] == weekly["id"]
+    assert train_run["parameters"]["config"]["train"]["seed"] == 7
+    expected = datetime.fromisoformat(train_run["expected_start_time"].replace("Z", "+00:00"))
+    assert abs((expected - anchor).total_seconds()) < 1
+    assert train_run["work_pool_name"] == pool == score_run["work_pool_name"]
+    # each on its own worker (the worker that takes a run labels it) ...
+    ran_on = {r["labels"].get("prefect.worker.name") for r in (train_run, score_run)}
+    assert ran_on == {"worker-a", "worker-b"}, [r["labels"] for r in (train_run, score_run)]
+    # ... at the same time
+    when = {r["id"]: [datetime.fromisoformat(r[k].replace("Z", "+00:00")) for k in ("start_time", "end_time")]
+            for r in (train_run, score_run)}
+    (t0, t1), (s0, s1) = when[train_run["id"]], when[score_run["id"]]
+    assert s0 < t1 and t0 < s1, when
+    assert pq.read_metadata(out).num_rows == 60
+
+    # the registry: one version per training, each from a finished run, aliases on existing versions
+    versions = _get(f"{mlflow_api}/model-versions/search?"
+                    + urllib.parse.urlencode({"filter": "name = 'sentiflow'"}))["model_versions"]
+    assert sorted(v["version"] for v in versions) == ["1", "2"]
+    assert all(v["status"] == "READY" for v in versions)
+    assert len({v["run_id"] for v in versions}) == 2
+    runs = {v["run_id"]: _get(f"{mlflow_api}/runs/get?run_id={v['run_id']}")["run"] for v in versions}
+    assert all(r["info"]["status"] == "FINISHED" for r in runs.values())
+    model = _get(f"{mlflow_api}/registered-models/get?name=sentiflow")["registered_model"]
+    aliases = {a["alias"]: a["version"] for a in model.get("aliases", [])}
+    assert "champion" in aliases and set(aliases.values()) <= {"1", "2"}, aliases
+    champion = next(v for v in versions if v["version"] == aliases["champion"])
+    assert {t["key"]: t["value"] for t in champion.get("tags", [])}["alias"] == "champion"
+    assert runs[champion["run_id"]]["info"]["status"] == "FINISHED"
+    # version 2 came from the scheduled training: the worker's run, its seed
+    v2 = next(v for v in versions if v["version"] == "2")
+    assert {p["key"]: p["value"] for p in runs[v2["run_id"]]["data"]["params"]}["train.seed"] == "7"
+    # every training recorded once per key; every evaluation against an existing version
+    exp = _get(f"{mlflow_api}/experiments/get-by-name?experiment_name=sentiflow")["experiment"]
+    all_runs = _post(f"{mlflow_api}/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 1000})["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in all_runs]
+    keys = Counter(t["sentiflow.train_key"] for t in tags if "sentiflow.train_key" in t)
+    assert len(keys) == 2 and set(keys.values()) == {1}, keys
+    evaluated = {t["sentiflow.model_version"] for t in tags if t.get("sentiflow.kind") == "evaluation"}
+    assert evaluated and evaluated <= {"1", "2"}
+    # and the same in PostgreSQL
+    assert _sql(servers["postgres"].url("mlflow"), "SELECT version FROM model_versions WHERE name = 'sentiflow' "
+                                                   "ORDER BY version") == [(1,), (2,)]
