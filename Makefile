@@ -16,7 +16,7 @@ export DO_NOT_TRACK ?= 1
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv
-	$(BIN)/uv pip install -q --python $(BIN)/python "$(TORCH)" -e ".[dev]"
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python "$(TORCH)" -e ".[dev]"
 	touch $@
 
 setup: $(BIN)/.installed
