@@ -37,6 +37,7 @@ on loopback, which serves a LocalCluster only.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -128,10 +129,11 @@ class PreparedData(BaseModel):
         return cls(**fields, states=states, shards=shards or {})
 
 
-# Locally the flow's runner is a pool of ``workers`` threads (``task_runner_for``), which runs the
-# submitted tasks in the order they were submitted (stage order); a shard's tokenize task hands its
-# shard to the run's process pool (``tokenize.worker_pool``), started by the flow before any task.
-@flow(name="prepare-data", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+# Locally the flow's runner is a pool of threads (``workers`` of them through ``task_runner_for``, one a
+# core when the flow is called as it is), which runs the submitted tasks in the order they were
+# submitted (stage order); a shard's tokenize task hands its shard to the run's process pool
+# (``tokenize.worker_pool``), started by the flow before any task.
+@flow(name="prepare-data", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1))
 def prepare_data(
     config: DataConfig = DataConfig(),
     data_root: str | None = None,
