@@ -13,8 +13,8 @@ Completed, on every run.
 Where tasks run: ``data_flow_for(settings)`` is the flow to call, with the task runner the settings
 choose. With ``task_runner = "local"`` (the default, ``SENTIFLOW_TASK_RUNNER``) it is a pool of
 ``workers`` threads in this process, taking tasks in the order they were submitted, and a process
-pool of ``workers`` tokenizers (``tokenize.worker_pool``, forked at the start of the run) does the
-shards' tokenizing. With ``"dask"`` it is a ``prefect_dask.DaskTaskRunner``: one Dask task per
+pool of ``workers`` tokenizers (``tokenize.worker_pool``, forked at the first shard that needs
+tokenizing, so a run whose shards are all stored never imports spaCy) does the shards' tokenizing. With ``"dask"`` it is a ``prefect_dask.DaskTaskRunner``: one Dask task per
 shard, run as soon as its inputs exist, each single-process inside its Dask worker (a Dask worker
 process is daemonic and may not start a pool of its own). Run Dask workers single-threaded, one per
 core (``dask worker --nworkers N --nthreads 1``): tokenization holds the GIL.
@@ -132,7 +132,7 @@ class PreparedData(BaseModel):
 # Locally the flow's runner is a pool of threads (``workers`` of them through ``task_runner_for``, one a
 # core when the flow is called as it is), which runs the submitted tasks in the order they were
 # submitted (stage order); a shard's tokenize task hands its shard to the run's process pool
-# (``tokenize.worker_pool``), started by the flow before any task.
+# (``tokenize.worker_pool``).
 @flow(name="prepare-data", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1))
 def prepare_data(
     config: DataConfig = DataConfig(),

@@ -26,9 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import spacy
 from pydantic import BaseModel, Field
-from spacy.attrs import IS_SPACE, LOWER, ORTH
 
 BR_TAG = re.compile(r"<br\s*/?>", re.IGNORECASE)
 UNK, PAD = "<unk>", "<pad>"
@@ -45,7 +43,18 @@ class TokenizeParams(BaseModel):
 
 @lru_cache(maxsize=1)
 def _tokenizer() -> Any:
+    """spaCy's English tokenizer, imported on first use: importing spaCy takes seconds (and torch
+    with it, through thinc), which a run that tokenizes nothing never pays."""
+    import spacy
+
     return spacy.blank("en").tokenizer
+
+
+def spacy_version() -> str:
+    """spaCy's version without importing it (it is part of the tokenize stage's key)."""
+    from importlib.metadata import version
+
+    return version("spacy")
 
 
 def clean(text: str, params: TokenizeParams) -> str:
@@ -61,6 +70,8 @@ def tokenize_text(text: str, params: TokenizeParams = TokenizeParams()) -> list[
 def tokenize_texts(texts: list[str], params: TokenizeParams = TokenizeParams()) -> pa.ListArray:
     """Many reviews → ``list<string>``, through token hashes (``Doc.to_array``): each distinct
     string is looked up once per batch instead of once per token."""
+    from spacy.attrs import IS_SPACE, LOWER, ORTH
+
     tok = _tokenizer()
     attr = LOWER if params.lowercase else ORTH
     hashes, offsets = [], [0]

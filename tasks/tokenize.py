@@ -7,14 +7,16 @@ The tokenizer itself (settings, ``<br />`` handling, ``tokenize_texts``) lives i
 ``sentiflow.tasks.text``, which the served model carries too.
 
 Locally, shards are tokenized in parallel by a process pool (``worker_pool``, one for the data
-flow run); a shard's task hands the worker the file names, the worker reads the shard, tokenizes
+flow run, forked by the thread of the first shard that needs tokenizing, with spaCy imported just
+before); a shard's task hands the worker the file names, the worker reads the shard, tokenizes
 with ``Doc.to_array`` (no Python ``Token`` objects), writes its output and returns only a count,
 so the flow's process never holds a shard's text. On Dask each shard is one Dask task.
 
 Why the pool forks (where the platform can), although a Prefect flow has ~6 threads alive. A
 forked child gets a copy of every lock as it was; one held by another thread stays held, so the
-child must not touch what those threads use. The workers only run the spaCy tokenizer (built
-before the fork, by the forking thread), numpy and pyarrow (which re-creates its thread pools
+child must not touch what those threads use (the forking thread holds the pool's lock: the child
+never takes it). The workers only run the spaCy tokenizer (built before the fork, by the forking
+thread), numpy and pyarrow (which re-creates its thread pools
 after a fork), and they never log: ``_worker_init`` turns logging off, so Prefect's API log
 handler and its worker thread, absent in the child, are never reached. ``forkserver`` (workers
 forked from a clean server process that preloads this module) was tried and measured with
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -38,12 +41,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import spacy
 
 from sentiflow.storage.store import StageRef
 from sentiflow.tasks import stage
 from sentiflow.tasks.shards import Shard, plan_gather, run_gather, shards_of
-from sentiflow.tasks.text import TokenizeParams, _tokenizer, tokenize_text, tokenize_texts  # noqa: F401
+from sentiflow.tasks.text import TokenizeParams, _tokenizer, spacy_version, tokenize_text, tokenize_texts  # noqa: F401
 
 STAGE = "tokenize"  # a part's shards gathered (sentiflow.tasks.shards)
 SHARD_STAGE = "tokenize-shard"  # one shard
@@ -106,29 +108,42 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 
 
 _POOL: ProcessPoolExecutor | None = None
+_POOL_WORKERS = 0  # within worker_pool: the size of the pool started at the first shard to tokenize
+_POOL_LOCK = threading.Lock()
 
 
 @contextmanager
 def worker_pool(workers: int) -> Iterator[None]:
-    """Within: shards are tokenized by a pool of ``workers`` processes, started here (so from
-    the calling thread, before any shard), whichever thread runs a shard's task. ``workers <= 1``,
-    or outside (a Dask worker): in the task's own process."""
-    global _POOL
-    if workers <= 1 or _POOL is not None:
+    """Within: shards are tokenized by a pool of ``workers`` processes, whichever thread runs a
+    shard's task. The pool (and spaCy, which its processes inherit) starts at the first shard that
+    needs tokenizing, so a run whose shards are all stored imports neither. ``workers <= 1``, or
+    outside (a Dask worker): in the task's own process."""
+    global _POOL, _POOL_WORKERS
+    if workers <= 1 or _POOL_WORKERS:
         yield
         return
-    pool = _pool(workers)
-    pool.submit(int).result()  # a forking pool starts all its processes at the first task
-    _POOL = pool
+    _POOL_WORKERS = workers
     try:
         yield
     finally:
-        _POOL = None
-        pool.shutdown(cancel_futures=True)
+        with _POOL_LOCK:
+            pool, _POOL, _POOL_WORKERS = _POOL, None, 0
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _started_pool() -> ProcessPoolExecutor | None:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None and _POOL_WORKERS:
+            pool = _pool(_POOL_WORKERS)
+            pool.submit(int).result()  # a forking pool starts all its processes at the first task
+            _POOL = pool
+        return _POOL
 
 
 def _tokenize(in_file: Path, out_dir: Path, params: TokenizeParams) -> int:
-    pool = _POOL
+    pool = _started_pool()
     if pool is None:
         return tokenize_shard(in_file, out_dir, params)
     return pool.submit(tokenize_shard, in_file, out_dir, params).result()
@@ -137,7 +152,7 @@ def _tokenize(in_file: Path, out_dir: Path, params: TokenizeParams) -> int:
 # -- stages and tasks ----------------------------------------------------------------------------
 
 def _code() -> str:
-    return stage.code_version([__name__, "sentiflow.tasks.text"], f"spacy=={spacy.__version__}")
+    return stage.code_version([__name__, "sentiflow.tasks.text"], f"spacy=={spacy_version()}")
 
 
 def shard_spec(params: TokenizeParams, shard: Shard) -> stage.StageSpec:
@@ -165,7 +180,7 @@ def run(params: TokenizeParams, source: StageRef, part: str, root: Path | str, w
     part gathered: the plain path, no Prefect."""
     shards = shards_of(source, part)
     with worker_pool(min(workers, len(shards))):
-        if _POOL is None:
+        if not _POOL_WORKERS:
             done = [run_shard(params, s, root, force) for s in shards]
         else:  # the pool's processes run the shards; these threads only wait for them
             from concurrent.futures import ThreadPoolExecutor
