@@ -312,6 +312,34 @@ def prepare(
     console.print(_stage_table(result))
 
 
+@app.command(cls=PREPARE.command)
+def status(
+    source: Source = None, data_root: DataRoot = None, val_fraction: ValFraction = None,
+    seed: Seed = None, lowercase: Lowercase = None, html_breaks: HtmlBreaks = None,
+    min_freq: MinFreq = None, max_size: MaxSize = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """Which data stages are stored (cached), missing or damaged for this source and these
+    settings, without running anything or starting Prefect (a quick look: sizes, not checksums)."""
+    with _user_errors():
+        settings = Settings.load(data_root=data_root, source=source)
+        config = PREPARE.build(val_fraction=val_fraction, seed=seed, lowercase=lowercase,
+                               html_breaks=html_breaks, min_freq=min_freq, max_size=max_size)
+        from sentiflow.flows.status import data_status
+
+        rows = data_status(config.resolved(settings), settings.data_root)
+    if as_json:
+        typer.echo(json.dumps([r.__dict__ for r in rows], indent=2))
+        return
+    table = Table(title=f"data stages of {config.resolved(settings).source} in {settings.data_root}")
+    for col in ("task", "state", "key", "shards"):
+        table.add_column(col)
+    for r in rows:
+        style = "green" if r.state == "cached" else "yellow"
+        table.add_row(r.task, f"[{style}]{r.state}[/]", r.key, r.shards)
+    console.print(table)
+
+
 @app.command(cls=TRAIN.command)
 def train(
     source: Source = None, data_root: DataRoot = None,

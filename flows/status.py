@@ -1,0 +1,80 @@
+"""``sentiflow status``: which data stages are stored for the current source and settings, without
+running anything (like ``dvc status``). No Prefect server, no spaCy, no torch, no MLflow.
+
+Each stage's key is planned from its inputs, as the flow plans it; a stage whose input is not
+stored cannot be planned further and is reported as waiting for it. A stored folder is checked
+by its manifest (its key, and every file present with the recorded size), not by checksum: this
+is a quick look; ``prepare`` checksums every file before it trusts one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sentiflow.flows.data_flow import PARTS, SHARDS_FROM, DataConfig
+from sentiflow.storage.store import StageRef, Store
+from sentiflow.tasks import encode, ingest, split, tokenize, vocab
+from sentiflow.tasks.reviews import fingerprint
+from sentiflow.tasks.shards import plan_gather, shards_of
+from sentiflow.tasks.stage import input_token
+
+
+@dataclass
+class StageStatus:
+    task: str  # as the data flow names its task runs: ingest, tokenize-train, ...
+    state: str  # "cached", "missing", "damaged: <why>", or "waits for <task>"
+    key: str = ""
+    shards: str = ""  # per-shard stages: "<stored>/<all> shards stored"
+
+
+def _state(store: Store, ref: StageRef) -> str:
+    problem = store.problem(ref, checksums=False)
+    return "cached" if problem is None else ("missing" if problem == "missing" else f"damaged: {problem}")
+
+
+def data_status(config: DataConfig, root: Path | str) -> list[StageStatus]:
+    """The data stages of ``config`` (its source resolved) in ``root``, in stage order."""
+    store = Store(root)
+    out: list[StageStatus] = []
+
+    def add(task: str, ref: StageRef | None, waits_for: str = "", shards: str = "") -> bool:
+        if ref is None:
+            out.append(StageStatus(task, f"waits for {waits_for}"))
+            return False
+        state = _state(store, ref)
+        out.append(StageStatus(task, state, ref.key, shards))
+        return state == "cached"
+
+    ingested = ingest.plan(root, fingerprint(config.source), config.ingest)
+    have = {"ingest": add("ingest", ingested)}
+    split_ref = split.plan(root, config.split, ingested) if have["ingest"] else None
+    have["split"] = add("split", split_ref, "ingest")
+    sources = {"ingest": ingested, "split": split_ref}
+    tokens: dict[str, list[StageRef] | None] = {}
+    gathered: dict[str, StageRef | None] = {}
+    for part in PARTS:
+        source = sources[SHARDS_FROM[part]]
+        if not have[SHARDS_FROM[part]]:
+            tokens[part] = gathered[part] = None
+            add(f"tokenize-{part}", None, SHARDS_FROM[part])
+            continue
+        tokens[part] = [tokenize.plan_shard(root, config.tokenize, s) for s in shards_of(source, part)]
+        gathered[part] = plan_gather(root, tokenize.STAGE, tokens[part], input_token(source, part))
+        have[f"tokenize-{part}"] = add(f"tokenize-{part}", gathered[part], shards=_shards(store, tokens[part]))
+    vocab_ref = (vocab.plan(root, config.vocab, gathered["train"])
+                 if have.get("tokenize-train") else None)
+    have["vocab"] = add("vocab", vocab_ref, "tokenize-train")
+    for part in PARTS:
+        if not (have["vocab"] and tokens[part] is not None):
+            add(f"encode-{part}", None, "vocab" if not have["vocab"] else f"tokenize-{part}")
+            continue
+        shards = [encode.plan_shard(root, t, vocab_ref) for t in tokens[part]]
+        add(f"encode-{part}", plan_gather(root, encode.STAGE, shards, input_token(gathered[part])),
+            shards=_shards(store, shards))
+    return out
+
+
+def _shards(store: Store, refs: list[StageRef]) -> str:
+    stored = sum(store.problem(r, checksums=False) is None for r in refs)
+    return f"{stored}/{len(refs)} shards stored"
