@@ -1,5 +1,20 @@
 """The score flow: resolve a registered model, score any reviews with it, evaluate where labels
-exist (an MLflow evaluation run linked to the model version), copy the predictions out."""
+exist (an MLflow evaluation run linked to the model version), copy the predictions out.
+
+Where the scoring runs: with ``task_runner = "local"`` (the default, ``SENTIFLOW_TASK_RUNNER``)
+the score task runs in this process with its own pool of tokenizer processes. With ``"dask"``
+(``SENTIFLOW_DASK_ADDRESS`` for an existing cluster, else a temporary LocalCluster of ``workers``
+single-threaded processes, as the data flow: ``sentiflow.flows.data_flow.task_runner_for``) the
+input is cut into parts (``plan-score-parts``: contiguous row-group ranges of a Parquet file, one
+CSV/TSV file, or the data stages' encoded shards when they are reused), a subflow
+``score-parts`` on the Dask task runner scores one part per task, each into its own file in a
+work folder under the data root, and the score task then concatenates them, in input order, into
+the stage's predictions (a row group at a time). The stage key is the same either way: a stage
+folder made on Dask is Cached for an in-process run and vice versa, and a valid folder is served
+without cutting or scoring anything. Dask workers must see the data root and a local source at
+the same absolute path (a shared filesystem); they load the model from the work folder, never
+from MLflow.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +26,28 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
+from sentiflow.flows.data_flow import _api_for_workers, task_runner_for
 from sentiflow.flows.runs import confine_deployment_paths, run_settings
 from sentiflow.storage.settings import Settings
-from sentiflow.storage.store import StageRef
+from sentiflow.storage.store import StageRef, Store
 from sentiflow.storage.tracking import CHAMPION, REGISTERED_MODEL, configure, log_stage_datasets
 from sentiflow.tasks.metrics import confusion_figure
-from sentiflow.tasks.score import ScoreParams, ScoreStats, read_stats, score_task
+from sentiflow.tasks.score import (
+    PART_ROWS,
+    ScoreParams,
+    ScorePart,
+    ScoreStats,
+    ScoreWork,
+    plan,
+    plan_work,
+    read_stats,
+    score_part,
+    score_task,
+)
 from sentiflow.tasks.reviews import fingerprint
 from sentiflow.tasks.serving import ModelRef, resolve_model
 
@@ -36,6 +64,9 @@ class ScoreConfig(BaseModel):
                                                  "settings' source (SENTIFLOW_SOURCE)")
     out: str | None = Field(None, description="Where to write the predictions Parquet (default: the stage folder)")
     params: ScoreParams = ScoreParams()
+    part_rows: int = Field(PART_ROWS, ge=1, description="On Dask (SENTIFLOW_TASK_RUNNER=dask): rows per task, "
+                                                        "at least: whole Parquet row groups, or equal slices "
+                                                        "of a bigger one; one task per CSV/TSV file")
 
     def resolved(self, settings: Settings) -> ScoreConfig:
         """This configuration with the settings' source where it names none (done at flow start)."""
@@ -56,6 +87,43 @@ class ScoreOutcome(BaseModel):
 def resolve_model_task(uri: str, settings: Settings) -> ModelRef:
     configure(settings)
     return resolve_model(uri)
+
+
+@task(name="plan-score-parts", cache_policy=NO_CACHE)
+def plan_work_task(model: ModelRef, source: str, source_fingerprint: str, params: ScoreParams,
+                   root: str, part_rows: int = PART_ROWS) -> ScoreWork:
+    return plan_work(model, source, source_fingerprint, params, root, part_rows)
+
+
+@task(name="score-part", task_run_name="score-part-{part.index}", cache_policy=NO_CACHE)
+def score_part_task(part: ScorePart, params: ScoreParams) -> ScoreStats:
+    return score_part(part, params)
+
+
+@flow(name="score-parts")
+def score_parts(work: ScoreWork, params: ScoreParams) -> list[ScoreStats]:
+    """One task per part, on this flow's task runner (``score_flow`` gives it the Dask one); the
+    first failed part's error is raised."""
+    with _api_for_workers():
+        futures = [score_part_task.submit(part, params) for part in work.parts]
+        return [f.result() for f in futures]
+
+
+def _score_stage(model: ModelRef, config: ScoreConfig, fp: str, settings: Settings, force: bool):
+    """The score task's final state: scored in this process, or in parts on Dask (then assembled
+    by the score task). A valid stage folder is Cached either way, with nothing cut or scored."""
+    root = str(Path(settings.data_root).resolve())  # absolute: a Dask worker may have another cwd
+    on_dask = settings.task_runner == "dask"
+    if not on_dask or (not force and Store(root).is_valid(plan(root, config.params, model, fp))):
+        return score_task(model, config.source, fp, config.params, root, settings.resolved_workers,
+                          force=force, return_state=True)
+    work = plan_work_task(model, config.source, fp, config.params, root, config.part_rows)
+    try:
+        score_parts.with_options(task_runner=task_runner_for(settings))(work=work, params=config.params)
+        return score_task(model, config.source, fp, config.params, root, force=force, work=work,
+                          return_state=True)
+    finally:
+        work.discard()
 
 
 @task(name="log-evaluation")
@@ -116,8 +184,7 @@ def score_flow(config: ScoreConfig = ScoreConfig(), data_root: str | None = None
     config = config.resolved(settings)
     model = resolve_model_task(config.model, settings)
     fp = fingerprint(config.source)  # a plain call, as in the data flow
-    state = score_task(model, config.source, fp, config.params, str(settings.data_root),
-                       settings.resolved_workers, force=force, return_state=True)
+    state = _score_stage(model, config, fp, settings, force)
     stage: StageRef = state.result()
     stats = read_stats(stage)
     run_id = log_evaluation_task(model, stage, stats, config, settings) if stats.labeled_rows else None

@@ -11,6 +11,7 @@ code (see ``sentiflow.tasks.serving``), so a change to the training loop changes
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,28 +32,57 @@ MAX_BATCH_TOKENS = 1 << 16
 
 @dataclass
 class Encoded:
-    """Token ids of many reviews: one flat array plus offsets (no per-review Python objects)."""
+    """Token ids of many reviews: one flat array plus offsets (no per-review Python objects).
 
-    flat: np.ndarray  # int64, all ids
+    ``flat`` may be a memory-mapped file (``from_shards(..., mmap_dir=...)``): then memory holds
+    12 bytes per review (offset and label) and the ids are paged in as batches read them."""
+
+    flat: np.ndarray  # int32 (as stored) or int64, all ids; read only
     offsets: np.ndarray  # int64, len n + 1
     labels: np.ndarray  # float32, len n
-    ids: list[str]
+    ids: list[str]  # review ids; empty where they were not read (the memory-mapped layout)
 
     @classmethod
     def from_table(cls, table: pa.Table, max_len: int | None = None) -> Encoded:
+        """Columns ``label``, ``ids`` and, when present, ``id``; the ids are not copied."""
         lists = table.column("ids").combine_chunks()  # one ListArray, also for zero chunks
         offsets = lists.offsets.to_numpy().astype(np.int64)
-        flat = lists.values.to_numpy().astype(np.int64)[offsets[0]:]
+        flat = lists.values.to_numpy()[offsets[0]:offsets[-1]]
         offsets = offsets - offsets[0]
         enc = cls(flat, offsets, table.column("label").to_numpy().astype(np.float32),
-                  table.column("id").to_pylist())
+                  table.column("id").to_pylist() if "id" in table.column_names else [])
         return enc.truncated(max_len) if max_len else enc
 
     @classmethod
-    def from_shards(cls, shards: Sequence[Path], max_len: int | None = None) -> Encoded:
-        """Encoded Parquet shards (``id``, ``label``, ``ids``), in order, as one."""
-        columns = ["id", "label", "ids"]
-        return cls.from_table(pa.concat_tables(pq.read_table(p, columns=columns) for p in shards), max_len)
+    def from_shards(cls, shards: Sequence[Path], max_len: int | None = None,
+                    mmap_dir: Path | str | None = None) -> Encoded:
+        """Encoded Parquet shards (``id``, ``label``, ``ids``), in order, as one, read a record
+        batch at a time. With ``mmap_dir``, the token ids go to an unnamed temporary file in that
+        folder (gone when the last reference to ``flat`` is) and are memory-mapped; the review
+        ids are not read."""
+        columns = ["label", "ids"] if mmap_dir is not None else ["id", "label", "ids"]
+        file = tempfile.TemporaryFile(dir=mmap_dir) if mmap_dir is not None else None
+        flats, lengths, labels, ids = [], [], [], []
+        for path in shards:
+            for chunk in pq.ParquetFile(path).iter_batches(batch_size=4096, columns=columns):
+                part = cls.from_table(pa.Table.from_batches([chunk]), max_len)
+                lengths.append(part.lengths)
+                labels.append(part.labels)
+                ids += part.ids
+                if file is not None:
+                    file.write(part.flat.astype(np.int32, copy=False).tobytes())
+                else:
+                    flats.append(part.flat)
+        lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        if file is None:
+            flat = np.concatenate(flats) if flats else np.zeros(0, np.int32)
+        else:
+            with file:
+                file.flush()
+                flat = np.memmap(file, np.int32, "r", shape=(int(offsets[-1]),)) if offsets[-1] \
+                    else np.zeros(0, np.int32)
+        return cls(flat, offsets, np.concatenate(labels) if labels else np.zeros(0, np.float32), ids)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -63,10 +93,12 @@ class Encoded:
 
     def truncated(self, max_len: int) -> Encoded:
         """Keep the first ``max_len`` ids of each review."""
-        lengths = np.minimum(self.lengths, max_len)
-        keep = np.concatenate([np.arange(s, s + n) for s, n in zip(self.offsets[:-1], lengths)]) \
-            if len(self) else np.array([], np.int64)
-        return Encoded(self.flat[keep], np.concatenate([[0], np.cumsum(lengths)]), self.labels, self.ids)
+        lengths = self.lengths
+        starts = np.repeat(self.offsets[:-1], lengths)  # per id: where its review starts in flat
+        within = np.arange(len(starts)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        kept = np.minimum(lengths, max_len)
+        return Encoded(self.flat[(starts + within)[within < max_len]],
+                       np.concatenate([[0], np.cumsum(kept)]).astype(np.int64), self.labels, self.ids)
 
     def batch(self, rows: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rows → (text [T, B] padded with ``pad_id``, lengths [B], labels [B]).
@@ -88,18 +120,25 @@ def length_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None 
     ~200,000 tokens) runs in a small batch instead of padding 255 others to its length. A row
     longer than ``max_tokens`` gets a batch of its own. For evaluation and scoring."""
     order = np.argsort(lengths, kind="stable")
+    return [order[start:end] for start, end in cuts(lengths[order], batch_size, max_tokens)]
+
+
+def cuts(sorted_lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> list[tuple[int, int]]:
+    """``[start, end)`` of consecutive batches over rows sorted by ascending length: at most
+    ``batch_size`` rows and (when given) ``max_tokens`` padded tokens each (rows × the last
+    row's length; an empty row counts 1). A row longer than ``max_tokens`` gets a batch alone."""
+    n = len(sorted_lengths)
     if max_tokens is None:
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    padded = np.maximum(lengths[order], 1)
-    batches, start = [], 0
-    while start < len(order):
-        # sorted ascending: a batch [start, end) is padded to padded[end - 1]
+        return [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    padded = np.maximum(sorted_lengths, 1).tolist()
+    out, start = [], 0
+    while start < n:
         end = start + 1
-        while end < len(order) and end - start < batch_size and (end - start + 1) * padded[end] <= max_tokens:
+        while end < n and end - start < batch_size and (end - start + 1) * padded[end] <= max_tokens:
             end += 1
-        batches.append(order[start:end])
+        out.append((start, end))
         start = end
-    return batches
+    return out
 
 
 # -- the forward pass -----------------------------------------------------------------------------

@@ -90,18 +90,27 @@ def out_schema(labeled: bool) -> pa.Schema:
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(itos: list[str], params: TokenizeParams, quiet: bool = True) -> None:
-    if quiet:  # a worker process (see sentiflow.tasks.tokenize): it never logs, it ends with its parent
-        logging.disable(logging.CRITICAL)
-        tokenize_stage.exit_with_parent()
-    _worker.update(vocab=Vocab(itos), params=params)
+def _init_worker(itos: list[str], params: TokenizeParams) -> None:
+    """A worker process (see sentiflow.tasks.tokenize): it never logs, it ends with its parent, it
+    trims its heap after each batch as the scoring process does (``release_memory``)."""
+    logging.disable(logging.CRITICAL)
+    tokenize_stage.exit_with_parent()
+    _worker.update(vocab=Vocab(itos), params=params, trim=True)
 
 
 def _prepare(texts: list[Any]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """In a worker process: ``_prepare_with`` its vocabulary and settings, then trim its heap."""
+    prepared = _prepare_with(texts, _worker["vocab"], _worker["params"])
+    if _worker["trim"]:
+        release_memory()
+    return prepared
+
+
+def _prepare_with(texts: list[Any], vocab: Vocab, params: TokenizeParams) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Raw values → (status per row, token ids of the ``ok`` rows, their offsets)."""
     statuses = [status_of(t) for t in texts]
     ok = [as_text(t) for t, s in zip(texts, statuses) if s == OK]
-    ids = _worker["vocab"].encode(tokenize_texts(ok, _worker["params"]))
+    ids = vocab.encode(tokenize_texts(ok, params))
     return statuses, ids.values.to_numpy(zero_copy_only=False), ids.offsets.to_numpy()
 
 
@@ -112,10 +121,9 @@ def _prepared(batches: Iterator[ReviewBatch], scorer: Scorer, workers: int,
     overlap: PyTorch's OpenMP threads spin while they wait, so scoring beside busy tokenizer
     processes was slower than taking turns with all cores each (25,000 reviews on 2 cores:
     overlapped 24.3 s with 2 threads, 18.3 s with 1; in turns see docs/benchmarks.md)."""
-    if workers <= 1:
-        _init_worker(scorer.vocab.itos, scorer.tokenize, quiet=False)
+    if workers <= 1:  # here: no global state, so a Dask worker may score parts in several threads
         for b in batches:
-            yield b, _prepare(b.texts)
+            yield b, _prepare_with(b.texts, scorer.vocab, scorer.tokenize)
         return
     tokenize_stage._tokenizer()  # built before the fork (see sentiflow.tasks.tokenize): workers only use it
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
@@ -352,10 +360,11 @@ _part_scorer: dict[str, Scorer] = {}  # a worker process's model, loaded once pe
 def score_part(part: ScorePart, params: ScoreParams, batch_rows: int = BATCH_ROWS) -> ScoreStats:
     """Score one part in this process (no tokenizer pool: a Dask worker may not fork one) into
     ``part.out_file`` (one row group per batch), its counts into ``part.stats_file``."""
-    if part.folder not in _part_scorer:
+    scorer = _part_scorer.get(part.folder)
+    if scorer is None:
+        scorer = _load(part.model_files)
         _part_scorer.clear()
-        _part_scorer[part.folder] = _load(part.model_files)
-    scorer = _part_scorer[part.folder]
+        _part_scorer[part.folder] = scorer
     started = time.perf_counter()
     stats = ScoreStats(labeled=part.labeled)
     bounded_memory()

@@ -3,6 +3,13 @@
 The loop (``fit``) is plain PyTorch; ``train`` wraps it in an MLflow run. A training is named by
 its key (model and training parameters + the stage keys of its data): a finished run with that
 key is reused, an interrupted one resumes from its last checkpoint.
+
+Memory stays bounded as the data grows: the encoded shards are read a record batch at a time
+into a memory-mapped file of token ids (``Encoded.from_shards(..., mmap_dir=...)``: 12 bytes per
+review in memory), and each batch holds at most ``max_batch_tokens`` padded tokens, which bounds
+the activations the backward pass keeps (~13 KB per padded token for the default model on the
+CPU). On CUDA the same loop runs the packed (cuDNN) forward under float16 autocast with loss
+scaling.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef, Store, stable_hash
 from sentiflow.storage.tracking import configure, log_stage_datasets
 from sentiflow.tasks import stage
-from sentiflow.tasks.batching import iterate
+from sentiflow.tasks.batching import bucketed_batches
 from sentiflow.tasks.embeddings import init_embedding, vectors_identity
 from sentiflow.tasks.inference import Encoded, accuracy, autocast, forward_fn, predict_logits
 from sentiflow.tasks.model import ModelParams, SentimentRNN
@@ -43,7 +50,11 @@ TRAIN_CODE = ["sentiflow.tasks.train", "sentiflow.tasks.model", "sentiflow.tasks
 
 class TrainParams(BaseModel):
     max_epochs: int = Field(8, ge=1, description="Train this many epochs; the best is selected")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="Reviews per training batch at most")
+    max_batch_tokens: int | None = Field(
+        32768, ge=1, description="Padded tokens (reviews × the longest) per training batch at most: "
+                                 "bounds the backward pass's memory whatever the review lengths; a "
+                                 "review longer than this trains in a batch of its own (None: no cap)")
     lr: float = Field(2e-3, gt=0, description="Adam learning rate")
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(5.0, description="Clip the gradient norm (None: no clipping)")
@@ -107,16 +118,24 @@ def evaluate(model: nn.Module, data: Encoded, batch_size: int, forward: Callable
     return loss, accuracy(probs, data.labels), probs
 
 
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler | None:
+    """Loss scaling for float16 autocast on CUDA; None on the CPU (float32 there)."""
+    return torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+
+
 def fit_epoch(model: nn.Module, data: Encoded, params: TrainParams, epoch: int,
               optimizer: torch.optim.Optimizer, forward: Callable, device: torch.device,
               pad_id: int, scaler: Any = None) -> tuple[float, float]:
-    """One epoch of length-bucketed batches; the order and dropout depend on (seed, epoch) only."""
+    """One epoch of length-bucketed batches, each at most ``batch_size`` reviews and
+    ``max_batch_tokens`` padded tokens; the order and dropout depend on (seed, epoch) only."""
     model.train()
     torch.manual_seed(params.seed * 1000 + epoch)
     loss_sum, correct, seen = 0.0, 0, 0
-    n_batches = -(-len(data) // params.batch_size)
-    with progress(log, f"epoch {epoch}", n_batches, "batches") as bar:
-        for _, text, lengths, labels in iterate(data, params.batch_size, pad_id, params.seed, epoch):
+    batches = bucketed_batches(data.lengths, params.batch_size, params.seed, epoch,
+                               max_tokens=params.max_batch_tokens)
+    with progress(log, f"epoch {epoch}", len(batches), "batches") as bar:
+        for rows in batches:
+            text, lengths, labels = data.batch(rows, pad_id)
             text, labels = text.to(device), labels.to(device)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
@@ -210,14 +229,17 @@ def _train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_re
     tune_cpu()
     device = pick_device(config.train)
     vocab = Vocab.read(vocab_ref.file("vocab.parquet"))
-    train_data = Encoded.from_shards(train_ref.shards(), config.train.max_len)
-    val_data = Encoded.from_shards(val_ref.shards(), config.train.max_len)
+    # the token ids, memory-mapped from unnamed files beside the training's lock
+    mapped = Path(settings.data_root) / "train"
+    mapped.mkdir(parents=True, exist_ok=True)
+    train_data = Encoded.from_shards(train_ref.shards(), config.train.max_len, mmap_dir=mapped)
+    val_data = Encoded.from_shards(val_ref.shards(), config.train.max_len, mmap_dir=mapped)
     model, found = build_model(vocab, config)
     model.to(device)
     forward = forward_fn(model, device, config.train.path)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                  lr=config.train.lr, weight_decay=config.train.weight_decay)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    scaler = grad_scaler(device)
 
     interrupted = find_run(experiment_id, key, complete=False)
     start_epoch = 1

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +25,8 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from sentiflow.tasks.model import ModelParams, SentimentRNN
-from sentiflow.tasks.score import ScoreParams, score
-from sentiflow.tasks.score_sources import status_of
+from sentiflow.tasks.score import ScoreParams, ScorePart, ScoreWork, assemble, score, score_part
+from sentiflow.tasks.score_sources import plan_parts, status_of
 from sentiflow.tasks.inference import Scorer
 from sentiflow.tasks.serving import ModelError, load_scorer, resolve_model
 from sentiflow.tasks.sources import SourceError
@@ -202,6 +203,51 @@ def test_binary_text_column_and_text_file(scorer, tmp_path):
     assert pred["id"] == ["line-1", "line-2", "line-3", "line-4"]
     assert pred["status"] == ["ok", "empty", "not_text", "ok"]
     np.testing.assert_allclose(ok_probs(pred), scorer.predict_proba(["great film", "awful boring"]), atol=1e-6)
+
+
+def _model_files(scorer: Scorer, folder: Path) -> dict[str, str]:
+    """The scorer as the files a registered model carries (config, vocab, weights)."""
+    folder.mkdir()
+    files = {"config": folder / "config.json", "vocab": folder / "vocab.parquet", "weights": folder / "weights.pt"}
+    files["config"].write_text(json.dumps({"model": scorer.net.params.model_dump(mode="json"),
+                                           "tokenize": scorer.tokenize.model_dump(mode="json"),
+                                           "max_len": scorer.max_len}))
+    scorer.vocab.write(files["vocab"])
+    torch.save(scorer.net.state_dict(), files["weights"])
+    return {k: str(v) for k, v in files.items()}
+
+
+def test_parts_scored_apart_then_assembled_are_the_whole(scorer, tmp_path):
+    """What each Dask task does, without Dask: the source cut into parts (row groups of 9, two a
+    part), each scored on its own, in reverse order, then assembled: the same file as one run."""
+    src = tmp_path / "labeled.parquet"
+    _labeled_source(src)
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    score(scorer, str(src), whole, ScoreParams(), workers=1, batch_rows=7)
+    folder = tmp_path / "work"
+    files = _model_files(scorer, folder)
+    labeled, ranges = plan_parts(str(src), "auto", part_rows=18)
+    assert labeled and [r.span for r in ranges] == [(0, 18), (18, 36), (36, 40)]
+    work = ScoreWork(folder=str(folder), labeled=True, started=time.time(),
+                     parts=[ScorePart(index=i, folder=str(folder), model_files=files, labeled=True, source=r)
+                            for i, r in enumerate(ranges)])
+    for part in reversed(work.parts):  # Dask runs them in any order
+        score_part(part, ScoreParams(), batch_rows=7)
+    out = tmp_path / "assembled"
+    out.mkdir()
+    stats = assemble(work, out)
+    expected, got = pq.read_table(whole / "predictions.parquet"), pq.read_table(out / "predictions.parquet")
+    assert got.schema.equals(expected.schema)
+    for column in ("id", "pred", "label", "status"):
+        assert got.column(column).equals(expected.column(column)), column
+    np.testing.assert_allclose(ok_probs(got.to_pydict()), ok_probs(expected.to_pydict()), atol=1e-6)
+    saved = json.loads((whole / "stats.json").read_text())
+    assert stats.rows == saved["rows"] == 40 and stats.statuses == saved["statuses"]
+    assert stats.confusion == saved["confusion"] and stats.labeled_rows == saved["labeled_rows"]
+    assert json.loads((out / "stats.json").read_text())["confusion"] == saved["confusion"]
+    work.discard()
+    assert not folder.exists()
 
 
 # -- a model trained and registered with the train flow -------------------------------------------

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sentiflow.tasks.ingest import ingest
-from sentiflow.tasks.score_sources import as_text, open_reviews, status_of
+from sentiflow.tasks.score_sources import SourcePart, as_text, open_reviews, part_batches, plan_parts, status_of
 from sentiflow.tasks.sources import SourceError
 
 
@@ -26,6 +26,13 @@ def read_all(source, split="auto", batch_rows=2048):
         sizes.append(len(b.ids))
         labels = None if b.labels is None else (labels or []) + b.labels
     return stream.labeled, ids, texts, labels, sizes
+
+
+def ingested_part(folder, split):
+    """One part of what ingest wrote into ``folder``, in order: ``<split>.parquet``, or its shards
+    ``<split>-NNNNN.parquet``."""
+    files = sorted(folder.glob(f"{split}.parquet")) or sorted(folder.glob(f"{split}-*.parquet"))
+    return pa.concat_tables(pq.read_table(f) for f in files)
 
 
 @pytest.mark.parametrize("value, status", [
@@ -144,7 +151,7 @@ def test_fallback_ids_equal_ingest_ids(tmp_path):
     out = tmp_path / "ingested"
     out.mkdir()
     ingest(str(src), out)
-    expected = {s: pq.read_table(out / f"{s}.parquet").column("id").to_pylist() for s in ("train", "test")}
+    expected = {s: ingested_part(out, s).column("id").to_pylist() for s in ("train", "test")}
     assert read_all(src)[1] == expected["test"]
     assert read_all(src, "all")[1] == expected["train"] + expected["test"]
 
@@ -157,7 +164,7 @@ def test_single_file_with_split_column(tmp_path):
     out = tmp_path / "ingested"
     out.mkdir()
     ingest(str(f), out)
-    ingested = {s: pq.read_table(out / f"{s}.parquet") for s in ("train", "test")}
+    ingested = {s: ingested_part(out, s) for s in ("train", "test")}
     _, ids, texts, labels, _ = read_all(f, batch_rows=2)
     assert texts == ["te0", "te1", "te2"] and labels == [1, 0, 1]
     assert ids == ingested["test"].column("id").to_pylist() == ["test-0", "test-1", "test-2"]
@@ -330,7 +337,7 @@ def test_aclimdb_folder_ids_and_labels_as_ingest(tmp_path):
     out = tmp_path / "ingested"
     out.mkdir()
     ingest(str(root), out)
-    expected = pq.read_table(out / "test.parquet").to_pydict()
+    expected = ingested_part(out, "test").to_pydict()
     labeled, ids, texts, labels, _ = read_all(root, batch_rows=2)
     assert labeled and (ids, texts, labels) == (expected["id"], expected["text"], expected["label"])
 
@@ -345,3 +352,87 @@ def test_aclimdb_review_that_cannot_be_scored_keeps_its_row(tmp_path):
     assert ids == ["test/neg/1_2.txt", "test/pos/0_9.txt", "test/pos/3_8.txt"]
     assert [status_of(t) for t in texts] == ["empty", "ok", "not_text"]
     assert labels == [0, 1, 1]
+
+
+# -- parts: contiguous rows scored on their own (one Dask task each) ------------------------------
+
+def _parts_read(source, split="auto", part_rows=3, batch_rows=2):
+    """(labeled, ids, texts, labels, part count) of all parts, read one after the other."""
+    labeled, parts = plan_parts(str(source), split, part_rows)
+    ids, texts, labels = [], [], []
+    for part in parts:
+        part = SourcePart.model_validate_json(part.model_dump_json())  # as a task gets it
+        for b in part_batches(part, batch_rows):
+            ids += b.ids
+            texts += b.texts
+            labels = None if b.labels is None else (labels or []) + b.labels
+    return labeled, ids, texts, labels, len(parts)
+
+
+def _layouts(tmp_path):
+    """Sources of every kind a part can be cut from, with no ids (``<split>-<n>`` from counters)."""
+    many = tmp_path / "groups.parquet"  # row groups of 4, one of them bigger than part_rows
+    t = pa.table({"text": [f"r{i}" for i in range(23)], "label": [i % 2 for i in range(23)],
+                  "split": ["train" if i % 3 else "test" for i in range(23)]})
+    with pq.ParquetWriter(many, t.schema) as w:
+        w.write_table(t.slice(0, 4))
+        w.write_table(t.slice(4, 11))
+        w.write_table(t.slice(15, 4))
+        w.write_table(t.slice(19, 4))
+    folder = _folder_without_ids(tmp_path / "folder")
+    pq.write_table(pa.table({"text": ["f", "g", "h", "i"], "label": [0, 1, 0, 1]}), folder / "test-0002.parquet",
+                   row_group_size=1)
+    (folder / "test-0001.csv").write_text("text,label\nx,1\ny,0\n")  # ignored: Parquet comes first
+    csvs = tmp_path / "csvs"
+    csvs.mkdir()
+    (csvs / "test-0000.csv").write_text("text,label\na,1\nb,0\nc,1\n")
+    (csvs / "test-0001.csv").write_text("text,split\nd,test\n")
+    (csvs / "test-0002.csv").write_text("text,label\ne,0\n")
+    txt = tmp_path / "lines.txt"
+    txt.write_text("one\ntwo\n\nthree\n")
+    big = tmp_path / "one-group.parquet"
+    pq.write_table(pa.table({"id": [f"b{i}" for i in range(10)], "text": ["x"] * 10}), big)
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), empty)
+    return {"groups": many, "folder": folder, "csvs": csvs, "txt": txt, "one-group": big, "empty": empty}
+
+
+@pytest.mark.parametrize("split", ["auto", "all", "train"])
+def test_parts_in_order_are_the_whole_stream(tmp_path, split):
+    for name, source in _layouts(tmp_path).items():
+        try:
+            whole = read_all(source, split)
+        except SourceError:
+            with pytest.raises(SourceError):
+                plan_parts(str(source), split)
+            continue
+        labeled, ids, texts, labels, count = _parts_read(source, split)
+        assert (labeled, ids, texts, labels) == whole[:4], (name, split)
+        parts = {"groups": 10, "folder": {"auto": 4, "all": 5, "train": 1}[split], "csvs": 3, "txt": 1,
+                 "one-group": 4, "empty": 0}
+        assert count == parts[name], (name, count)
+
+
+def test_parts_cut_parquet_at_row_groups(tmp_path):
+    f = tmp_path / "r.parquet"
+    pq.write_table(pa.table({"text": [f"r{i}" for i in range(12)]}), f, row_group_size=5)
+    _, parts = plan_parts(str(f), "all", part_rows=5)
+    assert [p.span for p in parts] == [(0, 5), (5, 10), (10, 12)]
+    assert [p.counters["train"] for p in parts] == [0, 5, 10]
+    _, parts = plan_parts(str(f), "all", part_rows=8)
+    assert [p.span for p in parts] == [(0, 10), (10, 12)]
+    assert all(p.path == str(f.resolve()) for p in parts)  # absolute: a Dask worker has another cwd
+    _, one = plan_parts(str(f), "all", part_rows=100)
+    assert [p.span for p in one] == [(0, 12)]
+
+
+def test_part_of_a_file_reports_its_own_row_numbers(tmp_path):
+    f = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"text": [f"r{i}" for i in range(8)], "label": ["pos"] * 6 + ["maybe", "neg"]}), f,
+                   row_group_size=4)
+    _, parts = plan_parts(str(f), "all", part_rows=4)
+    assert list(part_batches(parts[0], 2))  # the first rows are fine
+    with pytest.raises(SourceError, match="row 7"):
+        list(part_batches(parts[1], 2))
+    with pytest.raises(SourceError, match="row 7"):
+        read_all(f, "all")

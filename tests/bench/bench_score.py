@@ -37,7 +37,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 
-def make_input(source: Path, n: int, out: Path) -> Path:
+def make_input(source: Path, n: int, out: Path, row_group: int = 5000) -> Path:
     table = pq.read_table(source, columns=["text", "label"])
     reps = -(-n // table.num_rows)
     parts = []
@@ -45,7 +45,7 @@ def make_input(source: Path, n: int, out: Path) -> Path:
         t = table.slice(0, min(table.num_rows, n - k * table.num_rows))
         ids = pa.array([f"r{k}-{i}" for i in range(t.num_rows)])
         parts.append(t.add_column(0, "id", ids))
-    pq.write_table(pa.concat_tables(parts), out, row_group_size=5000)
+    pq.write_table(pa.concat_tables(parts), out, row_group_size=row_group)
     return out
 
 

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from sentiflow.storage.store import Store  # noqa: E402
-from sentiflow.tasks.batching import Encoded  # noqa: E402
+from sentiflow.tasks.inference import Encoded  # noqa: E402
 from sentiflow.tasks.train import TrainConfig, build_model, evaluate, fit_epoch, tune_cpu  # noqa: E402
 from sentiflow.tasks.vocab import Vocab  # noqa: E402
 
