@@ -26,8 +26,8 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from sentiflow.flows.data_flow import _api_for_workers, task_runner_for
@@ -36,6 +36,7 @@ from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef, Store
 from sentiflow.storage.tracking import CHAMPION, REGISTERED_MODEL, configure, log_stage_datasets
 from sentiflow.tasks.metrics import confusion_figure
+from sentiflow.tasks.reviews import fingerprint
 from sentiflow.tasks.score import (
     PART_ROWS,
     ScoreParams,
@@ -48,7 +49,6 @@ from sentiflow.tasks.score import (
     score_part,
     score_task,
 )
-from sentiflow.tasks.reviews import fingerprint
 from sentiflow.tasks.serving import ModelRef, resolve_model
 
 DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL}@{CHAMPION}"

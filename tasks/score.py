@@ -18,17 +18,18 @@ threshold, and the code: rescoring the same reviews with the same model is serve
 
 from __future__ import annotations
 
-import logging
 import itertools
+import logging
 import multiprocessing as mp
 import shutil
 import tempfile
 import time
 import uuid
-from contextlib import closing
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -37,14 +38,24 @@ import torch
 from pydantic import BaseModel, Field
 
 from sentiflow.storage.store import StageRef, Store, file_sha256
-from sentiflow.tasks import encode, ingest, stage
+from sentiflow.tasks import encode, stage
 from sentiflow.tasks import tokenize as tokenize_stage
-from sentiflow.tasks.shards import shards_of
-from sentiflow.tasks.metrics import classification_metrics
-from sentiflow.tasks.score_sources import (OK, STATUSES, ReviewBatch, SourcePart, Split, as_text, open_reviews,
-                                           part_batches, plan_parts, status_of)
 from sentiflow.tasks.inference import Encoded, Scorer
+from sentiflow.tasks.metrics import classification_metrics
+from sentiflow.tasks.score_sources import (
+    OK,
+    STATUSES,
+    ReviewBatch,
+    SourcePart,
+    Split,
+    as_text,
+    open_reviews,
+    part_batches,
+    plan_parts,
+    status_of,
+)
 from sentiflow.tasks.serving import ModelRef, download_model
+from sentiflow.tasks.shards import shards_of
 from sentiflow.tasks.text import TokenizeParams, Vocab, tokenize_texts
 
 STAGE = "score"

@@ -309,12 +309,15 @@ def plan_parts(source: str, split: Split = "auto", part_rows: int = 10_000) -> t
     """(labeled, the parts of ``source`` in order): contiguous ranges of at least ``part_rows``
     rows of a Parquet file, cut at row-group boundaries (a row group larger than ``part_rows`` is
     cut into equal slices); one part per CSV/TSV file; one for a text file or a source read
-    whole. The whole source's errors that ``open_reviews`` raises at once are raised here."""
+    whole (a hub dataset, an aclImdb folder or archive: read here once, and again by its part).
+    The whole source's errors that ``open_reviews`` raises at once are raised here."""
     if source_kind(source, text=True) != "hub":
         source = str(Path(source).expanduser().resolve())
     found = _resolve(source, split)
-    if found.kind != "files":
-        return found.labeled, [SourcePart(kind=found.kind, source=source, split=split)]
+    if found.kind == "text":
+        return False, [SourcePart(kind="text", source=source, split=split)]
+    if found.kind == "whole":  # whether it has labels is known once it is read (here, then by the part)
+        return _whole(source, split, 1).labeled, [SourcePart(kind="whole", source=source, split=split)]
     parts: list[SourcePart] = []
     counters = dict.fromkeys(SPLITS, 0)
     for n, (file_split, path) in enumerate(found.files):
@@ -378,7 +381,7 @@ def _spans(bounds: list[tuple[int, int]], part_rows: int) -> list[tuple[int, int
                 spans.append((start, a))
             k = -(-(b - a) // part_rows)
             cuts = [a + (b - a) * i // k for i in range(k + 1)]
-            spans += list(zip(cuts[:-1], cuts[1:]))
+            spans += list(itertools.pairwise(cuts))
             start = b
         elif b - start >= part_rows:
             spans.append((start, b))

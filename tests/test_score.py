@@ -24,15 +24,22 @@ import torch
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
+from sentiflow.tasks.inference import Scorer
 from sentiflow.tasks.model import ModelParams, SentimentRNN
 from sentiflow.tasks.score import ScoreParams, ScorePart, ScoreWork, assemble, score, score_part
 from sentiflow.tasks.score_sources import plan_parts, status_of
-from sentiflow.tasks.inference import Scorer
 from sentiflow.tasks.serving import ModelError, load_scorer, resolve_model
 from sentiflow.tasks.sources import SourceError
 from sentiflow.tasks.tokenize import TokenizeParams
 from sentiflow.tasks.vocab import PAD, UNK, Vocab
-from tests.conftest import NEGATIVE, NEUTRAL, POSITIVE, make_reviews, read_artifacts, write_imdb_folder
+from tests.conftest import (
+    NEGATIVE,
+    NEUTRAL,
+    POSITIVE,
+    make_reviews,
+    read_artifacts,
+    write_imdb_folder,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CHAMPION = "models:/sentiflow@champion"

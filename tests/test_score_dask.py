@@ -26,8 +26,7 @@ from sentiflow.flows.runs import with_settings
 from sentiflow.flows.score_flow import ScoreConfig, score_flow
 from sentiflow.storage.settings import Settings
 from sentiflow.tasks.sources import SourceError
-from tests.conftest import make_reviews
-from tests.conftest import write_imdb_folder
+from tests.conftest import make_reviews, write_imdb_folder
 
 CHAMPION = "models:/sentiflow@champion"
 

@@ -11,7 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from sentiflow.tasks.ingest import ingest
-from sentiflow.tasks.score_sources import SourcePart, as_text, open_reviews, part_batches, plan_parts, status_of
+from sentiflow.tasks.score_sources import (
+    SourcePart,
+    as_text,
+    open_reviews,
+    part_batches,
+    plan_parts,
+    status_of,
+)
 from sentiflow.tasks.sources import SourceError
 
 
@@ -394,7 +401,9 @@ def _layouts(tmp_path):
     pq.write_table(pa.table({"id": [f"b{i}" for i in range(10)], "text": ["x"] * 10}), big)
     empty = tmp_path / "empty.parquet"
     pq.write_table(pa.table({"text": pa.array([], pa.string())}), empty)
-    return {"groups": many, "folder": folder, "csvs": csvs, "txt": txt, "one-group": big, "empty": empty}
+    acl = _acl_folder(tmp_path / "aclImdb")
+    return {"groups": many, "folder": folder, "csvs": csvs, "txt": txt, "one-group": big, "empty": empty,
+            "aclImdb": acl}
 
 
 @pytest.mark.parametrize("split", ["auto", "all", "train"])
@@ -409,7 +418,7 @@ def test_parts_in_order_are_the_whole_stream(tmp_path, split):
         labeled, ids, texts, labels, count = _parts_read(source, split)
         assert (labeled, ids, texts, labels) == whole[:4], (name, split)
         parts = {"groups": 10, "folder": {"auto": 4, "all": 5, "train": 1}[split], "csvs": 3, "txt": 1,
-                 "one-group": 4, "empty": 0}
+                 "one-group": 4, "empty": 0, "aclImdb": 1}
         assert count == parts[name], (name, count)
 
 

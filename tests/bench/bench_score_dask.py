@@ -43,10 +43,10 @@ os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+import numpy as np
+import pyarrow.parquet as pq
 
-from tests.bench.bench_score import make_input  # noqa: E402
+from tests.bench.bench_score import make_input
 
 CLUSTER = {"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
 
@@ -54,7 +54,11 @@ CLUSTER = {"n_workers": 2, "threads_per_worker": 1, "processes": True, "dashboar
 def part_durations(flow_run_id: str) -> list[float]:
     """Seconds of each score-part task run under the flow run (its score-parts subflow)."""
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
 
     time.sleep(2)  # task runs report their end asynchronously
     with get_client(sync_client=True) as client:

@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.bench.bench_score import make_input  # noqa: E402
+from tests.bench.bench_score import make_input
 
 
 def _children() -> dict[int, list[int]]:
