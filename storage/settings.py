@@ -47,8 +47,9 @@ class Settings(BaseSettings):
     workers: int = Field(0, ge=0, description="Processes for tokenization; 0 = all cores")
     task_runner: Literal["local", "dask"] = Field(
         "local",
-        description="Where tokenize and encode run: 'local' in this process (its own tokenizer "
-                    "pool), 'dask' on a Dask cluster through prefect-dask (sentiflow.flows.data_flow)",
+        description="Where the per-shard tokenize and encode tasks and the scoring parts run: 'local' "
+                    "in this process (its own tokenizer pool), 'dask' one Dask task each, through "
+                    "prefect-dask (sentiflow.flows.data_flow, sentiflow.flows.score_flow)",
     )
     dask_address: str | None = Field(
         None,
