@@ -36,7 +36,7 @@ from sentiflow.storage.tracking import configure, log_stage_datasets
 from sentiflow.tasks import stage
 from sentiflow.tasks.batching import bucketed_batches
 from sentiflow.tasks.embeddings import init_embedding, vectors_identity
-from sentiflow.tasks.inference import Encoded, accuracy, autocast, forward_fn, predict_logits
+from sentiflow.tasks.inference import MAX_BATCH_TOKENS, Encoded, accuracy, autocast, forward_fn, predict_logits
 from sentiflow.tasks.model import ModelParams, SentimentRNN
 from sentiflow.tasks.progress import progress
 from sentiflow.tasks.text import Vocab
@@ -108,10 +108,21 @@ def tune_cpu() -> None:
         pass
 
 
-def evaluate(model: nn.Module, data: Encoded, batch_size: int, forward: Callable,
-             device: torch.device, pad_id: int) -> tuple[float, float, np.ndarray]:
-    """Loss, accuracy and P(positive) per row (in the data's own order)."""
-    logits = predict_logits(model, data, batch_size * 4, forward, device, pad_id)
+def release_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc ``malloc_trim``). Called after each
+    epoch: training and evaluation allocate tensors of different sizes, and what one phase freed
+    would otherwise stay with the process (and with the selection that follows)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def evaluate(model: nn.Module, data: Encoded, batch_size: int, forward: Callable, device: torch.device,
+             pad_id: int, max_tokens: int | None = MAX_BATCH_TOKENS) -> tuple[float, float, np.ndarray]:
+    """Loss, accuracy and P(positive) per row (in the data's own order); batches of at most
+    ``batch_size * 4`` rows and ``max_tokens`` padded tokens."""
+    logits = predict_logits(model, data, batch_size * 4, forward, device, pad_id, max_tokens)
     loss = nn.functional.binary_cross_entropy_with_logits(logits, torch.from_numpy(data.labels)).item() \
         if len(data) else 0.0
     probs = torch.sigmoid(logits).numpy()
@@ -264,8 +275,9 @@ def _train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_re
                 t0 = time.perf_counter()
                 train_loss, train_acc = fit_epoch(model, train_data, config.train, epoch, optimizer,
                                                   forward, device, vocab.pad_id, scaler)
-                val_loss, val_acc, _ = evaluate(model, val_data, config.train.batch_size, forward,
-                                                device, vocab.pad_id)
+                val_loss, val_acc, _ = evaluate(model, val_data, config.train.batch_size, forward, device,
+                                                vocab.pad_id, config.train.max_batch_tokens or MAX_BATCH_TOKENS)
+                release_memory()
                 metrics = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                            "val_acc": val_acc, "epoch_seconds": time.perf_counter() - t0}
                 # checkpoints first, metrics last: a crash in between resumes after this epoch
