@@ -127,7 +127,15 @@ def prefect_harness():
 _LEAKY = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
-def _restore(before: dict[str, str | None]) -> None:
+def _restore(before: dict[str, str | None], globals_too: bool = False) -> None:
+    if globals_too:
+        import mlflow
+
+        # MLflow also keeps the URIs in module globals, which outlive the variables: a module
+        # that called set_registry_uri would otherwise answer a later module's models:/ URIs from
+        # its own registry (seen in CI: test_served_model downloaded test_score's model)
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
     for k, v in before.items():
         if v is None:
             os.environ.pop(k, None)
@@ -144,7 +152,7 @@ def _environment_per_module():
     the CLI writes nothing there: tests/test_cli.py checks it.)"""
     before = {k: os.environ.get(k) for k in _LEAKY}
     yield
-    _restore(before)
+    _restore(before, globals_too=True)
 
 
 @pytest.fixture(autouse=True)

@@ -76,6 +76,7 @@ def model_dir(trained, client, tmp_path_factory) -> Path:
     version = client.get_model_version_by_alias("sentiflow", "champion")
     dst = tmp_path_factory.mktemp("model")
     mlflow.set_tracking_uri(trained.uri)
+    mlflow.set_registry_uri(trained.uri)
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/sentiflow/{version.version}",
                                                     dst_path=str(dst)))
 
