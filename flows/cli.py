@@ -143,7 +143,7 @@ PREPARE = _Fields(_data_config, DATA_FIELDS, frozenset({"max_size"}))
 TRAIN = _Fields(_train_config, {
     **{name: f"data.{path}" for name, path in DATA_FIELDS.items()},
     "max_epochs": "train.max_epochs", "batch_size": "train.batch_size", "lr": "train.lr",
-    "lr_schedule": "train.lr_schedule", "average": "train.average",
+    "lr_schedule": "train.lr_schedule", "average": "train.average", "word_dropout": "train.word_dropout",
     "max_len": "train.max_len", "train_seed": "train.seed", "device": "train.device",
     "pretrained": "train.pretrained", "freeze_embeddings": "train.freeze_embeddings",
     "embed_dim": "model.embed_dim", "hidden_dim": "model.hidden_dim", "cell": "model.cell",
@@ -352,10 +352,11 @@ def status(
 
 
 def _preset_help() -> str:
-    from sentiflow.flows.presets import PRESETS, describe
+    from sentiflow.flows.presets import PRESETS
 
     return ("A named set of the options below; options typed as well win. "
-            + "; ".join(f"{name}: {describe(name)}" for name in PRESETS))
+            + "; ".join(f"{name}: " + (", ".join(f"{k}={v}" for k, v in PRESETS[name].items()) or "the defaults")
+                        for name in PRESETS))
 
 
 def _tag_preset(settings: Settings, run_id: str, preset: str) -> None:
@@ -373,6 +374,8 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate")] = None,
     lr_schedule: Annotated[Optional[str], typer.Option(
         help="constant, or decayed every step to 0 at the last epoch: cosine, linear")] = None,
+    word_dropout: Annotated[Optional[float], typer.Option(
+        help="Share of training tokens replaced by <unk> (fresh each batch)")] = None,
     average: Annotated[Optional[float], typer.Option(
         help="Average the weights (moving average, this decay per step; 0 = off): val_acc and "
              "checkpoints are the averaged weights'")] = None,
@@ -411,6 +414,7 @@ def train(
             raise typer.BadParameter(f"{preset!r} is not one of {', '.join(PRESETS)}", param_hint="--preset")
         config = TRAIN.build(**with_preset(preset, dict(
             max_epochs=max_epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, average=average,
+            word_dropout=word_dropout,
             max_len=max_len, train_seed=train_seed,
             device=device, pretrained=pretrained, freeze_embeddings=freeze_embeddings,
             embed_dim=embed_dim, hidden_dim=hidden_dim, cell=cell, layers=layers,

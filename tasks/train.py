@@ -64,6 +64,8 @@ class TrainParams(BaseModel):
         None, gt=0, lt=1, description="Exponential moving average of the weights, decay per step (e.g. 0.998): "
                                       "each epoch's val_acc and checkpoint are the averaged weights' (None: off)")
     weight_decay: float = Field(0.0, ge=0)
+    word_dropout: float = Field(0.0, ge=0, lt=1, description="Share of a training batch's tokens replaced by "
+                                                             "<unk> (a fresh draw each batch; none at evaluation)")
     grad_clip: float | None = Field(5.0, description="Clip the gradient norm (None: no clipping)")
     max_len: int | None = Field(None, ge=1, description="Keep the first max_len tokens of a review")
     seed: int = 1234
@@ -149,7 +151,8 @@ def grad_scaler(device: torch.device) -> torch.amp.GradScaler | None:
 
 def fit_epoch(model: nn.Module, data: Encoded, params: TrainParams, epoch: int,
               optimizer: torch.optim.Optimizer, forward: Callable, device: torch.device,
-              pad_id: int, scaler: Any = None, average: WeightAverage | None = None) -> tuple[float, float]:
+              pad_id: int, scaler: Any = None, average: WeightAverage | None = None,
+              unk_id: int = 0) -> tuple[float, float]:
     """One epoch of length-bucketed batches, each at most ``batch_size`` reviews and
     ``max_batch_tokens`` padded tokens; the order and dropout depend on (seed, epoch) only. The
     learning rate follows ``params.lr_schedule`` step by step; ``average`` is updated after
@@ -165,6 +168,8 @@ def fit_epoch(model: nn.Module, data: Encoded, params: TrainParams, epoch: int,
                 t = (epoch - 1 + step / len(batches)) / params.max_epochs
                 set_lr(optimizer, params.lr * lr_factor(params.lr_schedule, t))
             text, lengths, labels = data.batch(rows, pad_id)
+            if params.word_dropout:
+                text = drop_words(text, params.word_dropout, unk_id, pad_id)
             text, labels = text.to(device), labels.to(device)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
@@ -189,6 +194,13 @@ def fit_epoch(model: nn.Module, data: Encoded, params: TrainParams, epoch: int,
             seen += len(labels)
             bar.advance()
     return loss_sum / seen, correct / seen
+
+
+def drop_words(text: torch.Tensor, share: float, unk_id: int, pad_id: int) -> torch.Tensor:
+    """``text`` with each real token replaced by ``unk_id`` with probability ``share``: the model
+    cannot lean on any one word (a title, a name) and learns from many."""
+    hit = (torch.rand(text.shape) < share) & (text != pad_id)
+    return text.masked_fill(hit, unk_id)
 
 
 def build_model(vocab: Vocab, config: TrainConfig) -> tuple[SentimentRNN, int]:
@@ -295,7 +307,7 @@ def _train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_re
             for epoch in range(start_epoch, config.train.max_epochs + 1):
                 t0 = time.perf_counter()
                 train_loss, train_acc = fit_epoch(model, train_data, config.train, epoch, optimizer,
-                                                  forward, device, vocab.pad_id, scaler, average)
+                                                  forward, device, vocab.pad_id, scaler, average, vocab.unk_id)
                 with (average.applied(model) if average is not None else nullcontext(model)):
                     val_loss, val_acc, _ = evaluate(model, val_data, config.train.batch_size, forward, device,
                                                     vocab.pad_id, config.train.max_batch_tokens or MAX_BATCH_TOKENS)

@@ -41,7 +41,7 @@ def test_authenticated_tracking_server(tmp_path):
     src = write_imdb_folder(tmp_path / "src", n_train=200, n_test=50)
     client_env = {**base, "PREFECT_HOME": str(tmp_path / "prefect"), "SENTIFLOW_DATA_ROOT": str(tmp_path / "data"),
                   "MLFLOW_TRACKING_URI": uri}
-    train = [str(BIN / "sentiflow"), "train", "--source", str(src), "--max-epochs", "1", "--embed-dim", "8",
+    train = [str(BIN / "sentiflow"), "train", "--source", str(src), "--max-epochs", "1", "--pretrained", "none", "--embed-dim", "8",
              "--hidden-dim", "8", "--workers", "1"]
     with _process(cmd, server_env, tmp_path / "mlflow.log", f"{uri}/health"):
         with pytest.raises(urllib.error.HTTPError) as e:  # the API refuses a stranger

@@ -255,7 +255,7 @@ def trained(tmp_path_factory) -> dict:
                 "DO_NOT_TRACK": "1", "COLUMNS": "200"})  # COLUMNS: rich wraps nothing we parse
     src = write_imdb_folder(tmp / "source", n_train=300, n_test=100, seed=3)
     data = tmp / "data"
-    args = ["train", "--source", str(src), "--data-root", str(data), "--max-epochs", "2", "--embed-dim", "16",
+    args = ["train", "--source", str(src), "--data-root", str(data), "--max-epochs", "2", "--pretrained", "none", "--embed-dim", "16",
             "--hidden-dim", "16", "--batch-size", "32", "--workers", "1"]
     first = _sentiflow(args, env)
     second = _sentiflow(args, env)

@@ -1,22 +1,16 @@
-"""The learning-rate schedule and weight averaging: the formulas against hand computations, and
-a training run whose checkpoints are the averaged weights it evaluated (real MLflow, real data
-flow)."""
+"""The learning-rate schedule, weight averaging and word dropout against hand computations (a
+training run with them: tests/test_train.py)."""
 
 from __future__ import annotations
 
 import math
 
-import mlflow
 import numpy as np
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 from torch import nn
 
-from sentiflow.tasks.inference import Encoded
 from sentiflow.tasks.schedule import WeightAverage, lr_factor
-from sentiflow.tasks.train import TrainConfig
-from tests.test_train import SMALL, data, fit, settings  # noqa: F401 - fixtures
 
 
 @pytest.mark.parametrize("t, cosine, linear", [(0, 1, 1), (0.25, (1 + math.sqrt(0.5)) / 2, 0.75),
@@ -48,42 +42,14 @@ def test_weight_average_is_the_moving_average_and_leaves_the_model_its_weights()
         assert torch.equal(p, o)
 
 
-def test_checkpoints_are_the_averaged_weights_they_were_judged_by(data, settings, tmp_path):  # noqa: F811
-    """With averaging and a cosine schedule: each epoch's checkpoint gives, scored by hand on the
-    validation split, the val_acc the run logged; it is not the raw weights the optimizer left
-    (resume.pt), and the learning rate has decayed to near 0 by the last step."""
-    config = TrainConfig(model=SMALL.model, train=SMALL.train.model_copy(
-        update={"max_epochs": 3, "lr_schedule": "cosine", "average": 0.9}))
-    result = fit(data, settings, config)
-    client = MlflowClient(settings.resolved_tracking_uri)
-    mlflow.set_tracking_uri(settings.resolved_tracking_uri)
-    logged = {m.step: m.value for m in client.get_metric_history(result.run_id, "val_acc")}
-    val = Encoded.from_shards(data.encoded["val"].shards())
-    from sentiflow.tasks.text import Vocab
-    from sentiflow.tasks.model import SentimentRNN
+def test_word_dropout_replaces_about_its_share_of_real_tokens_and_never_padding():
+    from sentiflow.tasks.train import drop_words
 
-    vocab = Vocab.read(data.vocab.file("vocab.parquet"))
-    for epoch in (1, 3):
-        path = mlflow.artifacts.download_artifacts(run_id=result.run_id,
-                                                   artifact_path=f"checkpoints/epoch-00{epoch}.pt",
-                                                   dst_path=str(tmp_path / str(epoch)))
-        net = SentimentRNN(len(vocab), config.model, pad_id=vocab.pad_id)
-        net.load_state_dict(torch.load(path, weights_only=True))
-        net.eval()
-        correct = 0
-        with torch.no_grad():  # one review at a time through the packed forward: no batching shared
-            for i in range(len(val)):
-                ids = val.flat[val.offsets[i]:val.offsets[i + 1]]
-                ids = ids if len(ids) else np.array([vocab.pad_id])
-                logit = net(torch.from_numpy(np.asarray(ids, dtype=np.int64)).unsqueeze(1),
-                            torch.tensor([len(ids)]))
-                correct += int((logit.item() > 0) == (val.labels[i] > 0.5))
-        assert correct / len(val) == pytest.approx(logged[epoch], abs=1e-9)
-    resume = torch.load(mlflow.artifacts.download_artifacts(
-        run_id=result.run_id, artifact_path="checkpoints/resume.pt", dst_path=str(tmp_path / "r")),
-        weights_only=True)
-    last = torch.load(tmp_path / "3" / "epoch-003.pt", weights_only=True)
-    assert any(not torch.equal(last[k], resume["model"][k]) for k in last)
-    assert resume["average"]["updates"] > 0
-    final_lr = resume["optimizer"]["param_groups"][0]["lr"]
-    assert 0 < final_lr < 0.01 * config.train.lr
+    torch.manual_seed(0)
+    text = torch.full((400, 50), 1)  # pad 1
+    text[:300] = torch.randint(2, 1000, (300, 50))
+    out = drop_words(text, 0.2, unk_id=0, pad_id=1)
+    assert torch.equal(out[300:], text[300:])  # padding untouched
+    hit = out[:300] == 0
+    assert torch.equal(out[:300][~hit], text[:300][~hit])  # the rest unchanged
+    assert hit.float().mean().item() == pytest.approx(0.2, abs=0.01)

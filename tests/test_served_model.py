@@ -57,7 +57,7 @@ def trained(tmp_path_factory) -> Trained:
     src = write_imdb_folder(base / "src", n_train=300, n_test=100, seed=4)
     env = _env(base / "data", base)
     proc = subprocess.run(
-        [str(BIN / "sentiflow"), "train", "--source", str(src), "--max-epochs", "2", "--embed-dim", "16",
+        [str(BIN / "sentiflow"), "train", "--source", str(src), "--max-epochs", "2", "--pretrained", "none", "--embed-dim", "16",
          "--hidden-dim", "16", "--batch-size", "16", "--lr", "0.02", "--workers", "1"],
         env=env, cwd=base, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -160,6 +160,20 @@ def _predict_cli(trained: Trained) -> list[dict]:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def test_predict_runs_without_prefect(trained, tmp_path):
+    """``sentiflow predict`` loads the model and scores without Prefect: with ``import prefect``
+    made to fail (a ``sitecustomize``), it gives the same answers."""
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['prefect'] = None\n")
+    env = {**trained.env, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([str(BIN / "sentiflow"), "predict", "--json", *REVIEWS], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    without = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert without == _predict_cli(trained)
+    check = subprocess.run([sys.executable, "-c", "import prefect"], env=env, capture_output=True, text=True)
+    assert check.returncode != 0  # the block works
 
 
 def test_mlflow_models_serve_answers_like_sentiflow_predict(trained, tmp_path):

@@ -173,7 +173,7 @@ def _flow_runs(api: str, flow_name: str) -> list[dict]:
 def test_train_and_score_against_servers(servers):
     tmp, env, mlflow_url = servers["tmp"], servers["env"], servers["mlflow"]
     src = write_imdb_folder(tmp / "src", n_train=240, n_test=60, seed=5)
-    _cli(["train", "--source", str(src), "--max-epochs", "2", "--embed-dim", "16", "--hidden-dim", "16",
+    _cli(["train", "--source", str(src), "--max-epochs", "2", "--pretrained", "none", "--embed-dim", "16", "--hidden-dim", "16",
           "--batch-size", "16", "--workers", "1"], env)
     out = tmp / "predictions.parquet"
     _cli(["score", "--source", str(src), "--out", str(out), "--workers", "1"], env)

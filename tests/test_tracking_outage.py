@@ -33,7 +33,7 @@ def _env(tmp: Path, uri: str) -> dict[str, str]:
 
 
 def _train(src: Path, epochs: int) -> list[str]:
-    return [str(BIN / "sentiflow"), "train", "--source", str(src), "--max-epochs", str(epochs), "--embed-dim", "16",
+    return [str(BIN / "sentiflow"), "train", "--source", str(src), "--max-epochs", str(epochs), "--pretrained", "none", "--embed-dim", "16",
             "--hidden-dim", "16", "--workers", "1"]
 
 

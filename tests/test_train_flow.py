@@ -53,5 +53,7 @@ def test_train_flow_end_to_end_and_rerun(tmp_path):
 
 def test_the_pipeline_default_model_has_one_home():
     """TrainFlowConfig holds the pipeline's model (the CLI and the deployments read it there):
-    ModelParams' defaults with the head that beat the seed's (docs/benchmarks.md)."""
-    assert TrainFlowConfig().model == ModelParams(head="last+max")
+    ModelParams' defaults (the seed's) made bidirectional, max-pooled, on 50-d GloVe vectors
+    (docs/benchmarks.md)."""
+    assert TrainFlowConfig().model == ModelParams(embed_dim=50, bidirectional=True, head="max")
+    assert TrainFlowConfig().train.pretrained == "glove-6b-50d"

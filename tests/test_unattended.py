@@ -54,6 +54,16 @@ def _descendants(pid: int) -> set[int]:
     return out
 
 
+def _left_alive(family: set[int], within: float = 15.0) -> list[int]:
+    """The processes of ``family`` still alive after up to ``within`` seconds (polled: a guard
+    ends the ephemeral server within a second of its parent's death, a pool worker as soon as
+    it sees its parent gone)."""
+    deadline = time.monotonic() + within
+    while (left := sorted(p for p in family if _alive(p))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
 def _alive(pid: int) -> bool:
     try:
         state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -135,8 +145,7 @@ def test_a_killed_prepare_leaves_no_process_and_a_rerun_completes(sig, marker, b
     if sig != signal.SIGKILL:  # a clean end: 128 + the signal, nothing half-written
         assert code == 128 + sig, "".join(lines)[-3000:]
         assert not list((tmp_path / "data").glob("*/.tmp-*")), "a temporary folder was left"
-    time.sleep(10)
-    left = sorted(p for p in family if _alive(p))
+    left = _left_alive(family)
     assert not left, [Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:200] for p in left]
 
     rerun = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -150,7 +159,7 @@ def test_two_trainings_of_one_key_give_one_run_and_one_version(tmp_path):
     src = write_imdb_folder(tmp_path / "src", n_train=2000, n_test=200, seed=5)
     env = _env(tmp_path)
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}"
-    cmd = [str(BIN / "sentiflow"), "train", "--source", str(src), "--max-epochs", "3", "--embed-dim", "16",
+    cmd = [str(BIN / "sentiflow"), "train", "--source", str(src), "--max-epochs", "3", "--pretrained", "none", "--embed-dim", "16",
            "--hidden-dim", "16", "--workers", "1"]
     first = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True)
@@ -177,7 +186,7 @@ def test_a_killed_score_leaves_no_process_and_a_rerun_gives_the_same_predictions
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}"
     small = write_imdb_folder(tmp_path / "small", n_train=300, n_test=50)
     trained = subprocess.run([str(BIN / "sentiflow"), "train", "--source", str(small), "--max-epochs", "1",
-                              "--embed-dim", "8", "--hidden-dim", "8", "--workers", "1"],
+                              "--pretrained", "none", "--embed-dim", "8", "--hidden-dim", "8", "--workers", "1"],
                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stderr[-2000:]
     score = [str(BIN / "sentiflow"), "score", "--source", str(big_source / "train.parquet"), "--workers", "2"]
@@ -186,8 +195,7 @@ def test_a_killed_score_leaves_no_process_and_a_rerun_gives_the_same_predictions
     family = _descendants(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    time.sleep(10)
-    assert not [p for p in family if _alive(p)]
+    assert not _left_alive(family)
 
     out = [tmp_path / "after-kill.parquet", tmp_path / "forced.parquet"]
     for path, extra in zip(out, ([], ["--force"])):
