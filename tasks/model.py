@@ -7,8 +7,9 @@ each layer and direction over the padded table (right padding cannot affect earl
 the backward direction over each sequence reversed within its own length, and reads the final
 states at each sequence's last real step. On a CPU that is many times faster (no per-step
 re-batching, no allocator churn); tests prove outputs and gradients equal within float
-tolerance (the kernels round differently, ~1e-8). With several layers and dropout, the dropout
-between layers is drawn differently on the two paths (same distribution, other masks).
+tolerance (the kernels round differently, ~1e-8). Dropout (``Dropout``: nn.Dropout's law, a
+cheaper draw) on the embeddings and before the head draws the same masks on both paths; with
+several layers, the dropout between layers is drawn differently (same law, other masks).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class SentimentRNN(nn.Module):
                            dropout=params.dropout if params.layers > 1 else 0.0, **extra)
         self.dirs = 2 if params.bidirectional else 1
         width = params.hidden_dim * self.dirs * (2 if params.head == "last+max" else 1)
-        self.dropout = nn.Dropout(params.dropout)
+        self.dropout = Dropout(params.dropout)
         self.fc = nn.Linear(width, 1)
 
     # -- the seed's way: packed sequences --------------------------------------------------------
@@ -66,31 +67,28 @@ class SentimentRNN(nn.Module):
     # -- the same function, without packing ------------------------------------------------------
     def forward_fast(self, text: Tensor, lengths: Tensor) -> Tensor:
         x = self.dropout(self.embedding(text))  # [T, B, E]
-        T = x.shape[0]
         lengths = lengths.to(x.device)
-        steps = torch.arange(T, device=x.device).unsqueeze(1)  # [T, 1]
-        valid = steps < lengths.unsqueeze(0)  # [T, B]
-        # index that reverses each sequence within its own length (padding stays in place)
-        rev = torch.where(valid, lengths.unsqueeze(0) - 1 - steps, steps)  # [T, B]
+        B = x.shape[1]
         last_idx = (lengths - 1).clamp(min=0)
+        # rows of x viewed as [T*B, F] that reverse each sequence within its length (padding stays)
+        rev = _reversal(lengths, x.shape[0]) if self.dirs == 2 else None
         finals = []
         for layer in range(self.params.layers):
             outs = []
             for d in range(self.dirs):
-                inp = x if d == 0 else _reverse(x, rev)
+                inp = x if d == 0 else Reverse.apply(x, rev)
                 out = self._run_direction(inp, layer, d)
-                outs.append(out if d == 0 else _reverse(out, rev))
+                outs.append(out if d == 0 else Reverse.apply(out, rev))
                 if layer == self.params.layers - 1:
                     # forward: state after the last real step; backward: after step 0 of the
                     # reversed sequence, which is the last step it runs
-                    final = out[last_idx, torch.arange(out.shape[1], device=x.device)]
-                    finals.append(final)
+                    finals.append(out[last_idx, torch.arange(B, device=x.device)])
             x = torch.cat(outs, dim=2) if self.dirs == 2 else outs[0]
-            if layer < self.params.layers - 1 and self.params.dropout and self.training:
-                x = nn.functional.dropout(x, self.params.dropout, training=True)
-        last = torch.cat(finals, dim=1)
-        outputs = None if self.params.head == "last" else x * valid.unsqueeze(2)
-        return self._head(last, outputs, lengths)
+            if layer < self.params.layers - 1:
+                x = self.dropout(x)
+        last = torch.cat(finals, dim=1) if self.dirs == 2 else finals[0]
+        # the head masks padding itself: no need to zero it here
+        return self._head(last, None if self.params.head == "last" else x, lengths)
 
     def _run_direction(self, x: Tensor, layer: int, direction: int) -> Tensor:
         sfx = f"_l{layer}" + ("_reverse" if direction else "")
@@ -104,24 +102,58 @@ class SentimentRNN(nn.Module):
 
     # -- heads -----------------------------------------------------------------------------------
     def _head(self, last: Tensor, outputs: Tensor | None, lengths: Tensor) -> Tensor:
+        """``outputs`` [T, B, F] may hold anything at padded steps: they are masked here."""
         head = self.params.head
         if head == "last":
             feat = last
         else:
             T = outputs.shape[0]
-            mask = (torch.arange(T, device=outputs.device).unsqueeze(1)
-                    < lengths.to(outputs.device).unsqueeze(0)).unsqueeze(2)  # [T, B, 1]
+            lengths = lengths.to(outputs.device)
+            pad = (torch.arange(T, device=outputs.device).unsqueeze(1) >= lengths.unsqueeze(0)).unsqueeze(2)
             if head == "mean":
-                feat = (outputs * mask).sum(0) / lengths.to(outputs.device).clamp(min=1).unsqueeze(1)
+                feat = outputs.masked_fill(pad, 0.0).sum(0) / lengths.clamp(min=1).unsqueeze(1)
             else:
-                pooled = outputs.masked_fill(~mask, float("-inf")).max(0).values
+                pooled = outputs.masked_fill(pad, float("-inf")).max(0).values
                 feat = pooled if head == "max" else torch.cat([last, pooled], dim=1)
         return self.fc(self.dropout(feat)).squeeze(1)
 
 
-def _reverse(x: Tensor, rev: Tensor) -> Tensor:
-    """Reverse each column of ``x`` [T, B, F] within its length, using the index ``rev`` [T, B]."""
-    return x.gather(0, rev.unsqueeze(2).expand(-1, -1, x.shape[2]))
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with its mask drawn as ``rand >= p``: the same law (each value kept with
+    probability 1 - p and scaled by 1 / (1 - p)), other draws, half the time on the CPU: the
+    ``bernoulli_`` kernel ``nn.Dropout`` uses costs twice ``rand`` here, and one scaled mask makes
+    the backward pass a single product. Both paths use it, so they draw the same masks."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or not self.p:
+            return x
+        return x * torch.rand_like(x).ge_(self.p).div_(1 - self.p)
+
+
+def _reversal(lengths: Tensor, T: int) -> Tensor:
+    """Flat row index [T*B] that reverses each column of a [T, B, F] table within its length."""
+    steps = torch.arange(T, device=lengths.device).unsqueeze(1)  # [T, 1]
+    rev = torch.where(steps < lengths.unsqueeze(0), lengths.unsqueeze(0) - 1 - steps, steps)  # [T, B]
+    B = lengths.shape[0]
+    return (rev * B + torch.arange(B, device=lengths.device)).reshape(-1)
+
+
+class Reverse(torch.autograd.Function):
+    """Rows ``rev`` of ``x`` [T, B, F] viewed as [T*B, F]. The reversal is its own inverse, so the
+    backward pass reverses the gradient the same way: a copy, not a scatter-add."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, rev: Tensor) -> Tensor:
+        ctx.save_for_backward(rev)
+        return _rows(x, rev)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return _rows(grad, ctx.saved_tensors[0]), None
+
+
+def _rows(x: Tensor, rev: Tensor) -> Tensor:
+    return x.reshape(-1, x.shape[2]).index_select(0, rev).view(x.shape)
 
 
 def seed_example() -> tuple[Tensor, Tensor]:

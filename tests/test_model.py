@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from sentiflow.tasks.embeddings import init_embedding, load_vectors
-from sentiflow.tasks.model import ModelParams, SentimentRNN, seed_example
+from sentiflow.tasks.model import (
+    Dropout,
+    ModelParams,
+    Reverse,
+    SentimentRNN,
+    _reversal,
+    seed_example,
+)
 
 
 def test_seed_example_is_the_7_by_5_table():
@@ -73,6 +80,56 @@ def test_fast_path_equals_packed_on_a_realistic_batch_with_flushed_denormals():
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     finally:
         torch.set_flush_denormal(before)
+
+
+@pytest.mark.parametrize("bidirectional, head", [(False, "last"), (False, "last+max"), (True, "max"), (True, "mean")])
+def test_with_dropout_both_paths_draw_the_same_masks(bidirectional, head):
+    """One layer, dropout on: the same seed gives the same training-mode outputs and gradients."""
+    text, lengths = seed_example()
+    model = SentimentRNN(20, ModelParams(embed_dim=8, hidden_dim=6, bidirectional=bidirectional, head=head,
+                                         dropout=0.5)).train()
+    params = list(model.parameters())
+    torch.manual_seed(3)
+    packed = model(text, lengths)
+    g_packed = torch.autograd.grad(packed.sum(), params)
+    torch.manual_seed(3)
+    fast = model.forward_fast(text, lengths)
+    torch.testing.assert_close(fast, packed)
+    for a, b in zip(torch.autograd.grad(fast.sum(), params), g_packed):
+        torch.testing.assert_close(a, b)
+
+
+def test_dropout_has_nn_dropouts_law():
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    drop = Dropout(0.3)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005  # ±5 sigma
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.7))
+    assert drop.eval()(x) is x and Dropout(0.0)(x) is x
+    x.requires_grad_(True)
+    torch.manual_seed(1)
+    y = drop.train()(x)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(g, y.detach())  # d(x * mask)/dx = mask
+
+
+def test_reverse_flips_each_sequence_within_its_length_and_back():
+    lengths = torch.tensor([3, 1, 4])
+    x = torch.arange(4 * 3 * 2, dtype=torch.float).reshape(4, 3, 2).requires_grad_(True)
+    rev = _reversal(lengths, 4)
+    y = Reverse.apply(x, rev)
+    assert y[:, 0, 0].tolist() == [x[2, 0, 0], x[1, 0, 0], x[0, 0, 0], x[3, 0, 0]]  # padding stays
+    assert y[:, 1, 1].tolist() == x[:, 1, 1].tolist()
+    assert y[:, 2, 0].tolist() == x.flip(0)[:, 2, 0].tolist()
+    torch.testing.assert_close(Reverse.apply(y, rev), x)
+    # the gradient is the one autograd gives for the same gather
+    w = torch.randn(4, 3, 2)
+    (g,) = torch.autograd.grad((y * w).sum(), x)
+    index = rev.view(4, 3) // 3
+    (expected,) = torch.autograd.grad((x.gather(0, index.unsqueeze(2).expand(-1, -1, 2)) * w).sum(), x)
+    torch.testing.assert_close(g, expected)
 
 
 def _glove_txt(path: Path) -> Path:
