@@ -130,7 +130,7 @@ def _train_config():
 
 
 def _score_config():
-    from sentiflow.flows.score_flow import ScoreConfig
+    from sentiflow.tasks.score_config import ScoreConfig  # no Prefect: predict uses it too
 
     return ScoreConfig()
 
@@ -152,8 +152,8 @@ TRAIN = _Fields(_train_config, {
     "gate_source": "gate.source", "gate_margin": "gate.margin",
 }, frozenset({"max_size", "max_len", "average"}))
 SCORE = _Fields(_score_config, {"model": "model", "out": "out", "split": "params.split",
-                                "threshold": "params.threshold"})
-PREDICT = _Fields(_score_config, {"model": "model", "threshold": "params.threshold"})
+                                "threshold": "params.threshold", "max_oov": "params.max_oov"})
+PREDICT = _Fields(_score_config, {"model": "model", "threshold": "params.threshold", "max_oov": "params.max_oov"})
 
 ValFraction = Annotated[Optional[float], typer.Option(help="Share of train held out for validation")]
 Seed = Annotated[Optional[int], typer.Option(help="Seed of the stratified split")]
@@ -166,6 +166,9 @@ Force = Annotated[Optional[list[str]], typer.Option(
 ModelUri = Annotated[Optional[str], typer.Option(
     "--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH or a model folder")]
 Threshold = Annotated[Optional[float], typer.Option(help="Predict positive where P(positive) > threshold")]
+MaxOov = Annotated[Optional[float], typer.Option(
+    "--max-oov", help="0..1: a review whose share of tokens outside the model's vocabulary exceeds this "
+                      "gets status out_of_domain and no probability (default: none, every review scored)")]
 
 
 def _check_force(force: list[str] | None) -> list[str]:
@@ -450,18 +453,22 @@ def score(
         help="Predictions Parquet to write (default: kept in the stage folder, path printed)")] = None,
     split: Annotated[Optional[str], typer.Option(
         help="auto (the source's test part if it has one, else all), test, train or all")] = None,
-    threshold: Threshold = None, workers: Workers = None,
+    threshold: Threshold = None, max_oov: MaxOov = None, workers: Workers = None,
     force: Annotated[bool, typer.Option("--force", help="Score again even when cached")] = False,
 ) -> None:
     """Score reviews with a registered model: predictions Parquet (id, prob_pos, pred, label,
-    status) and, where the source has labels, an evaluation run in MLflow."""
+    status, oov_share) and an evaluation run in MLflow (metrics where the source has labels, and
+    how far the reviews are from the model's training data); drift warnings are printed."""
     with _user_errors():
         settings = Settings.load(data_root=data_root, source=source, workers=workers)
         server = _start_prefect_early()
-        config = SCORE.build(model=model, out=str(out) if out else None, split=split, threshold=threshold)
+        config = SCORE.build(model=model, out=str(out) if out else None, split=split, threshold=threshold,
+                             max_oov=max_oov)
         from sentiflow.flows.runs import with_settings
-        from sentiflow.flows.score_flow import score_flow
+        from sentiflow.flows.score_flow import prewarm, score_flow
 
+        if server is not None:
+            prewarm(settings)  # while the server starts
         _joined(server)
         outcome = with_settings(score_flow, settings)(config=config.resolved(settings), force=force)
     s, m = outcome.stats, outcome.stats.metrics()
@@ -473,17 +480,35 @@ def score(
         console.print(f"accuracy {m['accuracy']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}"
                       f"  F1 {m['f1']:.4f}  on {s.labeled_rows:,} labeled rows;"
                       f"  MLflow evaluation run {outcome.evaluation_run_id}")
+    _print_drift(s)
     console.print(f"predictions: {outcome.predictions}")
+
+
+def _print_drift(stats) -> None:
+    """The drift against the model's training split: a line of figures, each warning on stderr."""
+    d = stats.drift
+    if d is None:
+        console.print(f"drift: not measured ({stats.drift_note})", soft_wrap=True, highlight=False)
+        return
+    mt = d.metrics
+    if "drift_length_psi" in mt:
+        console.print(f"drift against the training split: length PSI {mt['drift_length_psi']:.3f}, "
+                      f"OOV share PSI {mt['drift_oov_psi']:.3f}; tokens outside the vocabulary "
+                      f"{100 * mt['oov_token_share']:.2f} % (training {100 * mt.get('train_oov_token_share', 0):.2f} %)",
+                      soft_wrap=True, highlight=False)
+    for w in d.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {w}", soft_wrap=True, highlight=False)
 
 
 @app.command(cls=PREDICT.command)
 def predict(
     texts: Annotated[Optional[list[str]], typer.Argument(
         help="Reviews to score; none (or '-'): one review per line from standard input")] = None,
-    model: ModelUri = None, data_root: DataRoot = None, threshold: Threshold = None,
+    model: ModelUri = None, data_root: DataRoot = None, threshold: Threshold = None, max_oov: MaxOov = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per review")] = False,
 ) -> None:
-    """Print P(positive) for each review given on the command line or standard input."""
+    """Print P(positive) for each review given on the command line or standard input (with
+    --json also its OOV share: its share of tokens outside the model's vocabulary)."""
     import tempfile
 
     if not texts or texts == ["-"]:  # bytes that are not UTF-8 are kept: status not_text
@@ -492,10 +517,10 @@ def predict(
         texts = [decoded(raw.rstrip(b"\r\n")) for raw in sys.stdin.buffer]
     with _user_errors():
         settings = Settings.load(data_root=data_root)
-        config = PREDICT.build(model=model, threshold=threshold)
+        config = PREDICT.build(model=model, threshold=threshold, max_oov=max_oov)
         threshold = config.params.threshold
         from sentiflow.storage.tracking import configure
-        from sentiflow.tasks.score_sources import OK, as_text, status_of
+        from sentiflow.tasks.score_sources import OK, OUT_OF_DOMAIN, as_text, status_of
         from sentiflow.tasks.serving import load_scorer, resolve_model
 
         configure(settings)
@@ -503,13 +528,17 @@ def predict(
         with tempfile.TemporaryDirectory(prefix="sentiflow-model-") as tmp:
             scorer = load_scorer(ref, Path(tmp))
         statuses = [status_of(t) for t in texts]
-        probs = iter(scorer.predict_proba([as_text(t) for t, s in zip(texts, statuses) if s == OK]))
+        scored = scorer.predict_with_oov([as_text(t) for t, s in zip(texts, statuses) if s == OK],
+                                         config.params.max_oov)
+        scored = iter(zip(*scored))
     for text, status in zip(texts, statuses):
-        prob = float(next(probs)) if status == OK else None
+        prob, oov = (float(v) for v in next(scored)) if status == OK else (None, None)
+        prob, oov = (None if v is None or v != v else v for v in (prob, oov))  # NaN: none
+        status = OUT_OF_DOMAIN if status == OK and prob is None else status
         label = None if prob is None else ("positive" if prob > threshold else "negative")
         if as_json:
             typer.echo(json.dumps({"text": text if isinstance(text, str) else repr(text), "prob_pos": prob,
-                                   "label": label, "status": status},
+                                   "label": label, "status": status, "oov_share": oov},
                                   ensure_ascii=False))
         else:
             snippet = " ".join((text if isinstance(text, str) else repr(text)).split())

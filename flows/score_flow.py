@@ -28,15 +28,15 @@ from mlflow.tracking import MlflowClient
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from sentiflow.flows.data_flow import _api_for_workers, task_runner_for
 from sentiflow.flows.runs import confine_deployment_paths, run_settings
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef, Store
-from sentiflow.storage.tracking import CHAMPION, REGISTERED_MODEL, configure, log_stage_datasets
-from sentiflow.tasks.metrics import confusion_figure
+from sentiflow.storage.tracking import configure, log_stage_datasets
 from sentiflow.tasks.reviews import fingerprint
+from sentiflow.tasks.score_sources import OUT_OF_DOMAIN
 from sentiflow.tasks.score import (
     PART_ROWS,
     ScoreParams,
@@ -49,28 +49,10 @@ from sentiflow.tasks.score import (
     score_part,
     score_task,
 )
+from sentiflow.tasks.score_config import ScoreConfig
 from sentiflow.tasks.serving import ModelRef, resolve_model
 
-DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL}@{CHAMPION}"
 KEY_TAG = "sentiflow.score_key"
-
-
-class ScoreConfig(BaseModel):
-    """What to score with what (a form in the Prefect UI)."""
-
-    model: str = Field(DEFAULT_MODEL_URI, description="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/PATH")
-    source: str | None = Field(None, description="Reviews: any training source (its test part by default), "
-                                                 "or a .txt file with one review per line; empty: the "
-                                                 "settings' source (SENTIFLOW_SOURCE)")
-    out: str | None = Field(None, description="Where to write the predictions Parquet (default: the stage folder)")
-    params: ScoreParams = ScoreParams()
-    part_rows: int = Field(PART_ROWS, ge=1, description="On Dask (SENTIFLOW_TASK_RUNNER=dask): rows per task, "
-                                                        "at least: whole Parquet row groups, or equal slices "
-                                                        "of a bigger one; one task per CSV/TSV file")
-
-    def resolved(self, settings: Settings) -> ScoreConfig:
-        """This configuration with the settings' source where it names none (done at flow start)."""
-        return self if self.source else self.model_copy(update={"source": settings.source})
 
 
 class ScoreOutcome(BaseModel):
@@ -81,6 +63,20 @@ class ScoreOutcome(BaseModel):
     stats: ScoreStats
     evaluation_run_id: str | None
     tracking_uri: str
+
+
+def prewarm(settings: Settings) -> None:
+    """What the flow's first tasks do before their real work, done ahead, e.g. while Prefect's
+    ephemeral server starts (``sentiflow score``): MLflow's store opened (a SQLite store checks
+    its schema, ~1-2 s) and spaCy's tokenizer built (~1 s). Nothing is written that a run would
+    not write; a failure is left for the flow to meet and report."""
+    try:
+        configure(settings)
+        from sentiflow.tasks.text import _tokenizer
+
+        _tokenizer()
+    except Exception:  # noqa: BLE001 - the flow reports it where it is seen
+        pass
 
 
 @task(name="resolve-model")
@@ -126,6 +122,20 @@ def _score_stage(model: ModelRef, config: ScoreConfig, fp: str, settings: Settin
         work.discard()
 
 
+def run_metrics(stats: ScoreStats) -> dict[str, float]:
+    """What the evaluation run logs: the classification figures where labels exist, the counts,
+    and the drift metrics where the model carries its training split's statistics."""
+    return {**(stats.metrics() or {}), "rows": stats.rows, "rows_scored": stats.statuses["ok"],
+            "rows_labeled": stats.labeled_rows, "rows_out_of_domain": stats.statuses[OUT_OF_DOMAIN],
+            "reviews_per_second": stats.reviews_per_second, **(stats.drift.metrics if stats.drift else {}),
+            **({"drift_warning": float(stats.drift.drifted)} if stats.drift else {})}
+
+
+def needs_run(stats: ScoreStats) -> bool:
+    """An evaluation run where there is something to evaluate: labeled rows, or drift measured."""
+    return bool(stats.labeled_rows or (stats.drift is not None and stats.drift.rows))
+
+
 @task(name="log-evaluation")
 def log_evaluation_task(model: ModelRef, stage: StageRef, stats: ScoreStats, config: ScoreConfig,
                         settings: Settings) -> str:
@@ -136,10 +146,11 @@ def log_evaluation_task(model: ModelRef, stage: StageRef, stats: ScoreStats, con
                                max_results=1)
     if found:
         return found[0].info.run_id
-    metrics = {**stats.metrics(), "rows": stats.rows, "rows_scored": stats.statuses["ok"],
-               "rows_labeled": stats.labeled_rows, "reviews_per_second": stats.reviews_per_second}
+    metrics = run_metrics(stats)
     label = f"v{model.version}" if model.version else (model.run_id or "model")[:8]
     tags = {KEY_TAG: stage.key, "sentiflow.kind": "evaluation", "sentiflow.model_uri": model.uri,
+            "sentiflow.drift": "warning" if stats.drift and stats.drift.drifted else
+            ("none" if stats.drift else "not measured"),
             "sentiflow.model_requested": model.requested, "sentiflow.model_name": model.name or "",
             "sentiflow.model_version": model.version or "", "sentiflow.model_run_id": model.run_id or ""}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate-{model.name or 'model'}-{label}",
@@ -148,15 +159,54 @@ def log_evaluation_task(model: ModelRef, stage: StageRef, stats: ScoreStats, con
         log_stage_datasets({"evaluation": stage}, config.source)  # the scored rows: the Dataset column
         # model_id links the figures to the logged model: they show on its page and its version's
         mlflow.log_metrics(metrics, model_id=model.model_id)
-        mlflow.log_dict({"labels": ["neg", "pos"], "matrix": stats.confusion,
-                         "statuses": stats.statuses}, "confusion_matrix.json")
-        import matplotlib.pyplot as plt
-        import numpy as np
-
-        fig = confusion_figure(np.array(stats.confusion), f"{model.name or 'model'} {label}")
-        mlflow.log_figure(fig, "confusion_matrix.png")
-        plt.close(fig)
+        if stats.drift is not None:
+            mlflow.log_dict(drift_report(stats), "drift.json")
+        if stats.labeled_rows:
+            _log_confusion(stats, f"{model.name or 'model'} {label}")
     return run.info.run_id
+
+
+def drift_report(stats: ScoreStats) -> dict:
+    """``drift.json`` of an evaluation run: the metrics, warnings and thresholds, and the run's
+    quantiles of review length and OOV share (from its grid counts)."""
+    from sentiflow.tasks import drift
+
+    p = stats.profile
+    return {"metrics": stats.drift.metrics, "warnings": stats.drift.warnings,
+            "thresholds": {"psi_warn": drift.PSI_WARN, "min_rows": drift.MIN_ROWS},
+            "run": {f: {"mean": p.mean(f), "quantiles": {str(q): p.quantile(f, q) for q in drift.QUANTILES}}
+                    for f in drift.FEATURES} if p.rows else {}}
+
+
+def _log_confusion(stats: ScoreStats, title: str) -> None:
+    mlflow.log_dict({"labels": ["neg", "pos"], "matrix": stats.confusion,
+                     "statuses": stats.statuses}, "confusion_matrix.json")
+    mlflow.log_image(confusion_image(stats.confusion, title), "confusion_matrix.png")
+
+
+def confusion_image(cm: list[list[int]], title: str):
+    """The 2 × 2 confusion matrix as a small PNG drawn with Pillow (~0.1 s), not matplotlib
+    (importing pyplot alone took ~1-3 s of every scoring command): cells shaded by count."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font, small = ImageFont.load_default(size=20), ImageFont.load_default(size=16)
+    img = Image.new("RGB", (400, 400), "white")
+    draw = ImageDraw.Draw(img)
+    top = max(max(row) for row in cm) or 1
+    for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        shade = cm[i][j] / top  # white to a dark blue, as the training's matplotlib "Blues"
+        fill = tuple(int(255 - shade * (255 - c)) for c in (8, 48, 107))
+        x, y = 110 + 130 * j, 70 + 130 * i
+        draw.rectangle((x, y, x + 128, y + 128), fill=fill, outline="grey")
+        draw.text((x + 64, y + 64), f"{cm[i][j]:,}", anchor="mm", font=font,
+                  fill="white" if shade > 0.5 else "black")
+    for k, name in enumerate(("neg", "pos")):
+        draw.text((174 + 130 * k, 210 + 130 + 20), name, anchor="mm", font=small, fill="black")
+        draw.text((80, 134 + 130 * k), name, anchor="mm", font=small, fill="black")
+    draw.text((240, 385), "predicted", anchor="mm", font=small, fill="black")
+    draw.text((30, 200), "true", anchor="mm", font=small, fill="black")
+    draw.text((200, 30), title, anchor="mm", font=small, fill="black")
+    return img
 
 
 def publish(src: Path, out: str) -> str:
@@ -187,7 +237,7 @@ def score_flow(config: ScoreConfig = ScoreConfig(), data_root: str | None = None
     state = _score_stage(model, config, fp, settings, force)
     stage: StageRef = state.result()
     stats = read_stats(stage)
-    run_id = log_evaluation_task(model, stage, stats, config, settings) if stats.labeled_rows else None
+    run_id = log_evaluation_task(model, stage, stats, config, settings) if needs_run(stats) else None
     predictions = publish(stage.file("predictions.parquet"), config.out) if config.out \
         else str(stage.file("predictions.parquet"))
     create_markdown_artifact(summary(model, stats, predictions, run_id, state.name, settings),
@@ -207,15 +257,47 @@ def summary(model: ModelRef, stats: ScoreStats, predictions: str, run_id: str | 
              *(f"| {k} | {v:,} |" for k, v in stats.statuses.items())]
     m = stats.metrics()
     if m:
-        uri = settings.resolved_tracking_uri
-        if uri.startswith("http"):
-            exp = MlflowClient(uri).get_run(run_id).info.experiment_id
-            link = f"[{run_id}]({uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id})"
-        else:
-            link = f"`{run_id}` (open with `sentiflow ui`)"
-        lines += ["", f"Evaluation on {stats.labeled_rows:,} labeled rows, MLflow run {link}:", "",
-                  "| accuracy | precision | recall | F1 |", "|---|---|---|---|",
+        lines += ["", f"Evaluation on {stats.labeled_rows:,} labeled rows, MLflow run {_run_link(run_id, settings)}:",
+                  "", "| accuracy | precision | recall | F1 |", "|---|---|---|---|",
                   f"| {m['accuracy']:.4f} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} |", "",
                   "| true \\ predicted | neg | pos |", "|---|---|---|",
                   f"| neg | {m['tn']:,} | {m['fp']:,} |", f"| pos | {m['fn']:,} | {m['tp']:,} |"]
-    return "\n".join(lines)
+    elif run_id:
+        lines += ["", f"MLflow run {_run_link(run_id, settings)} (drift metrics; no labels to evaluate)"]
+    return "\n".join(lines + ["", *drift_lines(stats)])
+
+
+def _run_link(run_id: str | None, settings: Settings) -> str:
+    uri = settings.resolved_tracking_uri
+    if uri.startswith("http"):
+        exp = MlflowClient(uri).get_run(run_id).info.experiment_id
+        return f"[{run_id}]({uri.rstrip('/')}/#/experiments/{exp}/runs/{run_id})"
+    return f"`{run_id}` (open with `sentiflow ui`)"
+
+
+def drift_lines(stats: ScoreStats) -> list[str]:
+    """The summary's drift section: warnings first, then the figures against the training split."""
+    from sentiflow.tasks import drift
+
+    lines = ["## Distance from the training data", ""]
+    d, p = stats.drift, stats.profile
+    if d is None:
+        return lines + [f"Not measured: {stats.drift_note or 'no statistics'}."]
+    if d.warnings:
+        lines += [f"**WARNING**: {w}." for w in d.warnings] + [""]
+    elif p.rows < drift.MIN_ROWS:
+        lines += [f"Too few reviews ({p.rows:,} < {drift.MIN_ROWS}) to judge drift; figures below.", ""]
+    else:
+        lines += [f"No drift past the thresholds (PSI ≥ {drift.PSI_WARN} on review length or OOV share).", ""]
+    mt = d.metrics
+    lines += ["| feature | median, training split | median, these reviews | PSI | KS |", "|---|---|---|---|---|"]
+    for f, name in (("length", "length (tokens)"), ("oov", "OOV share")):
+        if f"drift_{f}_psi" in mt and p.rows:
+            t = mt[f"drift_{f}_median_diff"]
+            lines.append(f"| {name} | {p.quantile(f, 0.5) - t:.4g} | {p.quantile(f, 0.5):.4g} | "
+                         f"{mt[f'drift_{f}_psi']:.3f} | {mt[f'drift_{f}_ks']:.3f} |")
+    if "oov_token_share" in mt:
+        lines += ["", f"Tokens outside the vocabulary: {100 * mt['oov_token_share']:.2f} % "
+                      f"(training split: {100 * mt.get('train_oov_token_share', float('nan')):.2f} %); "
+                      f"rows out of domain (`--max-oov`): {stats.statuses[OUT_OF_DOMAIN]:,}."]
+    return lines

@@ -100,6 +100,17 @@ class Encoded:
         return Encoded(self.flat[(starts + within)[within < max_len]],
                        np.concatenate([[0], np.cumsum(kept)]).astype(np.int64), self.labels, self.ids)
 
+    def subset(self, keep: np.ndarray) -> Encoded:
+        """The rows where ``keep`` (boolean, one per row) is true, in order."""
+        keep = np.asarray(keep, bool)
+        if keep.all():
+            return self
+        lengths = self.lengths
+        starts = np.repeat(self.offsets[:-1][keep], lengths[keep])
+        within = np.arange(len(starts)) - np.repeat(np.cumsum(lengths[keep]) - lengths[keep], lengths[keep])
+        return Encoded(self.flat[starts + within], np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64),
+                       self.labels[keep], [i for i, k in zip(self.ids, keep) if k] if self.ids else [])
+
     def batch(self, rows: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rows → (text [T, B] padded with ``pad_id``, lengths [B], labels [B]).
 
@@ -208,6 +219,28 @@ class Scorer:
         logits = predict_logits(self.net, data, self.batch_size, forward_fn(self.net, device), device,
                                 self.vocab.pad_id)
         return torch.sigmoid(logits).numpy()
+
+    def predict_with_oov(self, texts: Sequence[str], max_oov: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(P(positive), OOV share) per text, float64: the OOV share is the share of the whole
+        review's tokens outside the vocabulary (``<unk>``). Both NaN for a blank text (the OOV
+        share also for one without tokens); the probability NaN where the OOV share exceeds
+        ``max_oov`` (``sentiflow score`` gives such a row the status ``out_of_domain``)."""
+        texts = list(texts)
+        probs, oov = np.full(len(texts), np.nan), np.full(len(texts), np.nan)
+        ok = np.array([i for i, t in enumerate(texts) if not is_blank(t)], np.int64)
+        if not len(ok):
+            return probs, oov
+        ids = self.vocab.encode(tokenize_texts([texts[i] for i in ok], self.tokenize))
+        offsets = ids.offsets.to_numpy().astype(np.int64)
+        flat = ids.values.to_numpy(zero_copy_only=False)
+        cum = np.concatenate([[0], np.cumsum(flat == self.vocab.unk_id)])
+        lengths = np.diff(offsets)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            oov[ok] = np.where(lengths > 0, (cum[offsets[1:]] - cum[offsets[:-1]]) / lengths, np.nan)
+        keep = ~(oov[ok] > max_oov) if max_oov is not None else np.ones(len(ok), bool)
+        data = Encoded(flat, offsets, np.zeros(len(ok), np.float32), []).subset(keep)
+        probs[ok[keep]] = self.predict_encoded(data.truncated(self.max_len) if self.max_len else data)
+        return probs, oov
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """P(positive) per text (float64); NaN where the text is blank or whitespace only, as

@@ -1,9 +1,17 @@
 """Stage 8, score: a registered model + any reviews → ``predictions.parquet`` (``id``,
-``prob_pos``, ``pred``, ``label`` where the source has labels, ``status``) and ``stats.json``.
+``prob_pos``, ``pred``, ``label`` where the source has labels, ``status``, ``oov_share``) and
+``stats.json``.
 
 Exactly one output row per input row, in input order. A row that cannot be scored keeps its
 place with a null ``prob_pos``/``pred`` and a ``status`` saying why (``null``, ``empty``,
-``not_text``); ``ok`` rows are scored.
+``not_text``, or ``out_of_domain``: more of its tokens outside the model's vocabulary than
+``max_oov`` allows); ``ok`` rows are scored. ``oov_share``: the share of the review's tokens
+outside the vocabulary (null where it was not tokenized, or has no token).
+
+How far the reviews are from the model's training data (``sentiflow.tasks.drift``): the run's
+review lengths and OOV shares (``ScoreStats.profile``) are compared with the training split's,
+which the model carries (``train_stats.json``); the result (``ScoreStats.drift``) holds the drift
+metrics and warnings. A model logged without it still scores, with a note instead.
 
 Reviews stream through in batches (``batch_rows``): read, checked, tokenized and encoded with the
 model's own vocabulary by worker processes (one batch each), then scored by this process with
@@ -25,9 +33,10 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import closing
+from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +47,15 @@ import torch
 from pydantic import BaseModel, Field
 
 from sentiflow.storage.store import StageRef, Store, file_sha256
+from sentiflow.tasks import drift as drift_stats
 from sentiflow.tasks import encode, stage
 from sentiflow.tasks import tokenize as tokenize_stage
 from sentiflow.tasks.inference import Encoded, Scorer
 from sentiflow.tasks.metrics import classification_metrics
+from sentiflow.tasks.drift import Drift, Profile, TrainStats
 from sentiflow.tasks.score_sources import (
     OK,
+    OUT_OF_DOMAIN,
     STATUSES,
     ReviewBatch,
     SourcePart,
@@ -54,7 +66,8 @@ from sentiflow.tasks.score_sources import (
     plan_parts,
     status_of,
 )
-from sentiflow.tasks.serving import ModelRef, download_model
+from sentiflow.tasks.score_config import PART_ROWS, ScoreParams
+from sentiflow.tasks.serving import TRAIN_STATS, ModelRef, download_model
 from sentiflow.tasks.shards import shards_of
 from sentiflow.tasks.text import TokenizeParams, Vocab, tokenize_texts
 
@@ -64,14 +77,9 @@ log = logging.getLogger("sentiflow.score")
 # every module that decides a prediction or a row's id, label or status (not training's: a change
 # to the training loop changes no score)
 CODE = ["sentiflow.tasks.score", "sentiflow.tasks.score_sources", "sentiflow.tasks.sources",
-        "sentiflow.tasks.reviews",
+        "sentiflow.tasks.reviews", "sentiflow.tasks.drift",
         "sentiflow.tasks.ingest", "sentiflow.tasks.encode", "sentiflow.tasks.inference",
         "sentiflow.tasks.text", "sentiflow.tasks.model"]
-
-
-class ScoreParams(BaseModel):
-    split: Split = Field("auto", description="auto: the source's test part if it has one, else all of it")
-    threshold: float = Field(0.5, gt=0, lt=1, description="pred = 1 where prob_pos > threshold")
 
 
 class ScoreStats(BaseModel):
@@ -82,6 +90,9 @@ class ScoreStats(BaseModel):
     confusion: list[list[int]] = [[0, 0], [0, 0]]  # [[tn, fp], [fn, tp]]
     seconds: float = 0.0
     reused: str | None = None  # the encode stage scored instead of tokenizing, if any
+    profile: Profile = Field(default_factory=Profile)  # lengths and OOV shares of the tokenized rows
+    drift: Drift | None = None  # against the model's training split; None: the model has no stats
+    drift_note: str | None = None  # why there is no comparison
 
     @property
     def reviews_per_second(self) -> float:
@@ -93,7 +104,8 @@ class ScoreStats(BaseModel):
 
 def out_schema(labeled: bool) -> pa.Schema:
     fields = [("id", pa.string()), ("prob_pos", pa.float32()), ("pred", pa.int8())]
-    return pa.schema([*fields, *([("label", pa.int8())] if labeled else []), ("status", pa.string())])
+    return pa.schema([*fields, *([("label", pa.int8())] if labeled else []), ("status", pa.string()),
+                      ("oov_share", pa.float32())])
 
 
 # -- preparing batches: check, tokenize, encode (in worker processes) -----------------------------
@@ -125,25 +137,65 @@ def _prepare_with(texts: list[Any], vocab: Vocab, params: TokenizeParams) -> tup
     return statuses, ids.values.to_numpy(zero_copy_only=False), ids.offsets.to_numpy()
 
 
+def tokenizer_processes(workers: int) -> int:
+    """Of ``workers`` cores, the tokenizer processes: half (at least one); the other half score.
+    Tokenizing a review and its forward pass cost about the same CPU time here (25,000 IMDb
+    reviews: ~13 s of spaCy, ~15 s of one-thread LSTM)."""
+    return max(1, workers // 2)
+
+
 def _prepared(batches: Iterator[ReviewBatch], scorer: Scorer, workers: int,
-              ) -> Iterator[tuple[ReviewBatch, tuple[list[str], np.ndarray, np.ndarray]]]:
-    """Each batch with its prepared form. With workers: ``workers`` batches are prepared at once,
-    one per process, then scored here while the workers wait. Phases take turns rather than
-    overlap: PyTorch's OpenMP threads spin while they wait, so scoring beside busy tokenizer
-    processes was slower than taking turns with all cores each (25,000 reviews on 2 cores:
-    overlapped 24.3 s with 2 threads, 18.3 s with 1; in turns see docs/benchmarks.md)."""
+              ) -> Iterator[tuple[ReviewBatch, tuple[list[str], np.ndarray, np.ndarray], bool]]:
+    """Each batch with its prepared form, in order, and whether tokenizing still goes on beside
+    it. With ``workers`` >= 2, a pool of ``tokenizer_processes`` prepares the next batches while
+    this process scores the current one (a pipeline: both phases run at once, each on its own
+    cores; ``_score_batches`` gives PyTorch the rest of the cores, all of them once the last
+    batch is prepared). Taking turns instead (all cores tokenizing, then all scoring) lost to it
+    on the shared 2-core machine, where two OpenMP threads beside any other busy process spin:
+    see docs/benchmarks.md."""
     if workers <= 1:  # here: no global state, so a Dask worker may score parts in several threads
         for b in batches:
-            yield b, _prepare_with(b.texts, scorer.vocab, scorer.tokenize)
+            yield b, _prepare_with(b.texts, scorer.vocab, scorer.tokenize), False
         return
     tokenize_stage._tokenizer()  # built before the fork (see sentiflow.tasks.tokenize): workers only use it
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_init_worker,
+    n = tokenizer_processes(workers)
+    batches = ramped(batches)
+    with ProcessPoolExecutor(n, mp_context=mp.get_context(method), initializer=_init_worker,
                              initargs=(scorer.vocab.itos, scorer.tokenize)) as pool:
-        while group := list(itertools.islice(batches, workers)):
-            futures = [pool.submit(_prepare, b.texts) for b in group]
-            for b, f in zip(group, futures):
-                yield b, f.result()
+        pending = deque((b, pool.submit(_prepare, b.texts)) for b in itertools.islice(batches, n + 1))
+        while pending:
+            batch, future = pending.popleft()
+            following = next(batches, None)
+            if following is not None:
+                pending.append((following, pool.submit(_prepare, following.texts)))
+            yield batch, future.result(), bool(pending)
+
+
+def ramped(batches: Iterator[ReviewBatch], first: int = 512) -> Iterator[ReviewBatch]:
+    """The same rows, the first batch cut into pieces of ``first``, 2 × ``first``, … rows: the
+    pipeline's scoring waits only for a small first piece to be tokenized, not a whole batch."""
+    head = next(batches, None)
+    if head is None:
+        return
+    start, size = 0, first
+    while start < len(head.ids):
+        end = min(start + size, len(head.ids))
+        yield ReviewBatch(head.ids[start:end], head.texts[start:end],
+                          None if head.labels is None else head.labels[start:end])
+        start, size = end, size * 2
+    yield from batches
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """PyTorch's intra-op threads set to ``n`` inside, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # -- scoring --------------------------------------------------------------------------------------
@@ -157,7 +209,8 @@ class _Writer:
         self.last_log = time.perf_counter()
 
     def write(self, ids: list[str], statuses: list[str], probs: np.ndarray,
-              labels: list[int | None] | None) -> None:
+              labels: list[int | None] | None, oov: np.ndarray) -> None:
+        """``probs``: of the ``ok`` rows, in order; ``oov``: every row's OOV share (NaN: none)."""
         ok = np.array([s == OK for s in statuses], dtype=bool)
         prob = np.zeros(len(ids), np.float32)
         prob[ok] = probs
@@ -173,6 +226,7 @@ class _Writer:
             self.stats.confusion = cm.tolist()
             self.stats.labeled_rows += int(has.sum())
         cols.append(pa.array(statuses, pa.string()))
+        cols.append(pa.array(oov.astype(np.float32), mask=np.isnan(oov)))
         self.writer.write_table(pa.Table.from_arrays(cols, schema=self.writer.schema))
         self.stats.rows += len(ids)
         for s in statuses:
@@ -215,12 +269,15 @@ _libc = _load_libc()
 
 
 def score(scorer: Scorer, source: str, out_dir: Path, params: ScoreParams = ScoreParams(),
-          workers: int = 1, batch_rows: int = BATCH_ROWS, reuse: StageRef | None = None) -> ScoreStats:
-    """Score ``source`` into ``out_dir/predictions.parquet``; returns the counts and timing."""
+          workers: int = 1, batch_rows: int = BATCH_ROWS, reuse: StageRef | None = None,
+          train_stats: TrainStats | None = None) -> ScoreStats:
+    """Score ``source`` into ``out_dir/predictions.parquet``; returns the counts and timing, and
+    the drift against ``train_stats`` (the model's training split) when given."""
     started = time.perf_counter()
     stats = ScoreStats(reused=reuse.key if reuse else None)
     bounded_memory()
     _score(scorer, source, out_dir, params, workers, batch_rows, reuse, stats)
+    judge_drift(stats, train_stats)
     stats.seconds = time.perf_counter() - started
     (out_dir / "stats.json").write_text(stats.model_dump_json(indent=2))
     log.info("scored %d reviews in %.1f s (%.0f/s): %s", stats.rows, stats.seconds,
@@ -228,36 +285,77 @@ def score(scorer: Scorer, source: str, out_dir: Path, params: ScoreParams = Scor
     return stats
 
 
+NO_TRAIN_STATS = (f"the model carries no {drift_stats.STATS_FILE} (logged before drift checks): "
+                  "no comparison with its training data")
+
+
+def judge_drift(stats: ScoreStats, train_stats: TrainStats | None) -> None:
+    """``stats.drift``: the run's profile against the training split's; a note without one."""
+    if train_stats is None:
+        stats.drift_note = NO_TRAIN_STATS
+        return
+    stats.drift = drift_stats.compare(train_stats, stats.profile)
+    for warning in stats.drift.warnings:
+        log.warning("drift: %s", warning)
+
+
 def _score(scorer: Scorer, source: str, out_dir: Path, params: ScoreParams, workers: int, batch_rows: int,
            reuse: StageRef | None, stats: ScoreStats) -> None:
     if reuse is not None:  # the data stages' encoded test part: every row ok, every row labeled
         stats.labeled = True
         with closing(_Writer(out_dir / "predictions.parquet", True, params.threshold, stats)) as writer:
-            _score_shards(scorer, reuse.shards(), writer)
+            _score_shards(scorer, reuse.shards(), writer, params.max_oov)
     else:
         stream = open_reviews(source, params.split, batch_rows)
         stats.labeled = stream.labeled
         with closing(_Writer(out_dir / "predictions.parquet", stream.labeled, params.threshold, stats)) as writer:
-            _score_batches(scorer, stream.batches, writer, workers)
+            _score_batches(scorer, stream.batches, writer, workers, params.max_oov)
 
 
-def _score_shards(scorer: Scorer, shards: list[Path], writer: _Writer) -> None:
-    """Encoded shards of the data stages (``id``, ``label``, ``ids``): every row ok and labeled."""
+def _score_rows(scorer: Scorer, writer: _Writer, max_oov: float | None, ids: list[str],
+                labels: list[int | None] | None, statuses: list[str], flat: np.ndarray, offsets: np.ndarray) -> None:
+    """One batch: a status per row, and the token ids of its ``ok`` rows (whole reviews:
+    ``flat``, ``offsets``). Their lengths and OOV shares go to the run's profile; a row whose OOV
+    share exceeds ``max_oov`` becomes ``out_of_domain``; the other ``ok`` rows are scored."""
+    lengths = np.diff(offsets)
+    unk = drift_stats.oov_counts(flat, offsets, scorer.vocab.unk_id)
+    writer.stats.profile.add(Profile.of(lengths, unk))
+    share = drift_stats.oov_shares(lengths, unk)  # per ok row; NaN without a token (never out of domain)
+    keep = ~(share > max_oov) if max_oov is not None else np.ones(len(share), bool)
+    ok_rows = [i for i, s in enumerate(statuses) if s == OK]
+    if not keep.all():
+        statuses = list(statuses)
+        for i in np.flatnonzero(~keep):
+            statuses[ok_rows[i]] = OUT_OF_DOMAIN
+    data = Encoded(flat, offsets, np.zeros(len(offsets) - 1, np.float32), []).subset(keep)
+    probs = scorer.predict_encoded(data.truncated(scorer.max_len) if scorer.max_len else data)
+    oov = np.full(len(statuses), np.nan)
+    oov[ok_rows] = share
+    writer.write(ids, statuses, probs, labels, oov)
+
+
+def _score_shards(scorer: Scorer, shards: list[Path], writer: _Writer, max_oov: float | None = None) -> None:
+    """Encoded shards of the data stages (``id``, ``label``, ``ids``): every row tokenized and labeled."""
     for shard in shards:
-        data = Encoded.from_table(pq.read_table(shard, columns=["id", "label", "ids"]), scorer.max_len)
-        probs = scorer.predict_encoded(data)
-        writer.write(data.ids, [OK] * len(data), probs, data.labels.astype(np.int8).tolist())
+        data = Encoded.from_table(pq.read_table(shard, columns=["id", "label", "ids"]))  # whole reviews
+        _score_rows(scorer, writer, max_oov, data.ids, data.labels.astype(np.int8).tolist(), [OK] * len(data),
+                    data.flat, data.offsets)
         release_memory()
 
 
-def _score_batches(scorer: Scorer, batches: Iterator[ReviewBatch], writer: _Writer, workers: int) -> None:
+def _score_batches(scorer: Scorer, batches: Iterator[ReviewBatch], writer: _Writer, workers: int,
+                   max_oov: float | None = None) -> None:
+    """With ``workers`` >= 2, PyTorch scores with the cores the tokenizers leave, all of them once
+    tokenizing is done (``_prepared``); with fewer, as the process is set up."""
+    beside = workers - tokenizer_processes(workers)
     # closed on any error too: the worker pool goes with the failed run
-    with closing(_prepared(batches, scorer, workers)) as prepared:
-        for batch, (statuses, flat, offsets) in prepared:
-            data = Encoded(flat.astype(np.int64), offsets.astype(np.int64),
-                           np.zeros(len(offsets) - 1, np.float32), [])
-            probs = scorer.predict_encoded(data.truncated(scorer.max_len) if scorer.max_len else data)
-            writer.write(batch.ids, statuses, probs, batch.labels)
+    with closing(_prepared(batches, scorer, workers)) as prepared, \
+            (torch_threads(torch.get_num_threads()) if workers >= 2 else nullcontext()):
+        for batch, (statuses, flat, offsets), tokenizing in prepared:
+            if workers >= 2:
+                torch.set_num_threads(max(1, beside) if tokenizing else workers)
+            _score_rows(scorer, writer, max_oov, batch.ids, batch.labels, statuses, flat.astype(np.int64),
+                        offsets.astype(np.int64))
             release_memory()
 
 
@@ -297,7 +395,6 @@ def cached_encoding(root: Path | str, vocab_file: Path, tokenize: TokenizeParams
 
 # -- in parts: one task per part of the input (on Dask) -------------------------------------------
 
-PART_ROWS = 10_000  # rows of a part at least (Parquet: whole row groups, or slices of a bigger one)
 
 
 class ScorePart(BaseModel):
@@ -330,6 +427,7 @@ class ScoreWork(BaseModel):
     reused: str | None = None
     started: float  # time.time() when planned: the stage's seconds run from here
     parts: list[ScorePart]
+    train_stats: str | None = None  # the model's train_stats.json in the work folder, if it has one
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -348,14 +446,16 @@ def plan_work(model: ModelRef, source: str, source_fp: str, params: ScoreParams,
         files = download_model(model, folder / "model")
         reuse = cached_encoding(root, files["vocab"], _load(files).tokenize, source_fp, params.split)
         common = {"folder": str(folder), "model_files": {k: str(v) for k, v in files.items()}}
+        stats_file = str(files[TRAIN_STATS]) if TRAIN_STATS in files else None
         if reuse is not None:
             log.info("scoring the cached encode stage %s (no tokenizing)", reuse.key)
             parts = [ScorePart(index=i, labeled=True, encoded=str(shard), **common)
                      for i, shard in enumerate(reuse.shards())]
-            return ScoreWork(folder=str(folder), labeled=True, reused=reuse.key, started=started, parts=parts)
+            return ScoreWork(folder=str(folder), labeled=True, reused=reuse.key, started=started, parts=parts,
+                             train_stats=stats_file)
         labeled, ranges = plan_parts(source, params.split, part_rows)
         parts = [ScorePart(index=i, labeled=labeled, source=r, **common) for i, r in enumerate(ranges)]
-        return ScoreWork(folder=str(folder), labeled=labeled, started=started, parts=parts)
+        return ScoreWork(folder=str(folder), labeled=labeled, started=started, parts=parts, train_stats=stats_file)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -381,9 +481,9 @@ def score_part(part: ScorePart, params: ScoreParams, batch_rows: int = BATCH_ROW
     bounded_memory()
     with closing(_Writer(part.out_file, part.labeled, params.threshold, stats)) as writer:
         if part.encoded is not None:
-            _score_shards(scorer, [Path(part.encoded)], writer)
+            _score_shards(scorer, [Path(part.encoded)], writer, params.max_oov)
         else:
-            _score_batches(scorer, part_batches(part.source, batch_rows), writer, workers=1)
+            _score_batches(scorer, part_batches(part.source, batch_rows), writer, 1, params.max_oov)
     stats.seconds = time.perf_counter() - started
     part.stats_file.write_text(stats.model_dump_json())
     return stats
@@ -406,7 +506,9 @@ def assemble(work: ScoreWork, out_dir: Path) -> ScoreStats:
             for k, v in done.statuses.items():
                 stats.statuses[k] += v
             cm += np.array(done.confusion)
+            stats.profile.add(done.profile)
     stats.confusion = cm.tolist()
+    judge_drift(stats, drift_stats.read_train_stats(work.train_stats))
     stats.seconds = time.time() - work.started
     (out_dir / "stats.json").write_text(stats.model_dump_json(indent=2))
     log.info("assembled %d parts: %d reviews in %.1f s (%.0f/s)", len(work.parts), stats.rows, stats.seconds,
@@ -442,7 +544,8 @@ def run(model: ModelRef, source: str, source_fp: str, params: ScoreParams, root:
             reuse = cached_encoding(root, files["vocab"], scorer.tokenize, source_fp, params.split)
             if reuse is not None:
                 log.info("scoring the cached encode stage %s (no tokenizing)", reuse.key)
-            score(scorer, source, out, params, workers, batch_rows, reuse)
+            score(scorer, source, out, params, workers, batch_rows, reuse,
+                  drift_stats.read_train_stats(files.get(TRAIN_STATS)))
 
     return stage.run_stage(root, spec(params, model, source_fp), build, force)
 

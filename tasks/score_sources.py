@@ -47,7 +47,8 @@ from sentiflow.tasks.reviews import (
 
 Split = Literal["auto", "test", "train", "all"]
 OK, NULL, EMPTY, NOT_TEXT = "ok", "null", "empty", "not_text"
-STATUSES = (OK, NULL, EMPTY, NOT_TEXT)
+OUT_OF_DOMAIN = "out_of_domain"  # tokenized, but too many of its tokens outside the vocabulary (--max-oov)
+STATUSES = (OK, NULL, EMPTY, NOT_TEXT, OUT_OF_DOMAIN)
 
 
 @dataclass

@@ -5,7 +5,9 @@
 1. ``choose_epoch``: the epoch with the highest ``val_acc`` (the earlier on a tie);
 2. ``evaluate_epoch``: its checkpoint reloaded, scored on validation (figures) and test
    (``test_acc``);
-3. ``serving.log_model``: logged as a model from code carrying its vocabulary and settings;
+3. ``serving.log_model``: logged as a model from code carrying its vocabulary and settings, and
+   the training split's review lengths and OOV shares (``training_stats``: ``train_stats.json``,
+   what scoring compares new reviews with, ``sentiflow.tasks.drift``);
 4. ``register``: a new version of the registered model, with descriptions;
 5. ``promote``: the champion gate (``tasks/gate.py``) scores this version and the current
    champion on the same rows; the alias ``champion`` moves only when this version wins there,
@@ -33,12 +35,14 @@ from pydantic import BaseModel
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef, Store
 from sentiflow.storage.tracking import CHALLENGER, CHAMPION, alias_version, configure, log_stage_datasets
+from sentiflow.tasks import drift
 from sentiflow.tasks.gate import (GateParams, GateResult, GateRows, champion_rows, judge, source_rows,
                                   split_rows)
 from sentiflow.tasks.inference import Encoded, Scorer, accuracy
 from sentiflow.tasks.metrics import confusion, confusion_figure
 from sentiflow.tasks.model import SentimentRNN
 from sentiflow.tasks.serving import log_model
+from sentiflow.tasks.stage import read_input_token
 from sentiflow.tasks.text import TokenizeParams, Vocab
 from sentiflow.tasks.train import TrainConfig, TrainResult, load_checkpoint
 
@@ -134,6 +138,25 @@ def _log_figures(client: MlflowClient, run_id: str, best: int, truth: np.ndarray
     mlflow.log_figure(fig, "confusion_matrix_val.png")
     plt.close(fig)
     mlflow.log_dict({"labels": ["neg", "pos"], "matrix": cm.tolist()}, "confusion_matrix_val.json")
+
+
+# -- 3. the training split's statistics, logged with the model ----------------------------------
+
+def training_stats(client: MlflowClient, run_id: str, store: Store, val_ref: StageRef, unk_id: int,
+                   tmp: Path) -> Path | None:
+    """``train_stats.json`` of the run's encoded training split (its ``encode`` input other than
+    validation), written under ``tmp``; None, with a warning, when that split is not in the store."""
+    params = client.get_run(run_id).data.params
+    for name, token in sorted(params.items()):
+        stage_name, key, _ = read_input_token(token) if name.startswith("input.") else ("", "", "")
+        if stage_name == "encode" and key != val_ref.key and store.is_valid(ref := store.ref("encode", key)):
+            stats = drift.train_stats_of_shards(ref.shards(), unk_id)
+            log.info("training split %s: %d reviews, %.2f %% of tokens outside the vocabulary", key,
+                     stats.profile.rows, 100 * (stats.oov_token_share or 0))
+            return stats.write(tmp / drift.STATS_FILE)
+    log.warning("run %s: its encoded training split is not in the store; the model is logged without "
+                "%s (scoring will not compare new reviews with it)", run_id, drift.STATS_FILE)
+    return None
 
 
 # -- 4. register ----------------------------------------------------------------------------------
@@ -255,7 +278,8 @@ def _select(client: MlflowClient, store: Store, result: TrainResult, config: Tra
         evaluation = Evaluation(val_acc, test_acc)
         description = version_description(client.get_run(result.run_id), epoch, evaluation, verdict)
         if earlier is None:
-            info = log_model(scorer, vocab_file, {"best_epoch": epoch}, Path(tmp))
+            stats_file = training_stats(client, result.run_id, store, val_ref, scorer.vocab.unk_id, Path(tmp))
+            info = log_model(scorer, vocab_file, {"best_epoch": epoch}, Path(tmp), stats_file)
             version = register(client, info.model_uri, model_name, description)
         else:
             version = str(earlier.version)

@@ -31,6 +31,8 @@ from sentiflow.tasks.inference import Scorer
 
 
 ARTIFACTS = ("config", "vocab", "weights")
+# optional: the training split's lengths and OOV shares (sentiflow.tasks.drift); older models lack it
+TRAIN_STATS = "train_stats"
 TASKS_DIR = Path(__file__).resolve().parent
 MODEL_CODE = TASKS_DIR / "served_model.py"
 # the modules the served model imports, shipped with it as sentiflow/tasks/<name>.py
@@ -109,7 +111,7 @@ def download_model(ref: ModelRef, dst: Path) -> dict[str, Path]:
     except (MlflowException, OSError) as e:
         raise ModelError(f"model {ref.uri!r} cannot be downloaded: {getattr(e, 'message', e)}") from None
     flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
-    return {a: local / flavor["artifacts"][a]["path"] for a in ARTIFACTS}
+    return {a: local / flavor["artifacts"][a]["path"] for a in (*ARTIFACTS, TRAIN_STATS) if a in flavor["artifacts"]}
 
 
 def load_scorer(ref: ModelRef, dst: Path) -> Scorer:
@@ -138,8 +140,11 @@ def _code_folder(dst: Path) -> Path:
     return dst / "sentiflow"
 
 
-def log_model(scorer: Scorer, vocab_file: Path, extra_config: dict[str, Any], tmp: Path):
-    """Log ``scorer`` as a model from code in the active run; returns MLflow's ``ModelInfo``."""
+def log_model(scorer: Scorer, vocab_file: Path, extra_config: dict[str, Any], tmp: Path,
+              train_stats: Path | None = None):
+    """Log ``scorer`` as a model from code in the active run; returns MLflow's ``ModelInfo``.
+    ``train_stats``: the training split's ``train_stats.json`` (``sentiflow.tasks.drift``), an
+    artifact of the model that scoring compares new reviews with."""
     weights, config = tmp / "weights.pt", tmp / "config.json"
     torch.save(scorer.net.state_dict(), weights)
     config.write_text(json.dumps({"model": scorer.net.params.model_dump(mode="json"),
@@ -147,7 +152,8 @@ def log_model(scorer: Scorer, vocab_file: Path, extra_config: dict[str, Any], tm
                                   "max_len": scorer.max_len, **extra_config}, indent=2))
     return mlflow.pyfunc.log_model(
         name="model", python_model=str(MODEL_CODE),
-        artifacts={"config": str(config), "vocab": str(vocab_file), "weights": str(weights)},
+        artifacts={"config": str(config), "vocab": str(vocab_file), "weights": str(weights),
+                   **({TRAIN_STATS: str(train_stats)} if train_stats is not None else {})},
         code_paths=[str(_code_folder(tmp / "code"))],
         signature=infer_signature(EXAMPLE, scorer.predict_proba(EXAMPLE)),
         input_example=EXAMPLE, pip_requirements=pip_requirements(),

@@ -108,7 +108,7 @@ def test_every_row_kept_in_order_with_status_and_model_probability(scorer, tmp_p
     stats = score(scorer, str(src), out, ScoreParams(threshold=threshold), workers=1, batch_rows=4)
 
     pred = read_predictions(out / "predictions.parquet")
-    assert list(pred) == ["id", "prob_pos", "pred", "status"]  # no label column: the source has none
+    assert list(pred) == ["id", "prob_pos", "pred", "status", "oov_share"]  # no label column: the source has none
     assert pred["id"] == ids
     assert pred["status"] == [s for _, s in HARD]
     for p, y, s in zip(pred["prob_pos"], pred["pred"], pred["status"]):
@@ -118,7 +118,8 @@ def test_every_row_kept_in_order_with_status_and_model_probability(scorer, tmp_p
     assert 0 < sum(y for y in pred["pred"] if y is not None) < len(expected)
     saved = json.loads((out / "stats.json").read_text())
     assert saved["rows"] == stats.rows == len(HARD)
-    assert saved["statuses"] == {"ok": 9, "null": 1, "empty": 2, "not_text": 0}
+    assert saved["statuses"] == {"ok": 9, "null": 1, "empty": 2, "not_text": 0, "out_of_domain": 0}
+    assert [o is None for o in pred["oov_share"]] == [s != "ok" for s in pred["status"]]
     assert saved["labeled"] is False and saved["labeled_rows"] == 0
 
 
@@ -186,8 +187,8 @@ def test_source_without_rows_gives_an_empty_predictions_file(scorer, tmp_path, n
     stats = score(scorer, str(src), out, ScoreParams(), workers=2)
     table = pq.read_table(out / "predictions.parquet")
     assert table.num_rows == 0 == stats.rows and stats.metrics() is None
-    assert table.column_names == (["id", "prob_pos", "pred", "status"] if name.endswith("txt")
-                                  else ["id", "prob_pos", "pred", "label", "status"])
+    assert table.column_names == (["id", "prob_pos", "pred", "status", "oov_share"] if name.endswith("txt")
+                                  else ["id", "prob_pos", "pred", "label", "status", "oov_share"])
 
 
 def test_binary_text_column_and_text_file(scorer, tmp_path):
@@ -331,10 +332,13 @@ def test_flow_gives_the_registered_models_probabilities(trained, champion_pyfunc
     plain = score_flow(config=ScoreConfig(model=CHAMPION, source=str(txt)), data_root=str(trained.root),
                        workers=1)
     pred3 = read_predictions(Path(plain.predictions))
-    assert list(pred3) == ["id", "prob_pos", "pred", "status"]
+    assert list(pred3) == ["id", "prob_pos", "pred", "status", "oov_share"]
     assert pred3["id"] == [f"line-{n}" for n in range(1, len(test["id"]) + 1)]
     np.testing.assert_allclose(pred3["prob_pos"], expected, atol=1e-6)
-    assert plain.evaluation_run_id is None and plain.stats.labeled_rows == 0
+    assert plain.stats.labeled_rows == 0 and plain.stats.metrics() is None
+    # no labels: the run holds the drift figures alone (the model carries its training statistics)
+    metrics = MlflowClient(trained.uri).get_run(plain.evaluation_run_id).data.metrics
+    assert "drift_length_psi" in metrics and "accuracy" not in metrics
 
 
 def test_evaluation_run_linked_to_the_model_and_rerun_is_cached(trained, first_score, tmp_path):

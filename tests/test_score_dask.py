@@ -125,7 +125,8 @@ def test_dask_scores_in_parts_what_local_scores_whole(trained, tmp_path):
     _assert_same(expected, pred)
     assert pred["id"] == [f"train-{i}" for i in range(130)]  # in input order, one row per row
     assert pred["label"] == table.column("label").to_pylist()
-    assert first.stats.statuses == local.stats.statuses == {"ok": 125, "null": 3, "empty": 2, "not_text": 0}
+    assert first.stats.statuses == local.stats.statuses == {"ok": 125, "null": 3, "empty": 2, "not_text": 0,
+                                                                 "out_of_domain": 0}
     assert first.stats.confusion == local.stats.confusion
     assert first.stats.labeled_rows == local.stats.labeled_rows == 122
     assert first.evaluation_run_id and first.stats.metrics() == local.stats.metrics()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -35,6 +36,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+
+LAST_CPU = [0.0, 0.0]  # the last command's CPU seconds, and the running total
 
 
 def make_input(source: Path, n: int, out: Path, row_group: int = 5000) -> Path:
@@ -50,12 +54,17 @@ def make_input(source: Path, n: int, out: Path, row_group: int = 5000) -> Path:
 
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MB) of the process, its stdout."""
+    """Wall seconds, peak RSS (MB) of the process, its stdout. The CPU seconds of the process and
+    its children (user + system) go to ``LAST_CPU``: on a shared machine, the wall time depends
+    on what else runs; the CPU time much less."""
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    LAST_CPU[0] = children.ru_utime + children.ru_stime - LAST_CPU[1]
+    LAST_CPU[1] = children.ru_utime + children.ru_stime
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
     return seconds, usage.ru_maxrss / 1024, out
@@ -124,16 +133,19 @@ def main() -> None:
                 seconds, rss, _ = run_measured(cmd, env)
                 stats = json.loads(next((tmp / f"data-{n}" / "score").glob("*/stats.json")).read_text())
                 assert pq.read_metadata(out).num_rows == n
-                row["sentiflow"] = {"seconds": round(seconds, 2), "reviews_per_s": round(n / seconds, 1),
+                row["sentiflow"] = {"seconds": round(seconds, 2), "cpu_seconds": round(LAST_CPU[0], 1),
+                                    "load": round(os.getloadavg()[0], 1), "reviews_per_s": round(n / seconds, 1),
                                     "scoring_seconds": round(stats["seconds"], 2),
                                     "scoring_reviews_per_s": round(n / stats["seconds"], 1),
                                     "peak_rss_mb": round(rss)}
             if n in args.baseline_sizes:
                 out_b = tmp / f"seed-{n}.parquet"
                 seconds, rss, out_text = run_measured([sys.executable, __file__, "--model", args.model,
+                                                       "--tracking-uri", args.tracking_uri,
                                                        "--baseline", str(src), str(out_b)], env)
                 core = json.loads(out_text.strip().splitlines()[-1])["core_seconds"]
-                row["seed_step10"] = {"seconds": round(seconds, 2), "reviews_per_s": round(n / seconds, 1),
+                row["seed_step10"] = {"seconds": round(seconds, 2), "cpu_seconds": round(LAST_CPU[0], 1),
+                                      "load": round(os.getloadavg()[0], 1), "reviews_per_s": round(n / seconds, 1),
                                       "core_seconds": round(core, 2), "peak_rss_mb": round(rss)}
                 if "sentiflow" in row:
                     a, b = pq.read_table(out), pq.read_table(out_b)
