@@ -123,6 +123,11 @@ def tune_cpu() -> None:
         pass
 
 
+# Hand freed heap pages back every this many training batches (``release_memory``): with the
+# thresholds ``tune_cpu`` raises, a default epoch on IMDb otherwise peaked at 3.3 GB RSS.
+TRIM_EVERY = 8
+
+
 def release_memory() -> None:
     """Hand the heap's free pages back to the OS (glibc ``malloc_trim``). Called after each
     epoch: training and evaluation allocate tensors of different sizes, and what one phase freed
@@ -164,6 +169,8 @@ def fit_epoch(model: nn.Module, data: Encoded, params: TrainParams, epoch: int,
                                max_tokens=params.max_batch_tokens)
     with progress(log, f"epoch {epoch}", len(batches), "batches") as bar:
         for step, rows in enumerate(batches):
+            if step % TRIM_EVERY == 0:
+                release_memory()  # batches of ever-changing shapes would fragment the kept heap
             if params.lr_schedule != "constant":
                 t = (epoch - 1 + step / len(batches)) / params.max_epochs
                 set_lr(optimizer, params.lr * lr_factor(params.lr_schedule, t))

@@ -32,7 +32,7 @@ def test_a_preset_is_its_options_typed(name):
 def test_options_typed_win_over_the_preset():
     config = TRAIN.build(**with_preset("best", _parsed(["--max-epochs", "2", "--hidden-dim", "64"])))
     assert config.train.max_epochs == 2 and config.model.hidden_dim == 64
-    assert config.data.vocab.min_freq == PRESETS["best"]["min_freq"]
+    assert config.train.word_dropout == PRESETS["best"]["word_dropout"]
 
 
 def test_fast_is_the_seed_kind_of_model_without_pretrained_vectors():

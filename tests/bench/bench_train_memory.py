@@ -93,11 +93,11 @@ def main() -> None:
         return child(json.loads(args.child))
 
     sys.path.insert(0, str(ROOT))
-    from tests.bench.bench_train import latest
+    from tests.bench.bench_train import encoded_part, vocab_of
 
     root = Path(args.data_root).resolve()
-    train_ref, val_ref = latest(root, "encode", 20000), latest(root, "encode", 5000)
-    vocab_ref = latest(root, "vocab", None)
+    train_ref, val_ref = encoded_part(root, "train"), encoded_part(root, "val")
+    vocab_ref = vocab_of(root, train_ref)
     out = {"epochs": args.epochs, "runs": {}}
     with tempfile.TemporaryDirectory(prefix="bench-train-memory-") as tmp:
         for scale in args.scales:
