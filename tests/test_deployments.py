@@ -56,7 +56,8 @@ def test_entrypoints_load_the_flows_and_forms_are_pydantic():
     assert {"ScoreConfig", "ScoreParams"} <= set(score_defs)
     assert score_defs["ScoreConfig"]["properties"]["model"]["default"] == "models:/sentiflow@champion"
     # the pipeline's model is the deployments' default too, from TrainFlowConfig alone
-    assert train_defs["TrainFlowConfig"]["properties"]["model"]["default"]["head"] == "last+max"
+    assert train_defs["TrainFlowConfig"]["properties"]["model"]["default"]["head"] == "max"
+    assert train_defs["TrainFlowConfig"]["properties"]["train"]["default"]["pretrained"] == "glove-6b-50d"
     # nothing in a form is read from the environment when the flows are imported
     for defs in (train_defs["DataConfig"], score_defs["ScoreConfig"]):
         assert defs["properties"]["source"].get("default") is None
