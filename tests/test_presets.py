@@ -30,9 +30,9 @@ def test_a_preset_is_its_options_typed(name):
 
 
 def test_options_typed_win_over_the_preset():
-    config = TRAIN.build(**with_preset("best", _parsed(["--max-epochs", "2", "--hidden-dim", "64"])))
-    assert config.train.max_epochs == 2 and config.model.hidden_dim == 64
-    assert config.train.word_dropout == PRESETS["best"]["word_dropout"]
+    config = TRAIN.build(**with_preset("fast", _parsed(["--max-epochs", "2", "--hidden-dim", "64"])))
+    assert config.train.max_epochs == 2 and config.model.hidden_dim == 64  # typed
+    assert config.model.embed_dim == PRESETS["fast"]["embed_dim"] and config.model.head == "last+max"  # preset
 
 
 def test_fast_is_the_seed_kind_of_model_without_pretrained_vectors():

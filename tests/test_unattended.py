@@ -87,7 +87,10 @@ def big_source(tmp_path_factory) -> Path:
 
 def _start_and_wait_for(cmd: list[str], env: dict[str, str], cwd: Path, marker: str, timeout: float = 240):
     """Start ``cmd``; return (process, its output so far as a list) once ``marker`` is printed."""
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # SIGINT as a terminal gives it: a test run started in the background (``cmd &``) hands its
+    # children SIGINT ignored, and a command that inherits that rightly keeps ignoring it
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: list[str] = []
     seen = threading.Event()
 
