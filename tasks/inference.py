@@ -94,10 +94,9 @@ class Encoded:
     def truncated(self, max_len: int) -> Encoded:
         """Keep the first ``max_len`` ids of each review."""
         lengths = self.lengths
-        starts = np.repeat(self.offsets[:-1], lengths)  # per id: where its review starts in flat
-        within = np.arange(len(starts)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        index, within = _spans(self.offsets[:-1], lengths)
         kept = np.minimum(lengths, max_len)
-        return Encoded(self.flat[(starts + within)[within < max_len]],
+        return Encoded(self.flat[index[within < max_len]],
                        np.concatenate([[0], np.cumsum(kept)]).astype(np.int64), self.labels, self.ids)
 
     def subset(self, keep: np.ndarray) -> Encoded:
@@ -105,10 +104,9 @@ class Encoded:
         keep = np.asarray(keep, bool)
         if keep.all():
             return self
-        lengths = self.lengths
-        starts = np.repeat(self.offsets[:-1][keep], lengths[keep])
-        within = np.arange(len(starts)) - np.repeat(np.cumsum(lengths[keep]) - lengths[keep], lengths[keep])
-        return Encoded(self.flat[starts + within], np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64),
+        lengths = self.lengths[keep]
+        index, _ = _spans(self.offsets[:-1][keep], lengths)
+        return Encoded(self.flat[index], np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
                        self.labels[keep], [i for i, k in zip(self.ids, keep) if k] if self.ids else [])
 
     def batch(self, rows: np.ndarray, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -123,6 +121,13 @@ class Encoded:
             text[j, : e - s] = self.flat[s:e]
         return (torch.from_numpy(text.T.copy()), torch.from_numpy(lengths),
                 torch.from_numpy(self.labels[rows]))
+
+
+def _spans(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows that begin at ``starts`` in a flat array and have ``lengths``: each of their ids'
+    index in the flat array, and its place within its row."""
+    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + within, within
 
 
 def length_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
