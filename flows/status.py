@@ -13,11 +13,12 @@ Prefect's server or running a flow.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sentiflow.flows.data_flow import PARTS, SHARDS_FROM, DataConfig, PreparedData
-from sentiflow.storage.store import StageRef, Store
+from sentiflow.storage.store import StageRef, Store, file_sha256
 from sentiflow.tasks import encode, ingest, split, tokenize, vocab
 from sentiflow.tasks.reviews import fingerprint
 from sentiflow.tasks.shards import plan_gather, shards_of
@@ -54,12 +55,27 @@ def stored_result(config: DataConfig, root: Path | str) -> PreparedData | None:
     rows, planned = _plan(config, root)
     if any(r.state != "cached" for r in rows):
         return None
-    store = Store(root)
+    store, digest = Store(root), _digest_once()
     every = [*planned.refs.values(), *(r for refs in planned.shards.values() for r in refs)]
-    if any(store.problem(ref) is not None for ref in every):
+    if any(store.problem(ref, digest=digest) is not None for ref in every):
         return None  # a damaged file: the flow rebuilds it
     return PreparedData.from_refs(planned.refs, {name: "Cached" for name in planned.refs},
                                   {name: {"Cached": len(refs)} for name, refs in planned.shards.items()})
+
+
+def _digest_once() -> Callable[[Path], str]:
+    """``file_sha256`` that reads each file once: a gathered folder's files are hard links to its
+    shards' (the same inode), so checking both would hash every byte twice."""
+    seen: dict[tuple[int, int, int, int], str] = {}
+
+    def digest(path: Path) -> str:
+        st = path.stat()
+        inode = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if inode not in seen:
+            seen[inode] = file_sha256(path)
+        return seen[inode]
+
+    return digest
 
 
 def _plan(config: DataConfig, root: Path | str) -> tuple[list[StageStatus], _Planned]:

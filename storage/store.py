@@ -162,9 +162,12 @@ class Store:
     def is_valid(self, ref: StageRef) -> bool:
         return self.problem(ref) is None
 
-    def problem(self, ref: StageRef, checksums: bool = True) -> str | None:
+    def problem(self, ref: StageRef, checksums: bool = True,
+                digest: Callable[[Path], str] = file_sha256) -> str | None:
         """Why the folder cannot be trusted, or None when it can. ``checksums=False``: a quick
-        look (the files present with their recorded sizes), for reports, never to trust a folder."""
+        look (the files present with their recorded sizes), for reports, never to trust a folder.
+        ``digest``: how a file's SHA-256 is had (``file_sha256``, or one that remembers files
+        seen already: a gathered folder's files are hard links to its shards')."""
         manifest_path = ref.path / MANIFEST
         if not manifest_path.is_file():
             return "missing" if not ref.path.exists() else "no manifest"
@@ -186,7 +189,7 @@ class Store:
                 p = ref.path / name
                 if not p.is_file():
                     return f"{name} is not a file"
-                if p.stat().st_size != meta["bytes"] or (checksums and file_sha256(p) != meta["sha256"]):
+                if p.stat().st_size != meta["bytes"] or (checksums and digest(p) != meta["sha256"]):
                     return f"checksum mismatch in {name}"
         except OSError as e:  # e.g. the folder was replaced while being checked
             return f"unreadable folder ({e.strerror or e})"
