@@ -100,14 +100,20 @@ def baseline(model_uri: str, input_file: Path, out_file: Path) -> None:
     print(json.dumps({"core_seconds": time.perf_counter() - started}))
 
 
-def main() -> None:
+def scoring_arguments() -> argparse.ArgumentParser:
+    """The options the scoring benchmarks share: model, store, input and sizes, workers."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="models:/sentiflow@champion")
     ap.add_argument("--tracking-uri", default=f"sqlite:///{ROOT / 'data' / 'mlflow.db'}")
     ap.add_argument("--source", default=str(ROOT.parent / "shared" / "data" / "imdb" / "test.parquet"))
     ap.add_argument("--sizes", type=int, nargs="+", default=[25_000, 100_000])
-    ap.add_argument("--baseline-sizes", type=int, nargs="*", default=[25_000])
     ap.add_argument("--workers", type=int, default=0)
+    return ap
+
+
+def main() -> None:
+    ap = scoring_arguments()
+    ap.add_argument("--baseline-sizes", type=int, nargs="*", default=[25_000])
     ap.add_argument("--baseline", nargs=2, metavar=("INPUT", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri

@@ -22,7 +22,6 @@ rows, ``bench_score.make_input``). A champion must exist in the tracking store n
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -35,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.bench.bench_score import make_input
+from tests.bench.bench_score import make_input, scoring_arguments
 
 
 def _children() -> dict[int, list[int]]:
@@ -129,13 +128,7 @@ def measure(cmd: list[str], env: dict[str, str]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="models:/sentiflow@champion")
-    ap.add_argument("--tracking-uri", default=f"sqlite:///{ROOT / 'data' / 'mlflow.db'}")
-    ap.add_argument("--source", default=str(ROOT.parent / "shared" / "data" / "imdb" / "test.parquet"))
-    ap.add_argument("--sizes", type=int, nargs="+", default=[25_000, 100_000])
-    ap.add_argument("--workers", type=int, default=0)
-    args = ap.parse_args()
+    args = scoring_arguments().parse_args()
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": args.tracking_uri, "PREFECT_HOME": tempfile.mkdtemp(),
            "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
