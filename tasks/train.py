@@ -39,6 +39,7 @@ from sentiflow.tasks.batching import bucketed_batches
 from sentiflow.tasks.embeddings import init_embedding, vectors_identity
 from sentiflow.tasks.inference import MAX_BATCH_TOKENS, Encoded, accuracy, autocast, forward_fn, predict_logits
 from sentiflow.tasks.model import ModelParams, SentimentRNN
+from sentiflow.tasks.ngrams import fit_mix, fit_ngrams, ngram_logits
 from sentiflow.tasks.progress import progress
 from sentiflow.tasks.schedule import Schedule, WeightAverage, lr_factor, set_lr
 from sentiflow.tasks.text import Vocab
@@ -47,7 +48,8 @@ log = logging.getLogger("sentiflow.train")
 TRAIN_KEY_TAG, COMPLETE_TAG = "sentiflow.train_key", "sentiflow.complete"
 # the modules whose code decides what a training computes (part of the training key)
 TRAIN_CODE = ["sentiflow.tasks.train", "sentiflow.tasks.model", "sentiflow.tasks.batching",
-              "sentiflow.tasks.embeddings", "sentiflow.tasks.inference", "sentiflow.tasks.schedule"]
+              "sentiflow.tasks.embeddings", "sentiflow.tasks.inference", "sentiflow.tasks.schedule",
+              "sentiflow.tasks.ngrams"]
 
 
 class TrainParams(BaseModel):
@@ -75,6 +77,9 @@ class TrainParams(BaseModel):
                             "(auto: fast on CPU, packed on CUDA)")
     pretrained: str | None = Field(None, description="GloVe .txt file, or 'glove-6b-50d' (None: random)")
     freeze_embeddings: bool = False
+    ngram_epochs: int = Field(3, ge=1, description="Epochs of the n-gram term's fit (model.ngrams); the best "
+                                                   "on validation is kept")
+    ngram_lr: float = Field(0.005, gt=0, description="Adam learning rate of the n-gram term's fit")
 
     @field_validator("pretrained", mode="before")
     @classmethod
@@ -147,6 +152,23 @@ def evaluate(model: nn.Module, data: Encoded, batch_size: int, forward: Callable
         if len(data) else 0.0
     probs = torch.sigmoid(logits).numpy()
     return loss, accuracy(probs, data.labels), probs
+
+
+def evaluate_mixed(model: SentimentRNN, data: Encoded, ngram: torch.Tensor, batch_size: int, forward: Callable,
+                   device: torch.device, pad_id: int, max_tokens: int | None) -> tuple[float, float, dict[str, float]]:
+    """With an n-gram term (``ngram``: its logits on ``data``): fit the mix of the RNN's logits
+    and the term's on ``data`` and set it in ``model``. Returns the mixed model's loss and
+    accuracy, and metrics: the RNN's accuracy alone and the mix."""
+    with model.rnn_alone():
+        rnn = predict_logits(model, data, batch_size * 4, forward, device, pad_id, max_tokens)
+    labels = torch.from_numpy(data.labels)
+    mix = fit_mix(rnn, ngram, labels)
+    model.mix.copy_(mix)
+    logits = mix[0] * rnn + mix[1] * ngram + mix[2]
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, labels).item()
+    return loss, accuracy(torch.sigmoid(logits).numpy(), data.labels), {
+        "val_acc_rnn": accuracy(torch.sigmoid(rnn).numpy(), data.labels),
+        "mix_rnn": float(mix[0]), "mix_ngram": float(mix[1])}
 
 
 def grad_scaler(device: torch.device) -> torch.amp.GradScaler | None:
@@ -302,6 +324,12 @@ def _train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_re
             else:
                 start_epoch = done_epoch + 1
                 log.info("training %s: resuming run %s at epoch %d", key, interrupted.info.run_id, start_epoch)
+        ngram_metrics, ngram_val = {}, None
+        if config.model.ngrams:
+            if start_epoch == 1:  # a resumed run restored the term with the model
+                ngram_metrics = fit_ngrams(model, train_data, val_data, config.train.ngram_epochs,
+                                           config.train.ngram_lr, config.train.seed, vocab.pad_id)
+            ngram_val = ngram_logits(model, val_data, vocab.pad_id)
         run_ctx = (mlflow.start_run(run_id=interrupted.info.run_id) if interrupted is not None
                    else mlflow.start_run(experiment_id=experiment_id, tags={TRAIN_KEY_TAG: key}))
         with run_ctx as run:
@@ -311,17 +339,25 @@ def _train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_re
                 if interrupted is None or not interrupted.inputs.dataset_inputs:
                     log_stage_datasets({"training": train_ref, "validation": val_ref},
                                        (lineage or {}).get("data.source"))
+                if ngram_metrics:
+                    mlflow.log_metrics(ngram_metrics)
             for epoch in range(start_epoch, config.train.max_epochs + 1):
                 t0 = time.perf_counter()
                 train_loss, train_acc = fit_epoch(model, train_data, config.train, epoch, optimizer,
                                                   forward, device, vocab.pad_id, scaler, average, vocab.unk_id)
+                max_tokens = config.train.max_batch_tokens or MAX_BATCH_TOKENS
+                mixed = {}
                 with (average.applied(model) if average is not None else nullcontext(model)):
-                    val_loss, val_acc, _ = evaluate(model, val_data, config.train.batch_size, forward, device,
-                                                    vocab.pad_id, config.train.max_batch_tokens or MAX_BATCH_TOKENS)
+                    if ngram_val is not None:
+                        val_loss, val_acc, mixed = evaluate_mixed(model, val_data, ngram_val, config.train.batch_size,
+                                                                  forward, device, vocab.pad_id, max_tokens)
+                    else:
+                        val_loss, val_acc, _ = evaluate(model, val_data, config.train.batch_size, forward, device,
+                                                        vocab.pad_id, max_tokens)
                     selected = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 release_memory()
                 metrics = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-                           "val_acc": val_acc, "epoch_seconds": time.perf_counter() - t0}
+                           "val_acc": val_acc, **mixed, "epoch_seconds": time.perf_counter() - t0}
                 # checkpoints first, metrics last: a crash in between resumes after this epoch
                 # and logs its metrics from resume.pt, so no epoch is ever logged twice
                 _save_checkpoint(selected, model, optimizer, scaler, average, epoch, metrics, Path(tmp))

@@ -1,0 +1,176 @@
+"""The n-gram term (``ModelParams.ngrams``): its features against a plain-Python reading of their
+definition, its naive-Bayes ratios against counts by hand, its place in the model (evaluation
+only), and a training with it through the real pipeline, served from a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from sentiflow.tasks.inference import Encoded, Scorer
+from sentiflow.tasks.model import ModelParams, SentimentRNN, ngram_features
+from sentiflow.tasks.ngrams import fit_mix, log_count_ratios
+from sentiflow.tasks.train import TrainConfig, TrainParams, load_checkpoint
+from sentiflow.tasks.vocab import Vocab
+from tests.test_train import choose, data, fit, settings  # noqa: F401 - fixtures
+
+PAD = 1
+
+
+def expected_features(ids: list[int], n: int, buckets: int) -> set[int]:
+    """The documented hash, one review, in Python integers: a word is its id; each longer n-gram
+    extends the hash of its first n-1 words by the next word."""
+    mix = (1_000_003, 999_983)
+    ids = [i for i in ids if i != PAD]
+    out = {i % buckets for i in ids}
+    hashes = list(ids)
+    for k in range(1, n):
+        hashes = [(hashes[t] * mix[k % 2] + ids[t + k] + k) % buckets for t in range(len(ids) - k)]
+        out |= set(hashes)
+    return out
+
+
+def padded(reviews: list[list[int]], extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    T = max(max(len(r) for r in reviews), 1) + extra
+    text = torch.full((T, len(reviews)), PAD, dtype=torch.long)
+    for j, r in enumerate(reviews):
+        text[: len(r), j] = torch.tensor(r, dtype=torch.long)
+    return text, torch.tensor([max(len(r), 1) for r in reviews])
+
+
+def per_review(feats: torch.Tensor, offsets: torch.Tensor) -> list[list[int]]:
+    ends = list(offsets[1:].tolist()) + [len(feats)]
+    return [feats[s:e].tolist() for s, e in zip(offsets.tolist(), ends)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_features_are_each_reviews_distinct_ngrams_whatever_the_batch(n):
+    rng = np.random.default_rng(n)
+    reviews = [rng.integers(2, 40, size=rng.integers(0, 30)).tolist() for _ in range(12)] + [[5, 5, 5, 5], []]
+    buckets = 97  # small: collisions happen, and must be the same ones
+    text, lengths = padded(reviews, extra=3)
+    got = per_review(*ngram_features(text, lengths, n, buckets, PAD))
+    for review, feats in zip(reviews, got):
+        assert feats == sorted(expected_features(review, n, buckets))
+    # a review alone, without padding, gives the same features
+    alone = [per_review(*ngram_features(*padded([r]), n, buckets, PAD))[0] for r in reviews]
+    assert alone == got
+
+
+def test_log_count_ratios_are_the_smoothed_naive_bayes_ratios():
+    reviews = [[2, 3, 4], [2, 3, 3], [5, 6], [5, 2, 7, 7]]
+    labels = np.array([1, 1, 0, 0], dtype=np.float32)
+    lengths = np.array([len(r) for r in reviews])
+    corpus = Encoded(np.concatenate(reviews).astype(np.int32), np.concatenate([[0], np.cumsum(lengths)]), labels, [])
+    model = SentimentRNN(10, ModelParams(embed_dim=4, hidden_dim=4, ngrams=2, ngram_buckets=1 << 20))
+    r = log_count_ratios(model, corpus, PAD)
+    buckets = model.params.ngram_buckets
+    p, q = np.ones(buckets), np.ones(buckets)  # add-one: alpha = 1
+    for review, label in zip(reviews, labels):
+        for f in expected_features(review, 2, buckets):
+            (p if label else q)[f] += 1
+    want = np.log(p / p.sum()) - np.log(q / q.sum())
+    np.testing.assert_allclose(r.numpy(), want, rtol=1e-5, atol=1e-6)
+    assert r[3] > 0 > r[5]  # "3" only in positive reviews, "5" only in negative ones
+
+
+def test_the_term_adds_at_evaluation_only_on_both_paths():
+    torch.manual_seed(0)
+    params = ModelParams(embed_dim=8, hidden_dim=8, bidirectional=True, head="max", ngrams=2, ngram_buckets=64)
+    net = SentimentRNN(30, params, pad_id=PAD)
+    net.ngram_weight.copy_(torch.randn(64))
+    net.ngram_bias.fill_(0.25)
+    text, lengths = padded([[2, 3, 4, 5], [7, 8], [9]])
+    bare = SentimentRNN(30, params.model_copy(update={"ngrams": 0}), pad_id=PAD)
+    bare.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("ngram") and k != "mix"})
+    net.eval()
+    bare.eval()
+    with torch.no_grad():
+        # by hand: each review's distinct features' weights, plus the bias
+        term = torch.tensor([sum(net.ngram_weight[f].item() for f in expected_features(r, 2, 64)) + 0.25
+                             for r in ([2, 3, 4, 5], [7, 8], [9])])
+        for fwd in ("forward", "forward_fast"):
+            torch.testing.assert_close(getattr(net, fwd)(text, lengths), getattr(bare, fwd)(text, lengths) + term)
+        with net.rnn_alone():
+            torch.testing.assert_close(net(text, lengths), bare(text, lengths))
+        net.mix.copy_(torch.tensor([0.5, 2.0, -0.1]))
+        torch.testing.assert_close(net.forward_fast(text, lengths),
+                                   0.5 * bare.forward_fast(text, lengths) + 2.0 * term - 0.1)
+    net.train()
+    bare.train()
+    torch.manual_seed(1)
+    a = net.forward_fast(text, lengths)
+    torch.manual_seed(1)
+    assert torch.equal(a, bare.forward_fast(text, lengths))  # the RNN trains on its own loss
+
+
+def test_the_mix_is_the_logistic_regression_that_generated_the_labels():
+    """Labels drawn from sigmoid(0.6 r + 1.7 g - 0.3): the fitted mix finds those coefficients
+    (within sampling error), and its log loss is below the plain sum's."""
+    gen = torch.Generator().manual_seed(0)
+    rnn, ngram = torch.randn(200_000, generator=gen) * 3, torch.randn(200_000, generator=gen)
+    labels = (torch.rand(200_000, generator=gen) < torch.sigmoid(0.6 * rnn + 1.7 * ngram - 0.3)).float()
+    mix = fit_mix(rnn, ngram, labels)
+    torch.testing.assert_close(mix, torch.tensor([0.6, 1.7, -0.3]), atol=0.03, rtol=0)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    assert bce(mix[0] * rnn + mix[1] * ngram + mix[2], labels) < bce(rnn + ngram, labels)
+
+
+def one_by_one_accuracy(net: SentimentRNN, rows: Encoded, pad_id: int) -> float:
+    """Each review alone through the packed forward (an empty one as one pad token)."""
+    net.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(len(rows)):
+            ids = rows.flat[rows.offsets[i]:rows.offsets[i + 1]]
+            ids = ids if len(ids) else np.array([pad_id])
+            logit = net(torch.from_numpy(np.asarray(ids, dtype=np.int64)).unsqueeze(1), torch.tensor([len(ids)]))
+            correct += int((logit.item() > 0) == (rows.labels[i] > 0.5))
+    return correct / len(rows)
+
+
+NGRAM = TrainConfig(model=ModelParams(embed_dim=16, hidden_dim=16, dropout=0.2, ngrams=2, ngram_buckets=1 << 16),
+                    train=TrainParams(max_epochs=2, batch_size=16, lr=1e-2, ngram_epochs=2, ngram_lr=0.05))
+
+
+def test_training_with_the_term_logs_it_and_serves_it(data, settings, tmp_path):  # noqa: F811
+    """Through ``train`` and ``select``: the term is fitted (its accuracy logged), saved in every
+    checkpoint, and the registered model, loaded in a fresh process, scores raw text as the
+    in-process model does, term included."""
+    result = fit(data, settings, NGRAM)
+    choose(data, settings, result, NGRAM)
+    client = MlflowClient(settings.resolved_tracking_uri)
+    metrics = client.get_run(result.run_id).data.metrics
+    assert metrics["ngram_val_acc"] > 0.9 and metrics["ngram_epoch"] in (1.0, 2.0)
+    vocab = Vocab.read(data.vocab.file("vocab.parquet"))
+    net = SentimentRNN(len(vocab), NGRAM.model, pad_id=vocab.pad_id)
+    mlflow.set_tracking_uri(settings.resolved_tracking_uri)
+    load_checkpoint(result.run_id, int(metrics["best_epoch"]), net, tmp_path)
+    assert net.ngram_weight.abs().sum() > 0
+    # each epoch's logged val_acc is its checkpoint's, mix included, scored review by review
+    # through the packed forward; and the RNN's own accuracy is logged beside it
+    val = Encoded.from_shards(data.encoded["val"].shards())
+    logged = {m.step: m.value for m in client.get_metric_history(result.run_id, "val_acc")}
+    assert len(client.get_metric_history(result.run_id, "val_acc_rnn")) == NGRAM.train.max_epochs
+    assert one_by_one_accuracy(net, val, vocab.pad_id) == pytest.approx(logged[int(metrics["best_epoch"])], abs=1e-9)
+    texts = ["A wonderful, superb and moving film.", "Awful. Boring, dreadful and tedious.", "Zyx qwv 😀 — 日本語"]
+    script = ("import json, sys, mlflow; m = mlflow.pyfunc.load_model('models:/sentiflow@champion'); "
+              "print(json.dumps([float(x) for x in m.predict(json.loads(sys.argv[1]))]))")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": settings.resolved_tracking_uri}
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(texts)], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    served = json.loads(proc.stdout.strip().splitlines()[-1])
+    from sentiflow.tasks.tokenize import TokenizeParams
+
+    local = Scorer(net, vocab, TokenizeParams()).predict_proba(texts)
+    np.testing.assert_allclose(served, local, rtol=1e-5)
+    assert served[0] > 0.5 > served[1]
