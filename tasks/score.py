@@ -34,7 +34,7 @@ import tempfile
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing, contextmanager, nullcontext
 from pathlib import Path
@@ -50,6 +50,7 @@ from sentiflow.storage.store import StageRef, Store, file_sha256
 from sentiflow.tasks import drift as drift_stats
 from sentiflow.tasks import encode, stage
 from sentiflow.tasks import tokenize as tokenize_stage
+from sentiflow.tasks.cpu import release_memory, tune_cpu
 from sentiflow.tasks.inference import Encoded, Scorer
 from sentiflow.tasks.metrics import classification_metrics
 from sentiflow.tasks.drift import Drift, Profile, TrainStats
@@ -73,6 +74,11 @@ from sentiflow.tasks.text import TokenizeParams, Vocab, tokenize_texts
 
 STAGE = "score"
 BATCH_ROWS = 4096  # reviews read, prepared and scored at a time
+# batches prepared ahead of the one scored at most: enough for the tokenizers to finish IMDb's
+# test part (25,000 reviews) while it is scored, and a bound on memory whatever the input's size
+AHEAD = 6
+# reviews scored between two looks at the tokenizers (the PyTorch threads follow what they do)
+SCORE_CHUNK = 512
 log = logging.getLogger("sentiflow.score")
 # every module that decides a prediction or a row's id, label or status (not training's: a change
 # to the training loop changes no score)
@@ -145,17 +151,17 @@ def tokenizer_processes(workers: int) -> int:
 
 
 def _prepared(batches: Iterator[ReviewBatch], scorer: Scorer, workers: int,
-              ) -> Iterator[tuple[ReviewBatch, tuple[list[str], np.ndarray, np.ndarray], bool]]:
-    """Each batch with its prepared form, in order, and whether tokenizing still goes on beside
-    it. With ``workers`` >= 2, a pool of ``tokenizer_processes`` prepares the next batches while
-    this process scores the current one (a pipeline: both phases run at once, each on its own
-    cores; ``_score_batches`` gives PyTorch the rest of the cores, all of them once the last
-    batch is prepared). Taking turns instead (all cores tokenizing, then all scoring) lost to it
-    on the shared 2-core machine, where two OpenMP threads beside any other busy process spin:
-    see docs/benchmarks.md."""
+              ) -> Iterator[tuple[ReviewBatch, tuple[list[str], np.ndarray, np.ndarray], Callable[[], bool]]]:
+    """Each batch with its prepared form, in order, and a function that tells whether tokenizing
+    goes on at that moment. With ``workers`` >= 2, a pool of ``tokenizer_processes`` prepares up
+    to ``AHEAD`` batches ahead while this process scores the current one (a pipeline: both
+    phases run at once, each on its own cores; ``_score_batches`` gives PyTorch the rest of the
+    cores while the tokenizers work, all of them while they wait). Taking turns instead (all
+    cores tokenizing, then all scoring) lost to it on the shared 2-core machine, where two
+    OpenMP threads beside any other busy process spin: see docs/benchmarks.md."""
     if workers <= 1:  # here: no global state, so a Dask worker may score parts in several threads
         for b in batches:
-            yield b, _prepare_with(b.texts, scorer.vocab, scorer.tokenize), False
+            yield b, _prepare_with(b.texts, scorer.vocab, scorer.tokenize), lambda: False
         return
     tokenize_stage._tokenizer()  # built before the fork (see sentiflow.tasks.tokenize): workers only use it
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
@@ -163,13 +169,17 @@ def _prepared(batches: Iterator[ReviewBatch], scorer: Scorer, workers: int,
     batches = ramped(batches)
     with ProcessPoolExecutor(n, mp_context=mp.get_context(method), initializer=_init_worker,
                              initargs=(scorer.vocab.itos, scorer.tokenize)) as pool:
-        pending = deque((b, pool.submit(_prepare, b.texts)) for b in itertools.islice(batches, n + 1))
+        pending = deque((b, pool.submit(_prepare, b.texts)) for b in itertools.islice(batches, AHEAD))
+
+        def tokenizing() -> bool:
+            return any(not future.done() for _, future in pending)
+
         while pending:
             batch, future = pending.popleft()
             following = next(batches, None)
             if following is not None:
                 pending.append((following, pool.submit(_prepare, following.texts)))
-            yield batch, future.result(), bool(pending)
+            yield batch, future.result(), tokenizing
 
 
 def ramped(batches: Iterator[ReviewBatch], first: int = 512) -> Iterator[ReviewBatch]:
@@ -239,35 +249,6 @@ class _Writer:
         self.writer.close()
 
 
-def bounded_memory() -> None:
-    """CPU settings for scoring: denormals flushed (~1.3x faster here)."""
-    torch.set_flush_denormal(True)
-
-
-def release_memory() -> None:
-    """Hand the heap's free pages back to the OS (glibc ``malloc_trim``) after each batch.
-    Scoring allocates big tensors of ever-changing sizes; without this the heap fragments and the
-    peak grows with the input. Measured in one process here: 875 MB at 25,000 reviews and
-    1,396 MB at 100,000 without it; 999 and 1,073 MB with it, at no measurable cost (mapping
-    every big allocation on its own instead: 730 and 844 MB, but ~20 % slower)."""
-    if _libc is not None:
-        _libc.malloc_trim(0)
-
-
-def _load_libc():
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim  # noqa: B018 - glibc only
-        return libc
-    except (OSError, AttributeError):
-        return None
-
-
-_libc = _load_libc()
-
-
 def score(scorer: Scorer, source: str, out_dir: Path, params: ScoreParams = ScoreParams(),
           workers: int = 1, batch_rows: int = BATCH_ROWS, reuse: StageRef | None = None,
           train_stats: TrainStats | None = None) -> ScoreStats:
@@ -275,7 +256,7 @@ def score(scorer: Scorer, source: str, out_dir: Path, params: ScoreParams = Scor
     the drift against ``train_stats`` (the model's training split) when given."""
     started = time.perf_counter()
     stats = ScoreStats(reused=reuse.key if reuse else None)
-    bounded_memory()
+    tune_cpu()
     _score(scorer, source, out_dir, params, workers, batch_rows, reuse, stats)
     judge_drift(stats, train_stats)
     stats.seconds = time.perf_counter() - started
@@ -313,10 +294,12 @@ def _score(scorer: Scorer, source: str, out_dir: Path, params: ScoreParams, work
 
 
 def _score_rows(scorer: Scorer, writer: _Writer, max_oov: float | None, ids: list[str],
-                labels: list[int | None] | None, statuses: list[str], flat: np.ndarray, offsets: np.ndarray) -> None:
+                labels: list[int | None] | None, statuses: list[str], flat: np.ndarray, offsets: np.ndarray,
+                threads: Callable[[], int] | None = None) -> None:
     """One batch: a status per row, and the token ids of its ``ok`` rows (whole reviews:
     ``flat``, ``offsets``). Their lengths and OOV shares go to the run's profile; a row whose OOV
-    share exceeds ``max_oov`` becomes ``out_of_domain``; the other ``ok`` rows are scored."""
+    share exceeds ``max_oov`` becomes ``out_of_domain``; the other ``ok`` rows are scored (with
+    ``threads()`` PyTorch threads, asked again every ``SCORE_CHUNK`` reviews, when given)."""
     lengths = np.diff(offsets)
     unk = drift_stats.oov_counts(flat, offsets, scorer.vocab.unk_id)
     writer.stats.profile.add(Profile.of(lengths, unk))
@@ -328,10 +311,28 @@ def _score_rows(scorer: Scorer, writer: _Writer, max_oov: float | None, ids: lis
         for i in np.flatnonzero(~keep):
             statuses[ok_rows[i]] = OUT_OF_DOMAIN
     data = Encoded(flat, offsets, np.zeros(len(offsets) - 1, np.float32), []).subset(keep)
-    probs = scorer.predict_encoded(data.truncated(scorer.max_len) if scorer.max_len else data)
+    probs = _predict(scorer, data.truncated(scorer.max_len) if scorer.max_len else data, threads)
     oov = np.full(len(statuses), np.nan)
     oov[ok_rows] = share
     writer.write(ids, statuses, probs, labels, oov)
+
+
+def _predict(scorer: Scorer, data: Encoded, threads: Callable[[], int] | None) -> np.ndarray:
+    """P(positive) per row; with ``threads``, in chunks of ``SCORE_CHUNK`` reviews of similar
+    lengths (the batches the whole would have been cut into), each with ``threads()`` threads."""
+    if threads is None or len(data) <= SCORE_CHUNK:
+        if threads is not None:
+            torch.set_num_threads(threads())
+        return scorer.predict_encoded(data)
+    order = np.argsort(data.lengths, kind="stable")
+    probs = np.empty(len(data), np.float32)
+    for start in range(0, len(order), SCORE_CHUNK):
+        rows = order[start:start + SCORE_CHUNK]
+        keep = np.zeros(len(data), bool)
+        keep[rows] = True
+        torch.set_num_threads(threads())
+        probs[np.sort(rows)] = scorer.predict_encoded(data.subset(keep))
+    return probs
 
 
 def _score_shards(scorer: Scorer, shards: list[Path], writer: _Writer, max_oov: float | None = None) -> None:
@@ -352,10 +353,9 @@ def _score_batches(scorer: Scorer, batches: Iterator[ReviewBatch], writer: _Writ
     with closing(_prepared(batches, scorer, workers)) as prepared, \
             (torch_threads(torch.get_num_threads()) if workers >= 2 else nullcontext()):
         for batch, (statuses, flat, offsets), tokenizing in prepared:
-            if workers >= 2:
-                torch.set_num_threads(max(1, beside) if tokenizing else workers)
+            threads = (lambda busy=tokenizing: max(1, beside) if busy() else workers) if workers >= 2 else None
             _score_rows(scorer, writer, max_oov, batch.ids, batch.labels, statuses, flat.astype(np.int64),
-                        offsets.astype(np.int64))
+                        offsets.astype(np.int64), threads)
             release_memory()
 
 
@@ -478,7 +478,7 @@ def score_part(part: ScorePart, params: ScoreParams, batch_rows: int = BATCH_ROW
         _part_scorer[part.folder] = scorer
     started = time.perf_counter()
     stats = ScoreStats(labeled=part.labeled)
-    bounded_memory()
+    tune_cpu()
     with closing(_Writer(part.out_file, part.labeled, params.threshold, stats)) as writer:
         if part.encoded is not None:
             _score_shards(scorer, [Path(part.encoded)], writer, params.max_oov)

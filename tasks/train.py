@@ -14,7 +14,6 @@ scaling.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import pickle
 import tempfile
@@ -36,6 +35,7 @@ from sentiflow.storage.store import StageRef, Store, stable_hash
 from sentiflow.storage.tracking import configure, log_stage_datasets
 from sentiflow.tasks import stage
 from sentiflow.tasks.batching import bucketed_batches
+from sentiflow.tasks.cpu import release_memory, tune_cpu
 from sentiflow.tasks.embeddings import init_embedding, vectors_identity
 from sentiflow.tasks.inference import MAX_BATCH_TOKENS, Encoded, accuracy, autocast, forward_fn, predict_logits
 from sentiflow.tasks.model import ModelParams, SentimentRNN
@@ -108,39 +108,9 @@ def pick_device(params: TrainParams) -> torch.device:
     return torch.device(params.device)
 
 
-def tune_cpu() -> None:
-    """Two CPU settings that change speed, not results.
-
-    * Denormal floats: gradients flowing back through hundreds of recurrent steps shrink into
-      denormal range, where the CPU takes a slow path; flushing them to zero made the LSTM
-      backward ~15x faster here (values below 1.2e-38 become 0).
-    * glibc returns big freed blocks to the OS at once; the RNN backward allocates and frees such
-      blocks every step. Raising the thresholds (``mallopt``) keeps them.
-
-    Both hold for the rest of the process (a training process, or a Prefect worker running one).
-    """
-    torch.set_flush_denormal(True)
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 # Hand freed heap pages back every this many training batches (``release_memory``): with the
 # thresholds ``tune_cpu`` raises, a default epoch on IMDb otherwise peaked at 3.3 GB RSS.
 TRIM_EVERY = 8
-
-
-def release_memory() -> None:
-    """Hand the heap's free pages back to the OS (glibc ``malloc_trim``). Called after each
-    epoch: training and evaluation allocate tensors of different sizes, and what one phase freed
-    would otherwise stay with the process (and with the selection that follows)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def evaluate(model: nn.Module, data: Encoded, batch_size: int, forward: Callable, device: torch.device,
