@@ -17,12 +17,21 @@ Two things go wrong without this (seen here with Prefect 3):
 
 Tokenizer and scoring pool workers watch their parent the same way
 (``sentiflow.tasks.tokenize.exit_with_parent``).
+
+A command that will run a flow whatever happens (``score``, ``train``) launches the server's
+process first of all (``launch_server_early``: no Prefect import, a few milliseconds), so that
+its ~5 s start overlaps the command's own imports; ``start_guarded_server`` then adopts that
+process instead of launching one after importing Prefect's server module (~8 s later here).
 """
 
 from __future__ import annotations
 
+import atexit
+import importlib.util
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -79,6 +88,63 @@ runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
 """
 
 
+# Prefect's ephemeral server: uvicorn's arguments (``SubprocessASGIServer._run_uvicorn_command`` as
+# of Prefect 3) and the variables it adds to the environment
+_UVICORN = ["--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--log-level", "error",
+            "--lifespan", "on"]
+_SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+_early: dict[str, Any] = {}  # the process launch_server_early started, until adopted: "process", "port"
+_started: list[bool] = []  # not empty once this process has its ephemeral server
+_exit_hook: list[Any] = []  # not empty once _stop_unadopted runs at exit
+
+
+def _launch(port: int, app_dir: str, env: dict[str, str]) -> subprocess.Popen[Any]:
+    return subprocess.Popen([sys.executable, "-c", GUARD, "--app-dir", app_dir, *_UVICORN, "--port", str(port)],
+                            env={**env, **_SERVER_ENV})
+
+
+def _free_port() -> int:
+    """A port of Prefect's range (8000-8999) that nothing listens on now."""
+    for _ in range(50):
+        port = random.randrange(8000, 9000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port for Prefect's ephemeral server in 8000-8999")
+
+
+def launch_server_early() -> None:
+    """Launch the ephemeral server's process now, before Prefect is imported, unless
+    ``PREFECT_API_URL`` is set in the environment. ``start_guarded_server`` adopts it, or stops it
+    where Prefect's settings (a profile, a ``.env`` file) name a server after all. The process
+    reads Prefect's settings from the same sources as this one (environment, profile, files)."""
+    if os.environ.get("PREFECT_API_URL") or _early or _started:
+        return
+    spec = importlib.util.find_spec("prefect")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return
+    port = _free_port()
+    app_dir = os.path.dirname(next(iter(spec.submodule_search_locations)))
+    _early.update(process=_launch(port, app_dir, dict(os.environ)), port=port)
+    if not _exit_hook:
+        _exit_hook.append(atexit.register(_stop_unadopted))
+
+
+def _stop_unadopted() -> None:
+    """The early process, when nothing adopted it (the command failed before its flow)."""
+    process = _early.pop("process", None)
+    _early.clear()
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def _guarded_server_class():
     import prefect
     from prefect.server.api.server import SubprocessASGIServer
@@ -90,13 +156,12 @@ def _guarded_server_class():
         as of Prefect 3), run through ``GUARD``."""
 
         def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
-            env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-                   "PREFECT__SERVER_FINAL": "1",
-                   **get_current_settings().to_environment_variables(exclude_unset=True)}
-            args = ["--app-dir", str(prefect.__module_path__.parent), "--factory",
-                    "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-                    "--log-level", "error", "--lifespan", "on"]
-            return subprocess.Popen([sys.executable, "-c", GUARD, *args], env=env)
+            early = _early.get("process")
+            if early is not None and _early["port"] == self.port and early.poll() is None:
+                _early.clear()  # adopted: Prefect's own atexit stops it from now on
+                return early
+            env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True)}
+            return _launch(self.port, str(prefect.__module_path__.parent), env)
 
     return GuardedServer
 
@@ -108,8 +173,16 @@ def start_guarded_server() -> None:
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        _stop_unadopted()
         return
-    _guarded_server_class()().start()
+    server = _guarded_server_class()()
+    if server.running:  # started by an earlier command in this process
+        _stop_unadopted()
+        return
+    if "port" in _early:
+        server.port = _early["port"]
+    server.start()
+    _started.append(True)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual check: python -m sentiflow.flows.lifecycle

@@ -58,7 +58,7 @@ def test_built_wheel_holds_one_top_level_package(tmp_path):
     assert "sentiflow/tasks/inference.py" in names and "sentiflow/flows/cli.py" in names
     assert not [n for n in names if n.startswith("sentiflow/") and "tests" in n.split("/")]
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "sentiflow = sentiflow.flows.cli:app" in entry
+    assert "sentiflow = sentiflow.flows.cli:main" in entry
 
     # installed alone (python -S: no .pth file, so the editable install is out of sight)
     target = tmp_path / "site"
