@@ -332,6 +332,7 @@ def _predict(scorer: Scorer, data: Encoded, threads: Callable[[], int] | None) -
         keep[rows] = True
         torch.set_num_threads(threads())
         probs[np.sort(rows)] = scorer.predict_encoded(data.subset(keep))
+        release_memory()  # big blocks the allocator keeps (tune_cpu) would fragment the heap
     return probs
 
 
