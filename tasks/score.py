@@ -318,21 +318,20 @@ def _score_rows(scorer: Scorer, writer: _Writer, max_oov: float | None, ids: lis
 
 
 def _predict(scorer: Scorer, data: Encoded, threads: Callable[[], int] | None) -> np.ndarray:
-    """P(positive) per row; with ``threads``, in chunks of ``SCORE_CHUNK`` reviews of similar
-    lengths (the batches the whole would have been cut into), each with ``threads()`` threads."""
-    if threads is None or len(data) <= SCORE_CHUNK:
-        if threads is not None:
-            torch.set_num_threads(threads())
-        return scorer.predict_encoded(data)
+    """P(positive) per row, in chunks of ``SCORE_CHUNK`` reviews of similar lengths (the batches
+    the whole would have been cut into), each with ``threads()`` PyTorch threads when given, the
+    heap trimmed after each: the big blocks the allocator keeps (``tune_cpu``) would otherwise
+    fragment it, and memory would grow with the input."""
     order = np.argsort(data.lengths, kind="stable")
     probs = np.empty(len(data), np.float32)
     for start in range(0, len(order), SCORE_CHUNK):
-        rows = order[start:start + SCORE_CHUNK]
+        rows = np.sort(order[start:start + SCORE_CHUNK])
         keep = np.zeros(len(data), bool)
         keep[rows] = True
-        torch.set_num_threads(threads())
-        probs[np.sort(rows)] = scorer.predict_encoded(data.subset(keep))
-        release_memory()  # big blocks the allocator keeps (tune_cpu) would fragment the heap
+        if threads is not None:
+            torch.set_num_threads(threads())
+        probs[rows] = scorer.predict_encoded(data.subset(keep))
+        release_memory()
     return probs
 
 
