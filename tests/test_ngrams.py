@@ -20,7 +20,7 @@ from sentiflow.tasks.model import ModelParams, SentimentRNN, ngram_features
 from sentiflow.tasks.ngrams import fit_mix, log_count_ratios
 from sentiflow.tasks.train import TrainConfig, TrainParams, load_checkpoint
 from sentiflow.tasks.vocab import Vocab
-from tests.test_train import choose, data, fit, settings  # noqa: F401 - fixtures
+from tests.test_train import choose, data, fit, one_by_one_accuracy, settings  # noqa: F401 - fixtures
 
 PAD = 1
 
@@ -122,19 +122,6 @@ def test_the_mix_is_the_logistic_regression_that_generated_the_labels():
     torch.testing.assert_close(mix, torch.tensor([0.6, 1.7, -0.3]), atol=0.03, rtol=0)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     assert bce(mix[0] * rnn + mix[1] * ngram + mix[2], labels) < bce(rnn + ngram, labels)
-
-
-def one_by_one_accuracy(net: SentimentRNN, rows: Encoded, pad_id: int) -> float:
-    """Each review alone through the packed forward (an empty one as one pad token)."""
-    net.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(len(rows)):
-            ids = rows.flat[rows.offsets[i]:rows.offsets[i + 1]]
-            ids = ids if len(ids) else np.array([pad_id])
-            logit = net(torch.from_numpy(np.asarray(ids, dtype=np.int64)).unsqueeze(1), torch.tensor([len(ids)]))
-            correct += int((logit.item() > 0) == (rows.labels[i] > 0.5))
-    return correct / len(rows)
 
 
 NGRAM = TrainConfig(model=ModelParams(embed_dim=16, hidden_dim=16, dropout=0.2, ngrams=2, ngram_buckets=1 << 16),

@@ -49,6 +49,20 @@ def fit(data, settings, config=SMALL):
     return train(config, data.encoded["train"], data.encoded["val"], data.vocab, {"data.source": "t"}, settings)
 
 
+def one_by_one_accuracy(net: SentimentRNN, rows: Encoded, pad_id: int) -> float:
+    """Each review alone through the packed forward (an empty one as one pad token): no batching
+    shared with the code under test."""
+    net.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(len(rows)):
+            ids = rows.flat[rows.offsets[i]:rows.offsets[i + 1]]
+            ids = ids if len(ids) else np.array([pad_id])
+            logit = net(torch.from_numpy(np.asarray(ids, dtype=np.int64)).unsqueeze(1), torch.tensor([len(ids)]))
+            correct += int((logit.item() > 0) == (rows.labels[i] > 0.5))
+    return correct / len(rows)
+
+
 def choose(data, settings, result, config=SMALL):
     from sentiflow.tasks.tokenize import TokenizeParams
 
@@ -312,16 +326,7 @@ def test_checkpoints_are_the_averaged_weights_they_were_judged_by(data, settings
                                                    dst_path=str(tmp_path / str(epoch)))
         net = SentimentRNN(len(vocab), config.model, pad_id=vocab.pad_id)
         net.load_state_dict(torch.load(path, weights_only=True))
-        net.eval()
-        correct = 0
-        with torch.no_grad():  # one review at a time through the packed forward: no batching shared
-            for i in range(len(val)):
-                ids = val.flat[val.offsets[i]:val.offsets[i + 1]]
-                ids = ids if len(ids) else np.array([vocab.pad_id])
-                logit = net(torch.from_numpy(np.asarray(ids, dtype=np.int64)).unsqueeze(1),
-                            torch.tensor([len(ids)]))
-                correct += int((logit.item() > 0) == (val.labels[i] > 0.5))
-        assert correct / len(val) == pytest.approx(logged[epoch], abs=1e-9)
+        assert one_by_one_accuracy(net, val, vocab.pad_id) == pytest.approx(logged[epoch], abs=1e-9)
     resume = torch.load(mlflow.artifacts.download_artifacts(
         run_id=result.run_id, artifact_path="checkpoints/resume.pt", dst_path=str(tmp_path / "r")),
         weights_only=True)
