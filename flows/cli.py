@@ -130,7 +130,7 @@ def _train_config():
 
 
 def _score_config():
-    from sentiflow.tasks.score_config import ScoreConfig  # no Prefect: predict uses it too
+    from sentiflow.tasks.scoring.score_config import ScoreConfig  # no Prefect: predict uses it too
 
     return ScoreConfig()
 
@@ -182,12 +182,11 @@ def _check_force(force: list[str] | None) -> list[str]:
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
+    from mlflow.exceptions import MlflowException
     from pydantic import ValidationError
 
-    from mlflow.exceptions import MlflowException
-
-    from sentiflow.tasks.serving import ModelError
-    from sentiflow.tasks.sources import SourceError
+    from sentiflow.tasks.data.sources import SourceError
+    from sentiflow.tasks.scoring.serving import ModelError
 
     # OSError: an unreadable source, an --out that cannot be written; MlflowException: a tracking
     # server that cannot be reached. The message says it all; no traceback.
@@ -520,7 +519,7 @@ def predict(
     import tempfile
 
     if not texts or texts == ["-"]:  # bytes that are not UTF-8 are kept: status not_text
-        from sentiflow.tasks.score_sources import decoded
+        from sentiflow.tasks.scoring.score_sources import decoded
 
         texts = [decoded(raw.rstrip(b"\r\n")) for raw in sys.stdin.buffer]
     with _user_errors():
@@ -528,8 +527,8 @@ def predict(
         config = PREDICT.build(model=model, threshold=threshold, max_oov=max_oov)
         threshold = config.params.threshold
         from sentiflow.storage.tracking import configure
-        from sentiflow.tasks.score_sources import OK, OUT_OF_DOMAIN, as_text, status_of
-        from sentiflow.tasks.serving import load_scorer, resolve_model
+        from sentiflow.tasks.scoring.score_sources import OK, OUT_OF_DOMAIN, as_text, status_of
+        from sentiflow.tasks.scoring.serving import load_scorer, resolve_model
 
         configure(settings)
         ref = resolve_model(config.model)

@@ -3,7 +3,7 @@
 The flow only wires tasks, once, whichever task runner runs them: every stage is submitted, each
 task gets its upstream tasks' futures as inputs, and the flow then resolves the futures in stage
 order. Tokenize and encode are one task per shard (``tokenize-train-3``), each keyed by its
-shard's content, then one task per part gathers them (``tokenize-train``; ``sentiflow.tasks.shards``).
+shard's content, then one task per part gathers them (``tokenize-train``; ``sentiflow.tasks.data.shards``).
 Each task returns a ``StageRef`` and is served from Prefect's cache (state "Cached") when its
 stage folder is present and valid: after reviews are appended to a source, the shards that did
 not change are Cached and only the new ones are tokenized (``PreparedData.shards`` counts them).
@@ -55,14 +55,14 @@ from pydantic import BaseModel, Field
 from sentiflow.flows.runs import run_settings, with_settings
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef
-from sentiflow.tasks import encode, tokenize
-from sentiflow.tasks.encode import encode_task
-from sentiflow.tasks.ingest import IngestParams, ingest_task
-from sentiflow.tasks.reviews import fingerprint
-from sentiflow.tasks.shards import gather_task, shards_of
-from sentiflow.tasks.split import SplitParams, split_task
-from sentiflow.tasks.tokenize import TokenizeParams, tokenize_task
-from sentiflow.tasks.vocab import VocabParams, vocab_task
+from sentiflow.tasks.data import encode, tokenize
+from sentiflow.tasks.data.encode import encode_task
+from sentiflow.tasks.data.ingest import IngestParams, ingest_task
+from sentiflow.tasks.data.reviews import fingerprint
+from sentiflow.tasks.data.shards import gather_task, shards_of
+from sentiflow.tasks.data.split import SplitParams, split_task
+from sentiflow.tasks.data.tokenize import TokenizeParams, tokenize_task
+from sentiflow.tasks.data.vocab import VocabParams, vocab_task
 
 # The stages, in order: written here once; everything else (STAGES, RUNS, --force) derives from it.
 Stage = Literal["ingest", "split", "tokenize", "vocab", "encode"]

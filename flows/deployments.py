@@ -9,8 +9,9 @@ A deployment's run builds its settings from the worker's environment when it sta
 parameters, and the forms' defaults are the flows' models' (``TrainFlowConfig``, ``ScoreConfig``).
 
 Retraining is safe to schedule: on unchanged data every data stage is Cached, a finished training
-with the same key is reused (no new version), and the ``champion`` alias moves only to a version
-with a better ``val_acc`` (tasks/select.py), so a scheduled run never makes scoring worse.
+with the same key is reused (no new version), and the ``champion`` alias moves only when the
+champion gate (tasks/release/gate.py) finds the new version more accurate than the champion on the
+same rows, so a scheduled run never makes scoring worse.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ Two things go wrong without this (seen here with Prefect 3):
   started the child ends; nor would a pipe: forked tokenizer workers inherit its write end.
 
 Tokenizer and scoring pool workers watch their parent the same way
-(``sentiflow.tasks.tokenize.exit_with_parent``).
+(``sentiflow.tasks.data.tokenize.exit_with_parent``).
 
 A command that will run a flow whatever happens (``score``, ``train``) launches the server's
 process first of all (``launch_server_early``: no Prefect import, a few milliseconds), so that

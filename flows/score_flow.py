@@ -35,9 +35,8 @@ from sentiflow.flows.runs import confine_deployment_paths, run_settings
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef, Store
 from sentiflow.storage.tracking import configure, log_stage_datasets
-from sentiflow.tasks.reviews import fingerprint
-from sentiflow.tasks.score_sources import OUT_OF_DOMAIN
-from sentiflow.tasks.score import (
+from sentiflow.tasks.data.reviews import fingerprint
+from sentiflow.tasks.scoring.score import (
     PART_ROWS,
     ScoreParams,
     ScorePart,
@@ -49,8 +48,9 @@ from sentiflow.tasks.score import (
     score_part,
     score_task,
 )
-from sentiflow.tasks.score_config import ScoreConfig
-from sentiflow.tasks.serving import ModelRef, resolve_model
+from sentiflow.tasks.scoring.score_config import ScoreConfig
+from sentiflow.tasks.scoring.score_sources import OUT_OF_DOMAIN
+from sentiflow.tasks.scoring.serving import ModelRef, resolve_model
 
 KEY_TAG = "sentiflow.score_key"
 
@@ -72,7 +72,7 @@ def prewarm(settings: Settings) -> None:
     not write; a failure is left for the flow to meet and report."""
     try:
         configure(settings)
-        from sentiflow.tasks.text import _tokenizer
+        from sentiflow.tasks.core.text import _tokenizer
 
         _tokenizer()
     except Exception:  # noqa: BLE001 - the flow reports it where it is seen
@@ -169,7 +169,7 @@ def log_evaluation_task(model: ModelRef, stage: StageRef, stats: ScoreStats, con
 def drift_report(stats: ScoreStats) -> dict:
     """``drift.json`` of an evaluation run: the metrics, warnings and thresholds, and the run's
     quantiles of review length and OOV share (from its grid counts)."""
-    from sentiflow.tasks import drift
+    from sentiflow.tasks.scoring import drift
 
     p = stats.profile
     return {"metrics": stats.drift.metrics, "warnings": stats.drift.warnings,
@@ -277,7 +277,7 @@ def _run_link(run_id: str | None, settings: Settings) -> str:
 
 def drift_lines(stats: ScoreStats) -> list[str]:
     """The summary's drift section: warnings first, then the figures against the training split."""
-    from sentiflow.tasks import drift
+    from sentiflow.tasks.scoring import drift
 
     lines = ["## Distance from the training data", ""]
     d, p = stats.drift, stats.profile

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from sentiflow.flows.data_flow import PARTS, SHARDS_FROM, DataConfig, PreparedData
 from sentiflow.storage.store import StageRef, Store, file_sha256
-from sentiflow.tasks import encode, ingest, split, tokenize, vocab
-from sentiflow.tasks.reviews import fingerprint
-from sentiflow.tasks.shards import plan_gather, shards_of
+from sentiflow.tasks.data import encode, ingest, split, tokenize, vocab
+from sentiflow.tasks.data.reviews import fingerprint
+from sentiflow.tasks.data.shards import plan_gather, shards_of
 from sentiflow.tasks.stage import input_token
 
 

@@ -11,10 +11,10 @@ from sentiflow.flows.data_flow import DataConfig, PreparedData, Stage, data_flow
 from sentiflow.flows.runs import confine_deployment_paths, run_settings
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.tracking import REGISTERED_MODEL, redact, redact_all
-from sentiflow.tasks.gate import GateParams
-from sentiflow.tasks.model import ModelParams
-from sentiflow.tasks.select import SelectResult, select_task
-from sentiflow.tasks.train import TrainConfig, TrainParams, TrainResult, train_task
+from sentiflow.tasks.core.model import ModelParams
+from sentiflow.tasks.release.gate import GateParams
+from sentiflow.tasks.release.select import SelectResult, select_task
+from sentiflow.tasks.training.train import TrainConfig, TrainParams, TrainResult, train_task
 
 
 class TrainFlowConfig(BaseModel):

@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     source: str = Field(DEFAULT_SOURCE, description="Hugging Face dataset id or local path")
     gate_source: str | None = Field(
         None, description="A fixed labelled source the champion gate judges challenger and champion "
-                          "on; unset: each new run's test split (tasks/gate.py)")
+                          "on; unset: each new run's test split (tasks/release/gate.py)")
     tracking_uri: str | None = Field(
         None,
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "SENTIFLOW_TRACKING_URI"),

@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import inspect
 import logging
+import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,6 +25,19 @@ from pydantic import BaseModel
 from sentiflow.storage.store import StageRef, Store, stable_hash, stage_key
 
 log = logging.getLogger("sentiflow.stage")
+
+
+# The model's own code: every module of this package, shipped with the registered model
+# (``sentiflow.tasks.scoring.serving``) and part of the training and score keys. One list, read
+# from the package itself, so a module added there is shipped and keyed without another edit.
+MODEL_PACKAGE = "sentiflow.tasks.core"
+TEXT_CODE = f"{MODEL_PACKAGE}.text"  # text to token ids: what the data stages' keys name
+
+
+def model_code() -> list[str]:
+    """The modules of ``MODEL_PACKAGE``, by name, sorted."""
+    package = importlib.import_module(MODEL_PACKAGE)
+    return sorted(f"{MODEL_PACKAGE}.{m.name}" for m in pkgutil.iter_modules(package.__path__))
 
 
 def code_version(modules: str | Sequence[str], *extra: str) -> str:

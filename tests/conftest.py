@@ -32,6 +32,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
+import sentiflow.flows  # noqa: E402,F401  (the libraries' process defaults, before Prefect is imported)
+
 POSITIVE = ["great", "wonderful", "superb", "moving", "brilliant", "delightful", "touching"]
 NEGATIVE = ["awful", "boring", "dreadful", "clumsy", "terrible", "tedious", "lifeless"]
 NEUTRAL = ["the", "film", "plot", "actors", "scene", "director", "story", "camera", "and", "a"]

@@ -24,7 +24,7 @@ from sentiflow.flows.data_flow import (
 )
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import MANIFEST
-from sentiflow.tasks.ingest import IngestParams
+from sentiflow.tasks.data.ingest import IngestParams
 from tests.conftest import capture_log
 from tests.test_data_flow import ALL, _manifest_stamps, task_run_states
 

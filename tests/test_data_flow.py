@@ -17,10 +17,10 @@ from sentiflow.flows.data_flow import (
 )
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import MANIFEST
-from sentiflow.tasks.ingest import IngestParams, read_part
-from sentiflow.tasks.split import SplitParams, held_out
-from sentiflow.tasks.tokenize import TokenizeParams
-from sentiflow.tasks.vocab import Vocab, VocabParams
+from sentiflow.tasks.data.ingest import IngestParams, read_part
+from sentiflow.tasks.data.split import SplitParams, held_out
+from sentiflow.tasks.data.tokenize import TokenizeParams
+from sentiflow.tasks.data.vocab import Vocab, VocabParams
 from tests.conftest import write_imdb_folder
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -25,7 +25,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from sentiflow.tasks import drift
+from sentiflow.tasks.scoring import drift
 from tests.conftest import make_reviews, read_artifacts, write_imdb_folder
 
 CHAMPION = "models:/sentiflow@champion"
@@ -44,9 +44,9 @@ class Trained:
 def trained(tmp_path_factory, prefect_harness) -> Trained:
     from sentiflow.flows.data_flow import DataConfig
     from sentiflow.flows.train_flow import TrainFlowConfig, train_flow
-    from sentiflow.tasks.model import ModelParams
-    from sentiflow.tasks.train import TrainParams
-    from sentiflow.tasks.vocab import VocabParams
+    from sentiflow.tasks.core.model import ModelParams
+    from sentiflow.tasks.data.vocab import VocabParams
+    from sentiflow.tasks.training.train import TrainParams
 
     base = tmp_path_factory.mktemp("drift")
     src = write_imdb_folder(base / "src", n_train=240, n_test=40, seed=21)
@@ -103,7 +103,7 @@ def write_texts(path: Path, texts: list, labels: list[int] | None = None) -> Pat
 
 def score(trained: Trained, source: Path, **params):
     from sentiflow.flows.score_flow import ScoreConfig, score_flow
-    from sentiflow.tasks.score import ScoreParams
+    from sentiflow.tasks.scoring.score import ScoreParams
 
     return score_flow(config=ScoreConfig(model=CHAMPION, source=str(source), params=ScoreParams(**params)),
                       data_root=str(trained.root), workers=1)
@@ -249,9 +249,9 @@ def test_model_without_train_stats_still_scores_with_a_note(trained, tmp_path):
     from sentiflow.flows.score_flow import ScoreConfig, score_flow
     from sentiflow.storage.settings import Settings
     from sentiflow.storage.tracking import configure
-    from sentiflow.tasks.inference import Scorer
-    from sentiflow.tasks.score import NO_TRAIN_STATS
-    from sentiflow.tasks.serving import log_model
+    from sentiflow.tasks.core.inference import Scorer
+    from sentiflow.tasks.scoring.score import NO_TRAIN_STATS
+    from sentiflow.tasks.scoring.serving import log_model
 
     configure(Settings(data_root=trained.root))
     f = trained.files

@@ -19,11 +19,11 @@ from mlflow.tracking import MlflowClient
 
 from sentiflow.flows.data_flow import DataConfig, prepare_data
 from sentiflow.storage.settings import Settings
-from sentiflow.tasks.gate import GateParams
-from sentiflow.tasks.model import ModelParams
-from sentiflow.tasks.select import select
-from sentiflow.tasks.text import TokenizeParams
-from sentiflow.tasks.train import TrainConfig, TrainParams, train
+from sentiflow.tasks.core.model import ModelParams
+from sentiflow.tasks.core.text import TokenizeParams
+from sentiflow.tasks.release.gate import GateParams
+from sentiflow.tasks.release.select import select
+from sentiflow.tasks.training.train import TrainConfig, TrainParams, train
 from tests.conftest import NEUTRAL, write_imdb_folder
 
 SMALL = TrainConfig(model=ModelParams(embed_dim=16, hidden_dim=16, dropout=0.2),

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sentiflow.tasks.ingest import ingest, read_part
-from sentiflow.tasks.reviews import SourceError
+from sentiflow.tasks.data.ingest import ingest, read_part
+from sentiflow.tasks.data.reviews import SourceError
 from tests.conftest import make_reviews
 
 # awkward but valid reviews: ingest keeps each one byte for byte, scoring scores each one
@@ -64,11 +64,11 @@ def test_awkward_reviews_train_and_score(tmp_path, prefect_harness):
     does) and scoring of the same file: one row out per row in, each scored."""
     from sentiflow.flows.data_flow import DataConfig, prepare_data
     from sentiflow.storage.settings import Settings
-    from sentiflow.tasks.inference import Scorer
-    from sentiflow.tasks.model import ModelParams
-    from sentiflow.tasks.score import ScoreParams, score
-    from sentiflow.tasks.text import TokenizeParams, Vocab
-    from sentiflow.tasks.train import TrainConfig, TrainParams, build_model, train
+    from sentiflow.tasks.core.inference import Scorer
+    from sentiflow.tasks.core.model import ModelParams
+    from sentiflow.tasks.core.text import TokenizeParams, Vocab
+    from sentiflow.tasks.scoring.score import ScoreParams, score
+    from sentiflow.tasks.training.train import TrainConfig, TrainParams, build_model, train
 
     expected = _corpus(tmp_path / "src")
     data = prepare_data(config=DataConfig(source=str(tmp_path / "src")), data_root=str(tmp_path / "data"),
@@ -133,10 +133,10 @@ def test_invalid_utf8_and_wrong_types_are_named(tmp_path):
 
 def test_scoring_keeps_every_row_of_a_hostile_file_with_a_status(tmp_path):
     """Bad rows get a status in place; the valid rows around them are scored."""
-    from sentiflow.tasks.inference import Scorer
-    from sentiflow.tasks.model import ModelParams, SentimentRNN
-    from sentiflow.tasks.score import ScoreParams, score
-    from sentiflow.tasks.text import PAD, UNK, TokenizeParams, Vocab
+    from sentiflow.tasks.core.inference import Scorer
+    from sentiflow.tasks.core.model import ModelParams, SentimentRNN
+    from sentiflow.tasks.core.text import PAD, UNK, TokenizeParams, Vocab
+    from sentiflow.tasks.scoring.score import ScoreParams, score
 
     path = tmp_path / "hostile.csv"
     lines = [b"id,text,label", b"a,good film,1", b"b,,0", b'c,"quoted, with\nnewline",1',

@@ -17,7 +17,7 @@ import pytest
 
 from sentiflow.flows.data_flow import DataConfig, prepare_data
 from sentiflow.storage.store import MANIFEST
-from sentiflow.tasks.ingest import IngestParams
+from sentiflow.tasks.data.ingest import IngestParams
 from tests.conftest import make_reviews
 from tests.test_data_flow import task_run_states
 
@@ -81,7 +81,7 @@ def test_appended_reviews_are_the_only_ones_tokenized_again(tmp_path):
 def test_ingest_shards_do_not_depend_on_how_the_source_was_read(tmp_path):
     """One Parquet file with small row groups and a folder with the same rows give the same
     ingest shards: shards are cut by row count, whatever the batches the reader gives."""
-    from sentiflow.tasks import ingest as ingest_mod
+    from sentiflow.tasks.data import ingest as ingest_mod
 
     reviews = make_reviews(230, seed=9)
     one = tmp_path / "one.parquet"

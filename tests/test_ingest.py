@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from sentiflow.storage.store import MANIFEST, Store
-from sentiflow.tasks import ingest as ingest_mod
-from sentiflow.tasks.ingest import SCHEMA, ingest, normalize, read_part
-from sentiflow.tasks.reviews import fingerprint
-from sentiflow.tasks.sources import SourceError, read_source, source_kind
+from sentiflow.tasks.data import ingest as ingest_mod
+from sentiflow.tasks.data.ingest import SCHEMA, ingest, normalize, read_part
+from sentiflow.tasks.data.reviews import fingerprint
+from sentiflow.tasks.data.sources import SourceError, read_source, source_kind
 from tests.conftest import capture_log, edit_module_source, make_reviews, write_imdb_folder
 
 REAL_IMDB = Path("/work/shared/data/imdb")
@@ -749,12 +749,12 @@ def test_fingerprint_needs_no_hashlib_file_digest(tmp_path, monkeypatch, make):
 
 
 def test_ingest_key_follows_the_readers_in_sources(tmp_path, monkeypatch):
-    """The readers live in sentiflow.tasks.sources: editing them must change ingest's key like editing
-    sentiflow.tasks.ingest does."""
+    """The readers live in sentiflow.tasks.data.sources: editing them must change ingest's key like editing
+    sentiflow.tasks.data.ingest does."""
     before = ingest_mod.plan(tmp_path, "folder:abc").key
-    edit_module_source(monkeypatch, "sentiflow.tasks.sources")
+    edit_module_source(monkeypatch, "sentiflow.tasks.data.sources")
     after_sources = ingest_mod.plan(tmp_path, "folder:abc").key
-    edit_module_source(monkeypatch, "sentiflow.tasks.ingest")
+    edit_module_source(monkeypatch, "sentiflow.tasks.data.ingest")
     after_both = ingest_mod.plan(tmp_path, "folder:abc").key
     assert len({before, after_sources, after_both}) == 3
 

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sentiflow.tasks.embeddings import init_embedding, load_vectors
-from sentiflow.tasks.model import (
+from sentiflow.tasks.core.model import (
     Dropout,
     ModelParams,
     Reverse,
@@ -18,6 +17,7 @@ from sentiflow.tasks.model import (
     _reversal,
     seed_example,
 )
+from sentiflow.tasks.training.embeddings import init_embedding, load_vectors
 
 
 def test_seed_example_is_the_7_by_5_table():

@@ -15,11 +15,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from sentiflow.tasks.inference import Encoded, Scorer
-from sentiflow.tasks.model import ModelParams, SentimentRNN, ngram_features
-from sentiflow.tasks.ngrams import fit_mix, log_count_ratios
-from sentiflow.tasks.train import TrainConfig, TrainParams, load_checkpoint
-from sentiflow.tasks.vocab import Vocab
+from sentiflow.tasks.core.inference import Encoded, Scorer
+from sentiflow.tasks.core.model import ModelParams, SentimentRNN, ngram_features
+from sentiflow.tasks.data.vocab import Vocab
+from sentiflow.tasks.training.ngrams import fit_mix, log_count_ratios
+from sentiflow.tasks.training.train import TrainConfig, TrainParams, load_checkpoint
 from tests.test_train import choose, data, fit, one_by_one_accuracy, settings  # noqa: F401 - fixtures
 
 PAD = 1
@@ -156,7 +156,7 @@ def test_training_with_the_term_logs_it_and_serves_it(data, settings, tmp_path):
                           env=env, timeout=300, cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     served = json.loads(proc.stdout.strip().splitlines()[-1])
-    from sentiflow.tasks.tokenize import TokenizeParams
+    from sentiflow.tasks.data.tokenize import TokenizeParams
 
     local = Scorer(net, vocab, TokenizeParams()).predict_proba(texts)
     np.testing.assert_allclose(served, local, rtol=1e-5)

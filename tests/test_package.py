@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROBE = """
 import importlib, json
 out = {}
-for name in ("tasks", "flows", "storage", "sentiflow", "sentiflow.tasks.inference", "sentiflow.flows.cli",
+for name in ("tasks", "flows", "storage", "sentiflow", "sentiflow.tasks.core.inference", "sentiflow.flows.cli",
              "sentiflow.storage.store"):
     try:
         module = importlib.import_module(name)
@@ -36,7 +36,7 @@ def test_editable_install_claims_only_sentiflow(tmp_path):
     found = _probe([sys.executable], cwd=tmp_path)  # a folder outside the checkout
     assert found["tasks"] is None and found["flows"] is None and found["storage"] is None
     assert found["sentiflow"] is not None
-    assert found["sentiflow.tasks.inference"] == str(ROOT / "tasks" / "inference.py")
+    assert found["sentiflow.tasks.core.inference"] == str(ROOT / "tasks" / "core" / "inference.py")
     assert found["sentiflow.flows.cli"] == str(ROOT / "flows" / "cli.py")
 
 
@@ -55,7 +55,7 @@ def test_built_wheel_holds_one_top_level_package(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"sentiflow", wheel.name.split("-")[0] + "-" +
                                                 wheel.name.split("-")[1] + ".dist-info"}
-    assert "sentiflow/tasks/inference.py" in names and "sentiflow/flows/cli.py" in names
+    assert "sentiflow/tasks/core/inference.py" in names and "sentiflow/flows/cli.py" in names
     assert not [n for n in names if n.startswith("sentiflow/") and "tests" in n.split("/")]
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "sentiflow = sentiflow.flows.cli:main" in entry
@@ -70,38 +70,39 @@ def test_built_wheel_holds_one_top_level_package(tmp_path):
     env = {"PYTHONPATH": ":".join([str(target), *site.getsitepackages()]), "PATH": "/usr/bin:/bin"}
     found = _probe([sys.executable, "-S"], cwd=tmp_path, env=env)
     assert found["tasks"] is None and found["flows"] is None and found["storage"] is None
-    assert found["sentiflow.tasks.inference"] == str(target / "sentiflow" / "tasks" / "inference.py")
+    assert found["sentiflow.tasks.core.inference"] == str(target / "sentiflow" / "tasks" / "core" / "inference.py")
     assert found["sentiflow.flows.cli"] == str(target / "sentiflow" / "flows" / "cli.py")
 
 
 def test_inference_imports_nothing_of_training_or_prefect():
-    code = ("import sys, sentiflow.tasks.inference, sentiflow.tasks.serving; "
+    code = ("import sys, sentiflow.tasks.core.inference, sentiflow.tasks.scoring.serving; "
             "print(sorted(m for m in sys.modules if m == 'prefect' or m.startswith(('prefect.', 'sentiflow.'))))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     loaded = eval(proc.stdout.strip().splitlines()[-1])  # a printed list of module names
     assert not [m for m in loaded if m.startswith("prefect")]
     tasks = {m for m in loaded if m.startswith("sentiflow.tasks")}
-    assert tasks <= {"sentiflow.tasks", "sentiflow.tasks.inference", "sentiflow.tasks.model",
-                     "sentiflow.tasks.text", "sentiflow.tasks.serving"}, loaded
+    assert tasks <= {"sentiflow.tasks", "sentiflow.tasks.core", "sentiflow.tasks.core.inference",
+                     "sentiflow.tasks.core.model", "sentiflow.tasks.core.text", "sentiflow.tasks.stage",
+                     "sentiflow.tasks.scoring", "sentiflow.tasks.scoring.serving"}, loaded
 
 
 def test_score_key_follows_inference_not_training(monkeypatch):
     """Editing the training loop leaves a score key as it was; editing inference changes it."""
-    from sentiflow.tasks import score
-    from sentiflow.tasks.serving import ModelRef
+    from sentiflow.tasks.scoring import score
+    from sentiflow.tasks.scoring.serving import ModelRef
     from tests.conftest import edit_module_source
 
     model = ModelRef(requested="models:/sentiflow@champion", uri="models:/sentiflow/1", model_uuid="u" * 32)
     before = score.spec(score.ScoreParams(), model, "parquet:abc").key
     with monkeypatch.context() as m:
-        edit_module_source(m, "sentiflow.tasks.train")
+        edit_module_source(m, "sentiflow.tasks.training.train")
         assert score.spec(score.ScoreParams(), model, "parquet:abc").key == before
     with monkeypatch.context() as m:
-        edit_module_source(m, "sentiflow.tasks.inference")
+        edit_module_source(m, "sentiflow.tasks.core.inference")
         assert score.spec(score.ScoreParams(), model, "parquet:abc").key != before
     with monkeypatch.context() as m:
-        edit_module_source(m, "sentiflow.tasks.batching")  # training batches
+        edit_module_source(m, "sentiflow.tasks.training.batching")  # training batches
         assert score.spec(score.ScoreParams(), model, "parquet:abc").key == before
 
 

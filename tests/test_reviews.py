@@ -1,4 +1,4 @@
-"""The review schema's one home (``sentiflow.tasks.reviews``): columns, labels and their null rule,
+"""The review schema's one home (``sentiflow.tasks.data.reviews``): columns, labels and their null rule,
 ids, a folder's parts, fingerprints; and ingest and scoring agreeing on them, on real Parquet, CSV
 and text files. Expected values are written out or computed here with hashlib, not by the code
 under test."""
@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sentiflow.tasks import ingest as ingest_mod
-from sentiflow.tasks.ingest import ingest, read_part
-from sentiflow.tasks.reviews import (
+from sentiflow.tasks.data import ingest as ingest_mod
+from sentiflow.tasks.data.ingest import ingest, read_part
+from sentiflow.tasks.data.reviews import (
     ID_COLUMNS,
     LABEL_COLUMNS,
     TEXT_COLUMNS,
@@ -29,7 +29,7 @@ from sentiflow.tasks.reviews import (
     pick,
     source_kind,
 )
-from sentiflow.tasks.score_sources import open_reviews
+from sentiflow.tasks.scoring.score_sources import open_reviews
 from tests.conftest import edit_module_source
 
 
@@ -284,7 +284,7 @@ def test_fingerprint_of_a_hub_dataset_is_its_revision(monkeypatch):
 # -- the module itself ----------------------------------------------------------------------------
 
 def test_reviews_imports_no_prefect():
-    code = ("import sys, sentiflow.tasks.reviews; "
+    code = ("import sys, sentiflow.tasks.data.reviews; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'prefect'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -292,14 +292,14 @@ def test_reviews_imports_no_prefect():
 
 def test_ingest_key_follows_reviews(tmp_path, monkeypatch):
     before = ingest_mod.plan(tmp_path, "folder:abc").key
-    edit_module_source(monkeypatch, "sentiflow.tasks.reviews")
+    edit_module_source(monkeypatch, "sentiflow.tasks.data.reviews")
     assert ingest_mod.plan(tmp_path, "folder:abc").key != before
 
 
 def test_hub_calls_are_retried_with_backoff_on_transient_errors_only():
     from huggingface_hub.errors import OfflineModeIsEnabled
 
-    from sentiflow.tasks.reviews import with_retries
+    from sentiflow.tasks.data.reviews import with_retries
 
     calls = []
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from sentiflow.tasks.schedule import WeightAverage, lr_factor
+from sentiflow.tasks.training.schedule import WeightAverage, lr_factor
 
 
 @pytest.mark.parametrize("t, cosine, linear", [(0, 1, 1), (0.25, (1 + math.sqrt(0.5)) / 2, 0.75),
@@ -43,7 +43,7 @@ def test_weight_average_is_the_moving_average_and_leaves_the_model_its_weights()
 
 
 def test_word_dropout_replaces_about_its_share_of_real_tokens_and_never_padding():
-    from sentiflow.tasks.train import drop_words
+    from sentiflow.tasks.training.train import drop_words
 
     torch.manual_seed(0)
     text = torch.full((400, 50), 1)  # pad 1

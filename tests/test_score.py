@@ -24,14 +24,21 @@ import torch
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from sentiflow.tasks.inference import Scorer
-from sentiflow.tasks.model import ModelParams, SentimentRNN
-from sentiflow.tasks.score import ScoreParams, ScorePart, ScoreWork, assemble, score, score_part
-from sentiflow.tasks.score_sources import plan_parts, status_of
-from sentiflow.tasks.serving import ModelError, load_scorer, resolve_model
-from sentiflow.tasks.sources import SourceError
-from sentiflow.tasks.tokenize import TokenizeParams
-from sentiflow.tasks.vocab import PAD, UNK, Vocab
+from sentiflow.tasks.core.inference import Scorer
+from sentiflow.tasks.core.model import ModelParams, SentimentRNN
+from sentiflow.tasks.data.sources import SourceError
+from sentiflow.tasks.data.tokenize import TokenizeParams
+from sentiflow.tasks.data.vocab import PAD, UNK, Vocab
+from sentiflow.tasks.scoring.score import (
+    ScoreParams,
+    ScorePart,
+    ScoreWork,
+    assemble,
+    score,
+    score_part,
+)
+from sentiflow.tasks.scoring.score_sources import plan_parts, status_of
+from sentiflow.tasks.scoring.serving import ModelError, load_scorer, resolve_model
 from tests.conftest import (
     NEGATIVE,
     NEUTRAL,
@@ -272,7 +279,7 @@ class Trained:
 def trained(tmp_path_factory, prefect_harness) -> Trained:
     from sentiflow.flows.data_flow import DataConfig
     from sentiflow.flows.train_flow import TrainFlowConfig, train_flow
-    from sentiflow.tasks.train import TrainParams
+    from sentiflow.tasks.training.train import TrainParams
 
     base = tmp_path_factory.mktemp("score")
     src = write_imdb_folder(base / "src", n_train=200, n_test=30, seed=11)

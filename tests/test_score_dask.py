@@ -25,7 +25,7 @@ import pytest
 from sentiflow.flows.runs import with_settings
 from sentiflow.flows.score_flow import ScoreConfig, score_flow
 from sentiflow.storage.settings import Settings
-from sentiflow.tasks.sources import SourceError
+from sentiflow.tasks.data.sources import SourceError
 from tests.conftest import make_reviews, write_imdb_folder
 
 CHAMPION = "models:/sentiflow@champion"
@@ -65,10 +65,10 @@ def trained(tmp_path_factory) -> Registered:
 
     from sentiflow.flows.data_flow import DataConfig, prepare_data
     from sentiflow.storage.tracking import configure
-    from sentiflow.tasks.inference import Scorer
-    from sentiflow.tasks.model import ModelParams, SentimentRNN
-    from sentiflow.tasks.serving import log_model
-    from sentiflow.tasks.text import TokenizeParams, Vocab
+    from sentiflow.tasks.core.inference import Scorer
+    from sentiflow.tasks.core.model import ModelParams, SentimentRNN
+    from sentiflow.tasks.core.text import TokenizeParams, Vocab
+    from sentiflow.tasks.scoring.serving import log_model
 
     base = tmp_path_factory.mktemp("score-dask")
     src = write_imdb_folder(base / "src", n_train=120, n_test=40, seed=11)

@@ -1,4 +1,4 @@
-"""Reading reviews to score (``sentiflow.tasks.score_sources``): every row kept with a status, ids and
+"""Reading reviews to score (``sentiflow.tasks.scoring.score_sources``): every row kept with a status, ids and
 labels as ingest makes them, files read a batch at a time. Real Parquet, CSV, TSV and text files;
 no Prefect needed."""
 
@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sentiflow.tasks.ingest import ingest
-from sentiflow.tasks.score_sources import (
+from sentiflow.tasks.data.ingest import ingest
+from sentiflow.tasks.data.sources import SourceError
+from sentiflow.tasks.scoring.score_sources import (
     SourcePart,
     as_text,
     open_reviews,
@@ -19,7 +20,6 @@ from sentiflow.tasks.score_sources import (
     plan_parts,
     status_of,
 )
-from sentiflow.tasks.sources import SourceError
 
 
 def read_all(source, split="auto", batch_rows=2048):

@@ -28,6 +28,7 @@ from tests.conftest import write_imdb_folder
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 CHAMPION = "models:/sentiflow@champion"
 POSITIVE_REVIEW = "A wonderful, superb, moving and brilliant film."
 NEGATIVE_REVIEW = "Awful, boring, dreadful and tedious."
@@ -90,13 +91,15 @@ def test_champion_is_a_model_from_code_with_nothing_pickled(model_dir):
     assert "python_model" not in pyfunc  # no cloudpickled object
     files = [p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file()]
     assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))], files
-    # its code: the inference modules under the package name sentiflow, nothing generic
+    # its code: tasks/core under the package name sentiflow, nothing generic, nothing else
     code = model_dir / pyfunc["code"]
     assert sorted(p.name for p in code.iterdir()) == ["sentiflow"]
-    shipped = sorted(p.name for p in (code / "sentiflow" / "tasks").glob("*.py"))
-    assert shipped == ["__init__.py", "inference.py", "model.py", "text.py"]
+    shipped = sorted(p.relative_to(code).as_posix() for p in code.rglob("*.py"))
+    core = sorted(f"sentiflow/tasks/core/{p.name}" for p in (ROOT / "tasks" / "core").glob("*.py"))
+    assert shipped == ["sentiflow/tasks/__init__.py", *core]
     for name in shipped:
-        assert "prefect" not in (code / "sentiflow" / "tasks" / name).read_text()
+        text = (code / name).read_text()
+        assert "prefect" not in text and "import mlflow" not in text
 
 
 def test_requirements_are_inference_only(model_dir):
@@ -131,7 +134,7 @@ def test_model_loads_with_neither_prefect_nor_sentiflow_installed(model_dir, tra
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert all(p.startswith(str(model_dir)) for p in out["sentiflow"]), out["sentiflow"]
-    assert "sentiflow.tasks.train" not in out["loaded"]
+    assert "sentiflow.tasks.training.train" not in out["loaded"]
     # the same probabilities as the installed package gives (a 2-epoch model on 240 reviews: its
     # answers, not their quality, are what is checked here)
     want = [r["prob_pos"] for r in _predict_cli(trained)]

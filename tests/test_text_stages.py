@@ -10,16 +10,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from sentiflow.storage.store import StageRef
-from sentiflow.tasks import ingest as ingest_mod
-from sentiflow.tasks import split as split_mod
-from sentiflow.tasks import tokenize as tokenize_mod
-from sentiflow.tasks.encode import encode_table
-from sentiflow.tasks.ingest import IngestParams, read_part
-from sentiflow.tasks.shards import shards_of
-from sentiflow.tasks.sources import SourceError
-from sentiflow.tasks.split import SplitParams, held_out
-from sentiflow.tasks.tokenize import TokenizeParams, tokenize_text, tokenize_texts
-from sentiflow.tasks.vocab import PAD, UNK, Vocab, VocabParams, build_vocab
+from sentiflow.tasks.data import ingest as ingest_mod
+from sentiflow.tasks.data import split as split_mod
+from sentiflow.tasks.data import tokenize as tokenize_mod
+from sentiflow.tasks.data.encode import encode_table
+from sentiflow.tasks.data.ingest import IngestParams, read_part
+from sentiflow.tasks.data.shards import shards_of
+from sentiflow.tasks.data.sources import SourceError
+from sentiflow.tasks.data.split import SplitParams, held_out
+from sentiflow.tasks.data.tokenize import TokenizeParams, tokenize_text, tokenize_texts
+from sentiflow.tasks.data.vocab import PAD, UNK, Vocab, VocabParams, build_vocab
 from tests.conftest import edit_module_source, make_reviews
 
 SEED_SENTENCE = "Master cinéaste Alain Resnais likes to work with those actors"
@@ -100,7 +100,7 @@ def test_tokenizer_workers_do_not_log():
     log handler (Prefect's API handler hands records to a thread the child does not have)."""
     import logging
 
-    from sentiflow.tasks import tokenize as tokenize_mod
+    from sentiflow.tasks.data import tokenize as tokenize_mod
 
     with tokenize_mod._pool(1) as pool:
         assert pool.submit(_logging_disabled_level).result(timeout=60) >= logging.CRITICAL
@@ -187,7 +187,7 @@ def test_split_rejects_degenerate_fraction(frac):
 def test_split_key_follows_its_module(tmp_path: Path, monkeypatch):
     ingested = _ingested(tmp_path, 10)
     base = split_mod.plan(tmp_path, SplitParams(), ingested).key
-    edit_module_source(monkeypatch, "sentiflow.tasks.split")
+    edit_module_source(monkeypatch, "sentiflow.tasks.data.split")
     assert split_mod.plan(tmp_path, SplitParams(), ingested).key != base
 
 

@@ -19,11 +19,11 @@ from mlflow.tracking import MlflowClient
 
 from sentiflow.flows.data_flow import DataConfig, prepare_data
 from sentiflow.storage.settings import Settings
-from sentiflow.tasks.inference import Encoded, Scorer
-from sentiflow.tasks.model import ModelParams, SentimentRNN
-from sentiflow.tasks.select import best_epoch, select
-from sentiflow.tasks.train import TrainConfig, TrainParams, build_model, find_run, train
-from sentiflow.tasks.vocab import Vocab
+from sentiflow.tasks.core.inference import Encoded, Scorer
+from sentiflow.tasks.core.model import ModelParams, SentimentRNN
+from sentiflow.tasks.data.vocab import Vocab
+from sentiflow.tasks.release.select import best_epoch, select
+from sentiflow.tasks.training.train import TrainConfig, TrainParams, build_model, find_run, train
 from tests.conftest import write_imdb_folder
 
 METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds"]
@@ -64,7 +64,7 @@ def one_by_one_accuracy(net: SentimentRNN, rows: Encoded, pad_id: int) -> float:
 
 
 def choose(data, settings, result, config=SMALL):
-    from sentiflow.tasks.tokenize import TokenizeParams
+    from sentiflow.tasks.data.tokenize import TokenizeParams
 
     return select(result, config, TokenizeParams(), data.vocab, data.encoded["val"], data.encoded["test"],
                   "sentiflow", settings)
@@ -144,13 +144,13 @@ def test_champion_loads_in_a_fresh_process_and_scores_raw_text(data, settings, t
     probs = json.loads(proc.stdout.strip().splitlines()[-1])
     assert probs[0] > 0.5 > probs[1]
     # the same numbers as the in-process model
-    from sentiflow.tasks.train import load_checkpoint
+    from sentiflow.tasks.training.train import load_checkpoint
 
     vocab = Vocab.read(data.vocab.file("vocab.parquet"))
     net, _ = build_model(vocab, SMALL)
     mlflow.set_tracking_uri(settings.resolved_tracking_uri)
     load_checkpoint(result.run_id, int(MlflowClient().get_run(result.run_id).data.metrics["best_epoch"]), net, tmp_path)
-    from sentiflow.tasks.tokenize import TokenizeParams
+    from sentiflow.tasks.data.tokenize import TokenizeParams
 
     np.testing.assert_allclose(probs, Scorer(net, vocab, TokenizeParams()).predict_proba(texts), rtol=1e-5)
 
@@ -165,7 +165,7 @@ def test_killed_training_resumes_at_the_next_epoch(data, settings, tmp_path):
                                 (data.encoded["train"], data.encoded["val"], data.vocab)],
                        "settings": settings.model_dump(mode="json")})
     script = ("import json, sys; from sentiflow.storage.settings import Settings; from sentiflow.storage.store import StageRef; "
-              "from sentiflow.tasks.train import TrainConfig, train; a = json.loads(sys.argv[1]); "
+              "from sentiflow.tasks.training.train import TrainConfig, train; a = json.loads(sys.argv[1]); "
               "train(TrainConfig(**a['config']), *[StageRef(**r) for r in a['refs']], None, Settings(**a['settings']))")
     proc = subprocess.Popen([sys.executable, "-c", script, args], cwd=Path(__file__).parents[1],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -232,7 +232,7 @@ def test_pretrained_vectors_through_training_frozen(data, settings, tmp_path):
     result = fit(data, settings, config)
     client = MlflowClient(settings.resolved_tracking_uri)
     assert client.get_run(result.run_id).data.metrics["pretrained_words_found"] == 10
-    from sentiflow.tasks.train import load_checkpoint
+    from sentiflow.tasks.training.train import load_checkpoint
 
     net, _ = build_model(vocab, SMALL)
     mlflow.set_tracking_uri(settings.resolved_tracking_uri)
@@ -252,7 +252,7 @@ def test_settings_name_the_tracking_store(tmp_path, monkeypatch):
 def test_a_selection_killed_midway_registers_nothing_twice(data, settings):
     """Killed after registering (before judging), or after judging (before the run's marker):
     the rerun finishes that version, never a second one."""
-    from sentiflow.tasks.select import VERSION_TAG
+    from sentiflow.tasks.release.select import VERSION_TAG
 
     first = choose(data, settings, fit(data, settings))
     client = MlflowClient(settings.resolved_tracking_uri)
@@ -276,7 +276,7 @@ def test_an_unreadable_checkpoint_starts_a_new_run(data, settings, tmp_path):
     from pathlib import Path
     from urllib.parse import urlparse
 
-    from sentiflow.tasks.train import COMPLETE_TAG
+    from sentiflow.tasks.training.train import COMPLETE_TAG
 
     config = TrainConfig(model=SMALL.model, train=SMALL.train.model_copy(update={"max_epochs": 2}))
     first = fit(data, settings, config)
@@ -294,7 +294,7 @@ def test_a_run_reopened_before_its_first_checkpoint_keeps_its_params(data, setti
     the run is reopened, its params stay as first logged (MLflow refuses a changed value)."""
     from sentiflow.storage.tracking import configure
     from sentiflow.tasks import stage
-    from sentiflow.tasks.train import TRAIN_KEY_TAG, train_key
+    from sentiflow.tasks.training.train import TRAIN_KEY_TAG, train_key
 
     inputs = [stage.input_token(r) for r in (data.encoded["train"], data.encoded["val"], data.vocab)]
     key = train_key(SMALL, inputs)

@@ -10,8 +10,8 @@ from sentiflow.flows.data_flow import DataConfig
 from sentiflow.flows.runs import with_settings
 from sentiflow.flows.train_flow import TrainFlowConfig, train_flow
 from sentiflow.storage.settings import Settings
-from sentiflow.tasks.model import ModelParams
-from sentiflow.tasks.train import TrainParams
+from sentiflow.tasks.core.model import ModelParams
+from sentiflow.tasks.training.train import TrainParams
 from tests.conftest import read_artifacts, write_imdb_folder
 from tests.test_data_flow import flow_run_parameters
 

@@ -21,11 +21,18 @@ from torch import nn
 
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import Store
-from sentiflow.tasks.batching import bucketed_batches
-from sentiflow.tasks.inference import Encoded, autocast, forward_fn
-from sentiflow.tasks.model import ModelParams, SentimentRNN
-from sentiflow.tasks.text import Vocab
-from sentiflow.tasks.train import TrainConfig, TrainParams, build_model, grad_scaler, load_checkpoint, train
+from sentiflow.tasks.core.inference import Encoded, autocast, forward_fn
+from sentiflow.tasks.core.model import ModelParams, SentimentRNN
+from sentiflow.tasks.core.text import Vocab
+from sentiflow.tasks.training.batching import bucketed_batches
+from sentiflow.tasks.training.train import (
+    TrainConfig,
+    TrainParams,
+    build_model,
+    grad_scaler,
+    load_checkpoint,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = Vocab(["<unk>", "<pad>"] + [f"w{i}" for i in range(48)])

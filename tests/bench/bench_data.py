@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from prefect import flow  # noqa: E402
 
 from sentiflow.flows.data_flow import DataConfig, prepare_data  # noqa: E402
-from sentiflow.tasks import encode as encode_stage  # noqa: E402
-from sentiflow.tasks import tokenize as tokenize_stage  # noqa: E402
-from sentiflow.tasks.ingest import read_part  # noqa: E402
-from sentiflow.tasks.tokenize import TokenizeParams, tokenize_text  # noqa: E402
+from sentiflow.tasks.data import encode as encode_stage  # noqa: E402
+from sentiflow.tasks.data import tokenize as tokenize_stage  # noqa: E402
+from sentiflow.tasks.data.ingest import read_part  # noqa: E402
+from sentiflow.tasks.data.tokenize import TokenizeParams, tokenize_text  # noqa: E402
 
 
 @flow

@@ -37,7 +37,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-
 LAST_CPU = [0.0, 0.0]  # the last command's CPU seconds, and the running total
 
 
@@ -76,8 +75,8 @@ def baseline(model_uri: str, input_file: Path, out_file: Path) -> None:
 
     from sentiflow.storage.settings import Settings
     from sentiflow.storage.tracking import configure
-    from sentiflow.tasks.serving import load_scorer, resolve_model
-    from sentiflow.tasks.tokenize import tokenize_text
+    from sentiflow.tasks.data.tokenize import tokenize_text
+    from sentiflow.tasks.scoring.serving import load_scorer, resolve_model
 
     configure(Settings())
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,7 +2,7 @@
 
 The seed-style loop is the demo's: random (unbucketed) batches of 64, packed sequences through
 ``SentimentRNN.forward``, PyTorch's default CPU settings, Adam. The training task's loop is
-``sentiflow.tasks.train.fit_epoch`` with ``tune_cpu``: length-bucketed batches, the unpacked
+``sentiflow.tasks.training.train.fit_epoch`` with ``tune_cpu``: length-bucketed batches, the unpacked
 fast path, flushed denormals. Both train the same freshly seeded model (``--model``: ModelParams
 fields as JSON; default: ``SentimentRNN``'s own, the seed's model). Two figures:
 
@@ -41,10 +41,10 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from sentiflow.storage.store import StageRef, Store  # noqa: E402
-from sentiflow.tasks.inference import Encoded, forward_fn  # noqa: E402
-from sentiflow.tasks.model import ModelParams  # noqa: E402
-from sentiflow.tasks.train import TrainConfig, build_model, evaluate, fit_epoch, tune_cpu  # noqa: E402
-from sentiflow.tasks.vocab import Vocab  # noqa: E402
+from sentiflow.tasks.core.inference import Encoded, forward_fn  # noqa: E402
+from sentiflow.tasks.core.model import ModelParams  # noqa: E402
+from sentiflow.tasks.data.vocab import Vocab  # noqa: E402
+from sentiflow.tasks.training.train import TrainConfig, build_model, evaluate, fit_epoch, tune_cpu  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -68,7 +68,7 @@ def vocab_of(root: Path, encoded: StageRef) -> StageRef:
 
 
 def task_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """The training task's optimizer, as ``sentiflow.tasks.train._train`` builds it."""
+    """The training task's optimizer, as ``sentiflow.tasks.training.train._train`` builds it."""
     return torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                             lr=config.train.lr, weight_decay=config.train.weight_decay)
 

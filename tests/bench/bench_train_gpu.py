@@ -66,9 +66,16 @@ def main() -> int:
         return 0
 
     from sentiflow.flows.train_flow import TrainFlowConfig
-    from sentiflow.tasks.inference import Encoded, forward_fn
-    from sentiflow.tasks.text import Vocab
-    from sentiflow.tasks.train import TrainConfig, build_model, evaluate, fit_epoch, grad_scaler, pick_device
+    from sentiflow.tasks.core.inference import Encoded, forward_fn
+    from sentiflow.tasks.core.text import Vocab
+    from sentiflow.tasks.training.train import (
+        TrainConfig,
+        build_model,
+        evaluate,
+        fit_epoch,
+        grad_scaler,
+        pick_device,
+    )
 
     flow = TrainFlowConfig()
     update = {"device": "cuda", "max_epochs": args.epochs,

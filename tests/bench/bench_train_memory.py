@@ -1,6 +1,6 @@
 """Peak memory of the training stage at 1× and 4× the data, each in a fresh process.
 
-The training stage function (``sentiflow.tasks.train.train``: reading the encoded shards, the
+The training stage function (``sentiflow.tasks.training.train.train``: reading the encoded shards, the
 epochs, evaluation, checkpoints and metrics to MLflow) runs with the pipeline's default
 configuration on IMDb's encoded train/val splits (1×), then on a train split made of IMDb's train
 shards repeated 4 times (4×, a stage folder in a temporary data root). Each run is a new Python
@@ -42,7 +42,7 @@ def child(args: dict) -> None:
     from sentiflow.flows.train_flow import TrainFlowConfig
     from sentiflow.storage.settings import Settings
     from sentiflow.storage.store import StageRef
-    from sentiflow.tasks.train import TrainConfig, train
+    from sentiflow.tasks.training.train import TrainConfig, train
 
     imports, _ = rss_mb()
     flow = TrainFlowConfig()

@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 
 from sentiflow.storage.store import StageRef
 from sentiflow.tasks import stage
-from sentiflow.tasks.shards import gathered, plan_gather, run_gather
-from sentiflow.tasks.text import Vocab
-from sentiflow.tasks.tokenize import TOKENS
+from sentiflow.tasks.core.text import Vocab
+from sentiflow.tasks.data.shards import gathered, plan_gather, run_gather
+from sentiflow.tasks.data.tokenize import TOKENS
 
-STAGE = "encode"  # a part's shards gathered (sentiflow.tasks.shards)
+STAGE = "encode"  # a part's shards gathered (sentiflow.tasks.data.shards)
 SHARD_STAGE = "encode-shard"  # one shard
 GATHERED = {"encoded.parquet": "part"}
 log = logging.getLogger("sentiflow.encode")
@@ -57,7 +57,7 @@ def vocab_of(ref: StageRef) -> Vocab:
 # -- stages and tasks ----------------------------------------------------------------------------
 
 def _code() -> str:
-    return stage.code_version([__name__, "sentiflow.tasks.text"])
+    return stage.code_version([__name__, stage.TEXT_CODE])
 
 
 def shard_spec(tokens: StageRef, vocab: StageRef) -> stage.StageSpec:

@@ -1,6 +1,6 @@
 """The registered model's code: MLflow "models from code".
 
-``sentiflow.tasks.serving.log_model`` logs this file as the model's ``python_model``: MLflow runs
+``sentiflow.tasks.scoring.serving.log_model`` logs this file as the model's ``python_model``: MLflow runs
 it on load instead of unpickling an object, and it names the model with ``set_model``. What it
 imports (``inference``, ``text``, ``model``) travels with the model as its code, under the
 package name ``sentiflow``; its artifacts are ``config`` (JSON: model, tokenize, max_len),
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from sentiflow.tasks.inference import Scorer
+from sentiflow.tasks.core.inference import Scorer
 
 
 def review_texts(model_input: Any) -> list[Any]:

@@ -1,10 +1,10 @@
 """Stage 3, tokenize: each shard of reviews → ``id``, ``label``, ``tokens: list<string>`` (and its
 token counts), with spaCy's English tokenizer (``spacy.blank("en")``, the same rules as
 ``en_core_web_sm``), lower-cased. A shard is a stage of its own (``tokenize-shard``), keyed by its
-content (``sentiflow.tasks.shards``); a part's shards are then gathered (``tokenize``).
+content (``sentiflow.tasks.data.shards``); a part's shards are then gathered (``tokenize``).
 
 The tokenizer itself (settings, ``<br />`` handling, ``tokenize_texts``) lives in
-``sentiflow.tasks.text``, which the served model carries too.
+``sentiflow.tasks.core.text``, which the served model carries too.
 
 Locally, shards are tokenized in parallel by a process pool (``worker_pool``, one for the data
 flow run, forked by the thread of the first shard that needs tokenizing, with spaCy imported just
@@ -44,10 +44,16 @@ import pyarrow.parquet as pq
 
 from sentiflow.storage.store import StageRef
 from sentiflow.tasks import stage
-from sentiflow.tasks.shards import Shard, plan_gather, run_gather, shards_of
-from sentiflow.tasks.text import TokenizeParams, _tokenizer, spacy_version, tokenize_text, tokenize_texts  # noqa: F401
+from sentiflow.tasks.core.text import (  # noqa: F401
+    TokenizeParams,
+    _tokenizer,
+    spacy_version,
+    tokenize_text,
+    tokenize_texts,
+)
+from sentiflow.tasks.data.shards import Shard, plan_gather, run_gather, shards_of
 
-STAGE = "tokenize"  # a part's shards gathered (sentiflow.tasks.shards)
+STAGE = "tokenize"  # a part's shards gathered (sentiflow.tasks.data.shards)
 SHARD_STAGE = "tokenize-shard"  # one shard
 log = logging.getLogger("sentiflow.tokenize")
 SCHEMA = pa.schema([("id", pa.string()), ("label", pa.int8()), ("tokens", pa.list_(pa.string()))])
@@ -152,7 +158,7 @@ def _tokenize(in_file: Path, out_dir: Path, params: TokenizeParams) -> int:
 # -- stages and tasks ----------------------------------------------------------------------------
 
 def _code() -> str:
-    return stage.code_version([__name__, "sentiflow.tasks.text"], f"spacy=={spacy_version()}")
+    return stage.code_version([__name__, stage.TEXT_CODE], f"spacy=={spacy_version()}")
 
 
 def shard_spec(params: TokenizeParams, shard: Shard) -> stage.StageSpec:

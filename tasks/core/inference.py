@@ -5,7 +5,7 @@ uses (``Encoded``, ``length_batches``), the accuracy helper, and ``Scorer`` (voc
 tokenizer settings + network: text in, probabilities out). Selection, scoring and the served
 model import it; training imports it for evaluation; it imports nothing of training, of the
 stage store or of Prefect. The registered model ships this module, ``text`` and ``model`` as its
-code (see ``sentiflow.tasks.serving``), so a change to the training loop changes no score key.
+code (see ``sentiflow.tasks.scoring.serving``), so a change to the training loop changes no score key.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from sentiflow.tasks.model import ModelParams, SentimentRNN
-from sentiflow.tasks.text import TokenizeParams, Vocab, tokenize_texts
+from sentiflow.tasks.core.model import ModelParams, SentimentRNN
+from sentiflow.tasks.core.text import TokenizeParams, Vocab, tokenize_texts
 
 # Padded tokens per evaluation batch at most: bounds memory whatever the review lengths.
 MAX_BATCH_TOKENS = 1 << 16

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.tracking import CHAMPION, REGISTERED_MODEL
-from sentiflow.tasks.score_sources import Split
+from sentiflow.tasks.scoring.score_sources import Split
 
 DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL}@{CHAMPION}"
 PART_ROWS = 10_000  # rows of a part at least (Parquet: whole row groups, or slices of a bigger one)

@@ -3,7 +3,7 @@ by the file (and first row) they came from, so that errors can point at it. Parq
 hub sources stream in batches of ``batch_rows`` (a Parquet file a batch at a time, a CSV in 4 MB
 blocks), so a source of any size is read in bounded memory; aclImdb folders and archives (25,000
 small files a part at most) come a part at a time. What a source is (its kind, its files, its columns,
-its parts, its fingerprint) is in ``sentiflow.tasks.reviews``; ``SourceError`` and ``SPLITS`` are
+its parts, its fingerprint) is in ``sentiflow.tasks.data.reviews``; ``SourceError`` and ``SPLITS`` are
 re-exported from there.
 """
 
@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from sentiflow.tasks.reviews import (
+from sentiflow.tasks.data.reviews import (
     ID_COLUMNS,
     SPLITS,
     TEXT_COLUMNS,
@@ -27,9 +27,9 @@ from sentiflow.tasks.reviews import (
     acl_root,
     check_split,
     hub_error,
-    with_retries,
     source_kind,
     split_files,
+    with_retries,
 )
 
 ACL_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg)/(\d+)_(\d+)\.txt$")

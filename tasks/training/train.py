@@ -1,6 +1,7 @@
 """Stage 6, train: encoded train/val → an MLflow run with per-epoch metrics and checkpoints.
 
-The loop (``fit``) is plain PyTorch; ``train`` wraps it in an MLflow run. A training is named by
+The loop is plain PyTorch (``fit_epoch``, one pass over the batches; ``evaluate`` after each
+epoch); ``train`` wraps the epochs in an MLflow run. A training is named by
 its key (model and training parameters + the stage keys of its data): a finished run with that
 key is reused, an interrupted one resumes from its last checkpoint.
 
@@ -34,22 +35,29 @@ from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef, Store, stable_hash
 from sentiflow.storage.tracking import configure, log_stage_datasets
 from sentiflow.tasks import stage
-from sentiflow.tasks.batching import bucketed_batches
+from sentiflow.tasks.core.inference import (
+    MAX_BATCH_TOKENS,
+    Encoded,
+    accuracy,
+    autocast,
+    forward_fn,
+    predict_logits,
+)
+from sentiflow.tasks.core.model import ModelParams, SentimentRNN
+from sentiflow.tasks.core.text import Vocab
 from sentiflow.tasks.cpu import release_memory, tune_cpu
-from sentiflow.tasks.embeddings import init_embedding, vectors_identity
-from sentiflow.tasks.inference import MAX_BATCH_TOKENS, Encoded, accuracy, autocast, forward_fn, predict_logits
-from sentiflow.tasks.model import ModelParams, SentimentRNN
-from sentiflow.tasks.ngrams import fit_mix, fit_ngrams, ngram_logits
 from sentiflow.tasks.progress import progress
-from sentiflow.tasks.schedule import Schedule, WeightAverage, lr_factor, set_lr
-from sentiflow.tasks.text import Vocab
+from sentiflow.tasks.training.batching import bucketed_batches
+from sentiflow.tasks.training.embeddings import init_embedding, vectors_identity
+from sentiflow.tasks.training.ngrams import fit_mix, fit_ngrams, ngram_logits
+from sentiflow.tasks.training.schedule import Schedule, WeightAverage, lr_factor, set_lr
 
 log = logging.getLogger("sentiflow.train")
 TRAIN_KEY_TAG, COMPLETE_TAG = "sentiflow.train_key", "sentiflow.complete"
 # the modules whose code decides what a training computes (part of the training key)
-TRAIN_CODE = ["sentiflow.tasks.train", "sentiflow.tasks.model", "sentiflow.tasks.batching",
-              "sentiflow.tasks.embeddings", "sentiflow.tasks.inference", "sentiflow.tasks.schedule",
-              "sentiflow.tasks.ngrams"]
+TRAIN_CODE = ["sentiflow.tasks.training.train", "sentiflow.tasks.training.batching",
+              "sentiflow.tasks.training.embeddings", "sentiflow.tasks.training.schedule",
+              "sentiflow.tasks.training.ngrams", *stage.model_code()]
 
 
 class TrainParams(BaseModel):
@@ -346,14 +354,14 @@ def _log_setup(config, inputs, lineage, model, found, vocab_size, device, logged
     read from another path or another device), only the missing ones are logged."""
     from torchinfo import summary
 
-    from sentiflow.tasks.model import seed_example
+    from sentiflow.tasks.core.model import seed_example
 
     params = {**flat_params("model", config.model), **flat_params("train", config.train),
               **{f"input.{i}": token for i, token in enumerate(inputs)}, **(lineage or {}),
               "vocab_size": vocab_size, "device": device.type}
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
     mlflow.set_tags({"sentiflow.code_version": stage.code_version(TRAIN_CODE, f"torch=={torch.__version__}"),
-                     "sentiflow.model_code_version": stage.code_version("sentiflow.tasks.model")})
+                     "sentiflow.model_code_version": stage.code_version(stage.model_code())})
     if config.train.pretrained:
         mlflow.log_metric("pretrained_words_found", found)
         log.info("pretrained vectors: %d of %d vocabulary words found", found, vocab_size)

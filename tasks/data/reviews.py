@@ -1,7 +1,7 @@
 """What a review source is, in one place: its kind, the files that hold it, the columns of a
 review, how its labels, ids and parts are read, and the fingerprint that names its content.
-Ingest (``sentiflow.tasks.sources`` reads, ``sentiflow.tasks.ingest`` writes) and scoring
-(``sentiflow.tasks.score_sources``) both follow these rules. No Prefect here.
+Ingest (``sentiflow.tasks.data.sources`` reads, ``sentiflow.tasks.data.ingest`` writes) and scoring
+(``sentiflow.tasks.scoring.score_sources``) both follow these rules. No Prefect here.
 
 Kinds: a Hugging Face dataset id (``hub``), a ``parquet``, ``csv`` or ``tsv`` file, a ``folder``
 of such files, an ``aclimdb`` folder (``train/pos``, ``train/neg``, ``test/...``) or its

@@ -5,7 +5,7 @@ the distinct tokens of each shard, never every token list.
 
 Specials first (``<unk>`` = 0, ``<pad>`` = 1), then tokens by descending count, ties by token.
 ``min_freq`` drops rare tokens; ``max_size`` caps the number of non-special tokens.
-The ``Vocab`` itself (token ↔ id) lives in ``sentiflow.tasks.text``, which the served model
+The ``Vocab`` itself (token ↔ id) lives in ``sentiflow.tasks.core.text``, which the served model
 carries too.
 """
 
@@ -21,9 +21,9 @@ from pydantic import BaseModel, Field
 
 from sentiflow.storage.store import StageError, StageRef
 from sentiflow.tasks import stage
-from sentiflow.tasks.shards import gathered
-from sentiflow.tasks.tokenize import COUNTS, count_tokens
-from sentiflow.tasks.text import PAD, SPECIALS, UNK, Vocab  # noqa: F401
+from sentiflow.tasks.core.text import PAD, SPECIALS, UNK, Vocab  # noqa: F401
+from sentiflow.tasks.data.shards import gathered
+from sentiflow.tasks.data.tokenize import COUNTS, count_tokens
 
 STAGE = "vocab"
 
@@ -86,7 +86,7 @@ def vocab_from_shards(tokens: StageRef, params: VocabParams) -> Vocab:
 
 def spec(params: VocabParams, tokens: StageRef) -> stage.StageSpec:
     return stage.StageSpec(STAGE, params, (stage.input_token(tokens),),
-                           stage.code_version([__name__, "sentiflow.tasks.text"]))
+                           stage.code_version([__name__, stage.TEXT_CODE]))
 
 
 def plan(root: Path | str, params: VocabParams, tokens: StageRef) -> StageRef:

@@ -9,9 +9,9 @@ by shard content, reuse them.
 
 The key is the source's fingerprint (a content hash, or the hub revision), so changed data reruns
 everything downstream and unchanged data, wherever it lies, never does. The flow computes the
-fingerprint with a plain call (``sentiflow.tasks.reviews.fingerprint``) and passes it in. A source
+fingerprint with a plain call (``sentiflow.tasks.data.reviews.fingerprint``) and passes it in. A source
 without test reviews is accepted, with a warning. What a source's columns, labels and ids are is
-in ``sentiflow.tasks.reviews``; here a missing label is an error (``missing="error"``).
+in ``sentiflow.tasks.data.reviews``; here a missing label is an error (``missing="error"``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from sentiflow.storage.store import StageRef
 from sentiflow.tasks import stage
-from sentiflow.tasks.reviews import (
+from sentiflow.tasks.data.reviews import (
     ID_COLUMNS,
     LABEL_COLUMNS,
     SPLITS,
@@ -40,7 +40,7 @@ from sentiflow.tasks.reviews import (
     make_ids,
     pick,
 )
-from sentiflow.tasks.sources import RawPart, read_source
+from sentiflow.tasks.data.sources import RawPart, read_source
 
 STAGE = "ingest"
 log = logging.getLogger("sentiflow.ingest")
@@ -210,7 +210,7 @@ def _duplicate(source: str, split: str, hashes: np.ndarray) -> SourceError | Non
 def spec(fingerprint: str, params: IngestParams = IngestParams()) -> stage.StageSpec:
     # the readers in tasks.sources and the rules in tasks.reviews decide what ingest writes as
     # much as this module does
-    modules = [__name__, "sentiflow.tasks.sources", "sentiflow.tasks.reviews"]
+    modules = [__name__, "sentiflow.tasks.data.sources", "sentiflow.tasks.data.reviews"]
     return stage.StageSpec(STAGE, params, (fingerprint,), stage.code_version(modules))
 
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sentiflow.tasks.inference import MAX_BATCH_TOKENS, Encoded, accuracy, length_batches
-from sentiflow.tasks.model import SentimentRNN, ngram_features
+from sentiflow.tasks.core.inference import MAX_BATCH_TOKENS, Encoded, accuracy, length_batches
+from sentiflow.tasks.core.model import SentimentRNN, ngram_features
 
 log = logging.getLogger("sentiflow.train")
 BATCH = 100  # reviews per step

@@ -8,7 +8,7 @@ place with a null ``prob_pos``/``pred`` and a ``status`` saying why (``null``, `
 ``max_oov`` allows); ``ok`` rows are scored. ``oov_share``: the share of the review's tokens
 outside the vocabulary (null where it was not tokenized, or has no token).
 
-How far the reviews are from the model's training data (``sentiflow.tasks.drift``): the run's
+How far the reviews are from the model's training data (``sentiflow.tasks.scoring.drift``): the run's
 review lengths and OOV shares (``ScoreStats.profile``) are compared with the training split's,
 which the model carries (``train_stats.json``); the result (``ScoreStats.drift``) holds the drift
 metrics and warnings. A model logged without it still scores, with a note instead.
@@ -47,14 +47,18 @@ import torch
 from pydantic import BaseModel, Field
 
 from sentiflow.storage.store import StageRef, Store, file_sha256
-from sentiflow.tasks import drift as drift_stats
-from sentiflow.tasks import encode, stage
-from sentiflow.tasks import tokenize as tokenize_stage
+from sentiflow.tasks import stage
+from sentiflow.tasks.core.inference import Encoded, Scorer
+from sentiflow.tasks.core.text import TokenizeParams, Vocab, tokenize_texts
 from sentiflow.tasks.cpu import release_memory, tune_cpu
-from sentiflow.tasks.inference import Encoded, Scorer
+from sentiflow.tasks.data import encode
+from sentiflow.tasks.data import tokenize as tokenize_stage
+from sentiflow.tasks.data.shards import shards_of
 from sentiflow.tasks.metrics import classification_metrics
-from sentiflow.tasks.drift import Drift, Profile, TrainStats
-from sentiflow.tasks.score_sources import (
+from sentiflow.tasks.scoring import drift as drift_stats
+from sentiflow.tasks.scoring.drift import Drift, Profile, TrainStats
+from sentiflow.tasks.scoring.score_config import PART_ROWS, ScoreParams
+from sentiflow.tasks.scoring.score_sources import (
     OK,
     OUT_OF_DOMAIN,
     STATUSES,
@@ -67,10 +71,7 @@ from sentiflow.tasks.score_sources import (
     plan_parts,
     status_of,
 )
-from sentiflow.tasks.score_config import PART_ROWS, ScoreParams
-from sentiflow.tasks.serving import TRAIN_STATS, ModelRef, download_model
-from sentiflow.tasks.shards import shards_of
-from sentiflow.tasks.text import TokenizeParams, Vocab, tokenize_texts
+from sentiflow.tasks.scoring.serving import TRAIN_STATS, ModelRef, download_model
 
 STAGE = "score"
 BATCH_ROWS = 4096  # reviews read, prepared and scored at a time
@@ -82,10 +83,9 @@ SCORE_CHUNK = 512
 log = logging.getLogger("sentiflow.score")
 # every module that decides a prediction or a row's id, label or status (not training's: a change
 # to the training loop changes no score)
-CODE = ["sentiflow.tasks.score", "sentiflow.tasks.score_sources", "sentiflow.tasks.sources",
-        "sentiflow.tasks.reviews", "sentiflow.tasks.drift",
-        "sentiflow.tasks.ingest", "sentiflow.tasks.encode", "sentiflow.tasks.inference",
-        "sentiflow.tasks.text", "sentiflow.tasks.model"]
+CODE = ["sentiflow.tasks.scoring.score", "sentiflow.tasks.scoring.score_sources", "sentiflow.tasks.data.sources",
+        "sentiflow.tasks.data.reviews", "sentiflow.tasks.scoring.drift", "sentiflow.tasks.data.ingest",
+        "sentiflow.tasks.data.encode", *stage.model_code()]
 
 
 class ScoreStats(BaseModel):
@@ -120,7 +120,7 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(itos: list[str], params: TokenizeParams) -> None:
-    """A worker process (see sentiflow.tasks.tokenize): it never logs, it ends with its parent, it
+    """A worker process (see sentiflow.tasks.data.tokenize): it never logs, it ends with its parent, it
     trims its heap after each batch as the scoring process does (``release_memory``)."""
     logging.disable(logging.CRITICAL)
     tokenize_stage.exit_with_parent()
@@ -163,7 +163,7 @@ def _prepared(batches: Iterator[ReviewBatch], scorer: Scorer, workers: int,
         for b in batches:
             yield b, _prepare_with(b.texts, scorer.vocab, scorer.tokenize), lambda: False
         return
-    tokenize_stage._tokenizer()  # built before the fork (see sentiflow.tasks.tokenize): workers only use it
+    tokenize_stage._tokenizer()  # built before the fork (see sentiflow.tasks.data.tokenize): workers only use it
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     n = tokenizer_processes(workers)
     batches = ramped(batches)

@@ -1,8 +1,8 @@
 """The registered model on the MLflow side: logging it from code, resolving and loading it.
 
 ``log_model`` logs a model from code (MLflow 3): ``served_model.py`` is its ``python_model``, so
-nothing is unpickled on load; its code is the inference modules (``SHIPPED``) under the package
-name ``sentiflow``, so it needs no sentiflow install and puts no generic name on ``sys.path``;
+nothing is unpickled on load; its code is ``sentiflow.tasks.core`` (the modules
+``sentiflow.tasks.stage.model_code`` lists), under the package name ``sentiflow``, so it needs no sentiflow install and puts no generic name on ``sys.path``;
 its artifacts are the config, vocabulary and weights; its requirements are inference's alone (no
 Prefect). ``models:/sentiflow@champion`` then scores raw text with nothing else at hand, in
 ``mlflow models serve`` too. ``resolve_model`` turns a model URI into a fixed ``ModelRef``;
@@ -11,6 +11,7 @@ Prefect). ``models:/sentiflow@champion`` then scores raw text with nothing else 
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shutil
@@ -27,16 +28,13 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
 from sentiflow.storage.tracking import redact
-from sentiflow.tasks.inference import Scorer
-
+from sentiflow.tasks import stage
+from sentiflow.tasks.core.inference import Scorer
 
 ARTIFACTS = ("config", "vocab", "weights")
-# optional: the training split's lengths and OOV shares (sentiflow.tasks.drift); older models lack it
+# optional: the training split's lengths and OOV shares (sentiflow.tasks.scoring.drift); older models lack it
 TRAIN_STATS = "train_stats"
-TASKS_DIR = Path(__file__).resolve().parent
-MODEL_CODE = TASKS_DIR / "served_model.py"
-# the modules the served model imports, shipped with it as sentiflow/tasks/<name>.py
-SHIPPED = ("__init__", "model", "text", "inference")
+MODEL_CODE = Path(__file__).resolve().with_name("served_model.py")
 EXAMPLE = ["A moving, beautifully acted film.", "Dull, clumsy and far too long.", "   "]
 LOGGED_MODEL_URI = re.compile(r"^models:/m-[0-9a-f]{32}$")  # MLflow 3's logged model (a version's source)
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+|latest))$")
@@ -132,18 +130,22 @@ def pip_requirements() -> list[str]:
 
 
 def _code_folder(dst: Path) -> Path:
-    """``dst/sentiflow/tasks/`` with the shipped modules: the model's code."""
-    package = dst / "sentiflow" / "tasks"
-    package.mkdir(parents=True)
-    for name in SHIPPED:
-        shutil.copyfile(TASKS_DIR / f"{name}.py", package / f"{name}.py")
+    """``dst/sentiflow/tasks/core/`` with the model's code (``stage.model_code``) and the two
+    packages' ``__init__`` files (docstrings only): a regular package, so the shipped code is the
+    one imported even where another sentiflow is installed."""
+    for module in ["sentiflow.tasks", stage.MODEL_PACKAGE, *stage.model_code()]:
+        source = Path(importlib.import_module(module).__file__)
+        target = dst.joinpath(*module.split("."))
+        target = target / "__init__.py" if source.name == "__init__.py" else target.with_suffix(".py")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
     return dst / "sentiflow"
 
 
 def log_model(scorer: Scorer, vocab_file: Path, extra_config: dict[str, Any], tmp: Path,
               train_stats: Path | None = None):
     """Log ``scorer`` as a model from code in the active run; returns MLflow's ``ModelInfo``.
-    ``train_stats``: the training split's ``train_stats.json`` (``sentiflow.tasks.drift``), an
+    ``train_stats``: the training split's ``train_stats.json`` (``sentiflow.tasks.scoring.drift``), an
     artifact of the model that scoring compares new reviews with."""
     weights, config = tmp / "weights.pt", tmp / "config.json"
     torch.save(scorer.net.state_dict(), weights)

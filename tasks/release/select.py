@@ -7,9 +7,9 @@
    (``test_acc``);
 3. ``serving.log_model``: logged as a model from code carrying its vocabulary and settings, and
    the training split's review lengths and OOV shares (``training_stats``: ``train_stats.json``,
-   what scoring compares new reviews with, ``sentiflow.tasks.drift``);
+   what scoring compares new reviews with, ``sentiflow.tasks.scoring.drift``);
 4. ``register``: a new version of the registered model, with descriptions;
-5. ``promote``: the champion gate (``tasks/gate.py``) scores this version and the current
+5. ``promote``: the champion gate (``tasks/release/gate.py``) scores this version and the current
    champion on the same rows; the alias ``champion`` moves only when this version wins there,
    otherwise it gets ``challenger``.
 
@@ -34,17 +34,30 @@ from pydantic import BaseModel
 
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef, Store
-from sentiflow.storage.tracking import CHALLENGER, CHAMPION, alias_version, configure, log_stage_datasets
-from sentiflow.tasks import drift
-from sentiflow.tasks.gate import (GateParams, GateResult, GateRows, champion_rows, judge, source_rows,
-                                  split_rows)
-from sentiflow.tasks.inference import Encoded, Scorer, accuracy
+from sentiflow.storage.tracking import (
+    CHALLENGER,
+    CHAMPION,
+    alias_version,
+    configure,
+    log_stage_datasets,
+)
+from sentiflow.tasks.core.inference import Encoded, Scorer, accuracy
+from sentiflow.tasks.core.model import SentimentRNN
+from sentiflow.tasks.core.text import TokenizeParams, Vocab
 from sentiflow.tasks.metrics import confusion, confusion_figure
-from sentiflow.tasks.model import SentimentRNN
-from sentiflow.tasks.serving import log_model
+from sentiflow.tasks.release.gate import (
+    GateParams,
+    GateResult,
+    GateRows,
+    champion_rows,
+    judge,
+    source_rows,
+    split_rows,
+)
+from sentiflow.tasks.scoring import drift
+from sentiflow.tasks.scoring.serving import log_model
 from sentiflow.tasks.stage import read_input_token
-from sentiflow.tasks.text import TokenizeParams, Vocab
-from sentiflow.tasks.train import TrainConfig, TrainResult, load_checkpoint
+from sentiflow.tasks.training.train import TrainConfig, TrainResult, load_checkpoint
 
 log = logging.getLogger("sentiflow.select")
 VERSION_TAG = "sentiflow.registered_version"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sentiflow.tasks.inference import cuts, length_batches
+from sentiflow.tasks.core.inference import cuts, length_batches
 
 
 def bucketed_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,

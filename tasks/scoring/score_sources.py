@@ -6,10 +6,10 @@ row: a review that cannot be scored is passed on with its raw value, and ``statu
 (``null``, ``empty``, ``not_text``). Parquet, CSV and TSV files (alone or in a folder) and text
 files are read a batch at a time, so memory does not grow with the file; a Parquet file is read a
 row group at a time, so its row-group size bounds memory, and a CSV in 4 MB blocks. Hub datasets
-and aclImdb folders or archives come whole through ``sentiflow.tasks.sources.read_source`` (their size
+and aclImdb folders or archives come whole through ``sentiflow.tasks.data.sources.read_source`` (their size
 bounds memory) and are then cut into batches.
 
-Columns, ids, labels, parts and fingerprints follow ``sentiflow.tasks.reviews``, as ingest does;
+Columns, ids, labels, parts and fingerprints follow ``sentiflow.tasks.data.reviews``, as ingest does;
 unlike ingest, a missing label (null, -1, empty) is no label (``missing="none"``), and a null id is
 replaced by ``<split>-<n>``. In a folder, a file's ``split`` column must agree with the file.
 """
@@ -29,8 +29,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from sentiflow.tasks import sources
-from sentiflow.tasks.reviews import (
+from sentiflow.tasks.data import sources
+from sentiflow.tasks.data.reviews import (
     ID_COLUMNS,
     LABEL_COLUMNS,
     SPLITS,

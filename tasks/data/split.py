@@ -27,8 +27,8 @@ from pydantic import BaseModel, Field
 
 from sentiflow.storage.store import StageRef
 from sentiflow.tasks import stage
-from sentiflow.tasks.ingest import part_files
-from sentiflow.tasks.sources import SourceError
+from sentiflow.tasks.data.ingest import part_files
+from sentiflow.tasks.data.sources import SourceError
 
 STAGE = "split"
 _SCALE = float(1 << 64)

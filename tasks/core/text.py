@@ -2,7 +2,7 @@
 spaCy tokenization and the vocabulary.
 
 No Prefect and no other stage module is imported here: the registered model ships this module
-with ``inference`` and ``model`` as its code (``sentiflow.tasks.serving``), so what scores a
+with ``inference`` and ``model`` as its code (``sentiflow.tasks.scoring.serving``), so what scores a
 review in ``mlflow models serve`` is the code that tokenized the training data.
 
 ``<br />`` tags. IMDb reviews mark paragraphs with ``<br /><br />``. Left in, spaCy splits each

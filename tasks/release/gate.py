@@ -31,10 +31,10 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from sentiflow.storage.store import StageRef, Store, file_sha256
-from sentiflow.tasks.inference import Encoded, Scorer, accuracy
-from sentiflow.tasks.score_sources import OK, as_text, open_reviews, status_of
-from sentiflow.tasks.serving import ModelError, download_model, resolve_model
-from sentiflow.tasks.shards import shards_of
+from sentiflow.tasks.core.inference import Encoded, Scorer, accuracy
+from sentiflow.tasks.data.shards import shards_of
+from sentiflow.tasks.scoring.score_sources import OK, as_text, open_reviews, status_of
+from sentiflow.tasks.scoring.serving import ModelError, download_model, resolve_model
 from sentiflow.tasks.stage import read_input_token
 
 log = logging.getLogger("sentiflow.gate")

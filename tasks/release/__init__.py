@@ -1,0 +1,1 @@
+"""Release: choosing the best epoch of a training run, logging and registering it (``select``), and the champion gate (``gate``) that scores the challenger and the current champion on the same rows and moves the ``champion`` alias only when the challenger wins there."""
