@@ -1,9 +1,11 @@
 """The data flow: ingest → split → tokenize (train, val, test) → vocab → encode (train, val, test).
 
-The flow only wires tasks, once, whichever task runner runs them: every stage is submitted, each
-task gets its upstream tasks' futures as inputs, and the flow then resolves the futures in stage
-order. Tokenize and encode are one task per shard (``tokenize-train-3``), each keyed by its
-shard's content, then one task per part gathers them (``tokenize-train``; ``sentiflow.tasks.data.shards``).
+The flow only wires tasks, once, whichever task runner runs them: ``prepare`` walks the data DAG
+(``sentiflow.tasks.data.dag.DAG``, where the order and the wiring are written), every stage is
+submitted, each task gets its upstream tasks' futures as inputs, and the flow then resolves the
+futures in stage order. Tokenize and encode are one task per shard (``tokenize-train-3``), each
+keyed by its shard's content, then one task per part gathers them (``tokenize-train``;
+``sentiflow.tasks.data.shards``).
 Each task returns a ``StageRef`` and is served from Prefect's cache (state "Cached") when its
 stage folder is present and valid: after reviews are appended to a source, the shards that did
 not change are Cached and only the new ones are tokenized (``PreparedData.shards`` counts them).
@@ -43,7 +45,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from prefect import Flow, flow
 from prefect.context import FlowRunContext
@@ -53,80 +55,93 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
 from sentiflow.flows.runs import run_settings, with_settings
-from sentiflow.storage.settings import Settings
+from sentiflow.storage.settings import FromSetting, Settings
 from sentiflow.storage.store import StageRef
-from sentiflow.tasks.data import encode, tokenize
-from sentiflow.tasks.data.encode import encode_task
-from sentiflow.tasks.data.ingest import IngestParams, ingest_task
-from sentiflow.tasks.data.reviews import fingerprint
-from sentiflow.tasks.data.shards import gather_task, shards_of
-from sentiflow.tasks.data.split import SplitParams, split_task
-from sentiflow.tasks.data.tokenize import TokenizeParams, tokenize_task
-from sentiflow.tasks.data.vocab import VocabParams, vocab_task
+from sentiflow.tasks.config import Config
+from sentiflow.tasks.data import dag, tokenize
+from sentiflow.tasks.data.dag import PARTS, RUNS, STAGES, Step  # noqa: F401 - for callers
+from sentiflow.tasks.data.ingest import IngestParams
+from sentiflow.tasks.data.split import SplitParams
+from sentiflow.tasks.data.tokenize import TokenizeParams
+from sentiflow.tasks.data.vocab import VocabParams
 
-# The stages, in order: written here once; everything else (STAGES, RUNS, --force) derives from it.
-Stage = Literal["ingest", "split", "tokenize", "vocab", "encode"]
-STAGES: tuple[Stage, ...] = get_args(Stage)
-PARTS = ("train", "val", "test")
-# where each part's shards come from: the split's proper-train and validation shards, ingest's test ones
-SHARDS_FROM = {"train": "split", "val": "split", "test": "ingest"}
-# the stages that run once per shard ("tokenize-train-3", ...) and are gathered per part
-# ("tokenize-train"), and their PreparedData field
-PER_PART = {"tokenize": "tokens", "encode": "encoded"}
-GATHERED = {"tokenize": tokenize.GATHERED, "encode": encode.GATHERED}
-# the task runs that give a stage folder each, in stage order: the keys of PreparedData.states and .refs()
-RUNS: tuple[str, ...] = tuple(
-    name for stage in STAGES
-    for name in ([f"{stage}-{part}" for part in PARTS] if stage in PER_PART else [stage]))
+# The order and the wiring of the stages are written once, in sentiflow.tasks.data.dag (dag.DAG);
+# STAGES, RUNS and PARTS come from there. A stage's name, as ``force`` takes it (a list form in
+# Prefect's UI):
+Stage = Literal[STAGES]  # type: ignore[valid-type]
 
 
-class DataConfig(BaseModel):
+class DataConfig(Config):
     """Everything the data stages depend on (shown as a form in the Prefect UI)."""
 
-    source: str | None = Field(None, description="Hugging Face dataset id, or a local Parquet/CSV/aclImdb "
-                                                 "path; empty: the settings' source (SENTIFLOW_SOURCE, "
-                                                 "default stanfordnlp/imdb)")
+    source: Annotated[str | None, FromSetting("source")] = Field(
+        None, description="Hugging Face dataset id, or a local Parquet/CSV/aclImdb path; empty: the "
+                          "settings' source (SENTIFLOW_SOURCE, default stanfordnlp/imdb)")
     ingest: IngestParams = IngestParams()
     split: SplitParams = SplitParams()
     tokenize: TokenizeParams = TokenizeParams()
     vocab: VocabParams = VocabParams()
 
-    def resolved(self, settings: Settings) -> DataConfig:
-        """This configuration with the settings' source where it names none (done at flow start)."""
-        return self if self.source else self.model_copy(update={"source": settings.source})
-
 
 class PreparedData(BaseModel):
-    ingest: StageRef
-    split: StageRef
-    tokens: dict[str, StageRef]
-    vocab: StageRef
-    encoded: dict[str, StageRef]
+    """The data flow's result: each task run's stage folder and final state, by run name
+    (``RUNS``: ``ingest``, ``tokenize-train``, ...), and its shard tasks' states counted. The
+    properties name the folders the training flow reads."""
+
+    folders: dict[str, StageRef] = Field(description="task run name → its stage folder")
     states: dict[str, str] = Field(description="task run name → final state name (Cached, Completed)")
     shards: dict[str, dict[str, int]] = Field(
         default_factory=dict, description="per-part run name (tokenize-train, ...) → its shard tasks' "
                                           "final states, counted (Cached: reused, Completed: computed)")
 
+    @property
+    def ingest(self) -> StageRef:
+        return self.folders["ingest"]
+
+    @property
+    def split(self) -> StageRef:
+        return self.folders["split"]
+
+    @property
+    def tokens(self) -> dict[str, StageRef]:
+        return self.parts("tokenize")
+
+    @property
+    def vocab(self) -> StageRef:
+        return self.folders["vocab"]
+
+    @property
+    def encoded(self) -> dict[str, StageRef]:
+        return self.parts("encode")
+
+    def parts(self, stage: str) -> dict[str, StageRef]:
+        """A per-shard stage's gathered folders, by part (``train``, ``val``, ``test``)."""
+        return {part: self.folders[run] for run, part in dag.BY_STAGE[stage].runs.items()}
+
     def refs(self) -> dict[str, StageRef]:
         """Each task run's stage folder, by the task run names used in ``states`` (``RUNS``)."""
-        refs = {}
-        for name in RUNS:
-            stage, _, part = name.partition("-")
-            refs[name] = getattr(self, PER_PART[stage])[part] if part else getattr(self, stage)
-        return refs
+        return dict(self.folders)
 
     @classmethod
     def from_refs(cls, refs: dict[str, StageRef], states: dict[str, str],
                   shards: dict[str, dict[str, int]] | None = None) -> PreparedData:
         """The inverse of ``refs``: task run name → stage folder, for every run in ``RUNS``."""
-        fields: dict[str, Any] = {}
-        for name in RUNS:
-            stage, _, part = name.partition("-")
-            if part:
-                fields.setdefault(PER_PART[stage], {})[part] = refs[name]
-            else:
-                fields[stage] = refs[name]
-        return cls(**fields, states=states, shards=shards or {})
+        return cls(folders={run: refs[run] for run in dag.RUNS}, states=states, shards=shards or {})
+
+    def lineage(self, config: DataConfig) -> dict[str, str]:
+        """What a training run logs of its data: the source, the parameters of the stages that
+        log them (``split.seed``, ...) and the keys of their runs (``key.ingest``,
+        ``key.encode_train``, ...), as the data DAG's steps say."""
+        out = {"data.source": config.source}
+        for step in dag.DAG:
+            if step.params and step.log_params:
+                params = getattr(config, step.stage).model_dump(mode="json")
+                out.update({f"{step.stage}.{name}": value for name, value in params.items()})
+        for step in dag.DAG:
+            if step.log_key:
+                out.update({f"key.{run.replace('-', '_')}": self.folders[run].key
+                            for run in step.runs})
+        return out
 
 
 # Locally the flow's runner is a pool of threads (``workers`` of them through ``task_runner_for``, one a
@@ -143,51 +158,46 @@ def prepare_data(
     """The data stages, each cached by its key. ``data_root`` and ``workers`` (tokenizer processes)
     override the run's settings; ``force`` recomputes the named stages even when cached."""
     settings = run_settings(data_root=data_root, workers=workers or None)
-    return prepare(config.resolved(settings), settings, force)
+    return prepare(settings.fill(config), settings, force)
 
 
 def prepare(config: DataConfig, settings: Settings, force: Sequence[str] = ()) -> PreparedData:
-    """The wiring, inside a data flow run: every stage submitted to the flow's task runner with its
-    inputs' futures, one task per shard for tokenize and encode, then resolved in stage order (the
-    first failed stage's error is raised). The shards are known once ingest and split are done, so
-    the flow waits for those two first. A task is submitted after the tasks it takes futures of, so
-    a runner's threads never all wait on tasks queued behind them. The data root is made absolute:
-    a Dask worker may have another working directory."""
+    """The data DAG (``sentiflow.tasks.data.dag``) walked inside a data flow run: each step's tasks
+    submitted to the flow's task runner in DAG order, with the futures of the runs they read, then
+    resolved in run order (the first failed run's error is raised). A per-shard step is one task a
+    shard and one gathering each part; a part's shards are known once the folder they are read
+    from is written (ingest's, split's), so the walk waits for that folder first. A task is
+    submitted after the tasks it takes futures of, so a runner's threads never all wait on tasks
+    queued behind them. The data root is made absolute: a Dask worker may have another working
+    directory."""
     root = str(Path(settings.data_root).resolve())
-    futures: dict[str, PrefectFuture[StageRef]] = {}
-    shard_futures: dict[str, list[PrefectFuture[StageRef]]] = {}
-
-    def submit(name: str, task_fn: Any, **kwargs: Any) -> PrefectFuture[StageRef]:
-        futures[name] = task_fn.submit(**kwargs, root=root, force=name.split("-")[0] in force)
-        return futures[name]
-
-    def per_shard(stage: str, part: str, task_fn: Any, inputs: list[dict[str, Any]], source: Any,
-                  source_part: str = "") -> PrefectFuture[StageRef]:
-        """One task per shard, then the part gathered (``source``: what the shards came from)."""
-        shard_futures[f"{stage}-{part}"] = [
-            task_fn.submit(**kw, part=part, index=i, root=root, force=stage in force)
-            for i, kw in enumerate(inputs)]
-        return submit(f"{stage}-{part}", gather_task, stage_name=stage, part=part,
-                      shards=shard_futures[f"{stage}-{part}"], files=GATHERED[stage], source=source,
-                      source_part=source_part)
-
+    outputs: dict[str, Any] = {}  # run → its future; and the seeds: the source, its fingerprint
+    shard_futures: dict[str, list[PrefectFuture[StageRef]]] = {}  # per-part run → its shards'
     with _api_for_workers(), tokenize.worker_pool(1 if _on_dask() else settings.resolved_workers):
-        fp = fingerprint(config.source)
-        submit("ingest", ingest_task, source=config.source, source_fingerprint=fp, params=config.ingest)
-        submit("split", split_task, params=config.split, ingested=futures["ingest"])
-        sources = {"ingest": futures["ingest"].result(), "split": futures["split"].result()}
-        for part in PARTS:
-            source = sources[SHARDS_FROM[part]]
-            per_shard("tokenize", part, tokenize_task, [
-                {"params": config.tokenize, "shard": s} for s in shards_of(source, part)], source, part)
-        vocab = submit("vocab", vocab_task, params=config.vocab, tokens=futures["tokenize-train"])
-        for part in PARTS:
-            per_shard("encode", part, encode_task, [
-                {"tokens": t, "vocab": vocab} for t in shard_futures[f"tokenize-{part}"]],
-                futures[f"tokenize-{part}"])
-        refs = {name: futures[name].result() for name in RUNS}  # raises a failed task's error
-    shards = {name: dict(Counter(f.state.name for f in fs)) for name, fs in shard_futures.items()}
-    return PreparedData.from_refs(refs, {name: futures[name].state.name for name in RUNS}, shards)
+        outputs.update(dag.seeds(config.source))
+        for step in dag.DAG:
+            _submit(step, config, outputs, shard_futures, root=root, force=step.stage in force)
+        refs = {run: outputs[run].result() for run in dag.RUNS}  # raises a failed task's error
+    shards = {run: dict(Counter(f.state.name for f in fs)) for run, fs in shard_futures.items()}
+    return PreparedData.from_refs(refs, {run: outputs[run].state.name for run in dag.RUNS}, shards)
+
+
+def _submit(step: Step, config: DataConfig, outputs: dict[str, Any],
+            shard_futures: dict[str, list[PrefectFuture[StageRef]]], **common: Any) -> None:
+    """One step's tasks submitted (``common``: ``root`` and ``force``), their futures added to
+    ``outputs`` by run name (a part's shard tasks' to ``shard_futures``)."""
+    args = step.arguments(config, outputs)
+    if not step.per_shard:
+        outputs[step.stage] = step.task.submit(**args, **common)
+        return
+    for run, part in step.runs.items():
+        shards, source, source_part = step.part_shards(part, outputs, shard_futures,
+                                                       folder=lambda future: future.result())
+        shard_futures[run] = [
+            step.task.submit(**args, **{step.shard_arg: shard}, part=part, index=i, **common)
+            for i, shard in enumerate(shards)]
+        outputs[run] = dag.gather_task.submit(
+            **step.gather_arguments(part, shard_futures[run], source, source_part), **common)
 
 
 # -- on a Dask cluster ----------------------------------------------------------------------------

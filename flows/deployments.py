@@ -7,6 +7,15 @@ that both agree: names, entrypoints, schedules.
 A deployment's run builds its settings from the worker's environment when it starts
 (``SENTIFLOW_*``, ``MLFLOW_TRACKING_URI``; ``sentiflow.flows.runs``): settings are never deployment
 parameters, and the forms' defaults are the flows' models' (``TrainFlowConfig``, ``ScoreConfig``).
+A training run takes a preset as the command line does (``prefect deployment run train/weekly -p
+'config={"preset": "best"}'``): the flow applies it (``sentiflow.flows.presets``).
+
+The forms refuse unknown keys (``sentiflow.tasks.config``), and so does their parameter schema
+(``additionalProperties: false``). The server checks a run's parameters against it when the run is
+created (``enforce_parameter_schema``, on here as in ``prefect deploy``): ``-p 'config={"max_epoch":
+3}'`` is refused at once, in Prefect's words ("Additional properties are not allowed ('max_epoch'
+was unexpected)"), and nothing runs. A run that reaches the flow unchecked fails as it starts,
+with the form's line naming the key and the nearest valid one.
 
 Retraining is safe to schedule: on unchanged data every data stage is Cached, a finished training
 with the same key is reused (no new version), and the ``champion`` alias moves only when the
@@ -35,9 +44,10 @@ def runner_deployments(cron: str | None = RETRAIN_CRON, timezone: str = "UTC") -
         train_flow.to_deployment(
             name=RETRAIN, schedules=[Cron(cron, timezone=timezone)] if cron else None, tags=TAGS,
             concurrency_limit=1,  # two trainings of one key would share one MLflow run
+            enforce_parameter_schema=True,
             description="Retrain on the configured source: data stages (cached), training, selection; "
                         "champion moves only to a better model."),
         score_flow.to_deployment(
-            name=SCORE, tags=TAGS,
+            name=SCORE, tags=TAGS, enforce_parameter_schema=True,
             description="Score reviews with a registered model (default models:/sentiflow@champion)."),
     ]

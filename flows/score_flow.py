@@ -35,21 +35,17 @@ from sentiflow.flows.runs import confine_deployment_paths, run_settings
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef, Store
 from sentiflow.storage.tracking import configure, log_stage_datasets
+from sentiflow.tasks.core.rows import OUT_OF_DOMAIN
 from sentiflow.tasks.data.reviews import fingerprint
-from sentiflow.tasks.scoring.score import (
-    PART_ROWS,
-    ScoreParams,
+from sentiflow.tasks.scoring.score import ScoreStats, plan, read_stats, score_task
+from sentiflow.tasks.scoring.score_config import PART_ROWS, ScoreConfig, ScoreParams
+from sentiflow.tasks.scoring.score_dask import (
     ScorePart,
-    ScoreStats,
     ScoreWork,
-    plan,
+    assemble_task,
     plan_work,
-    read_stats,
     score_part,
-    score_task,
 )
-from sentiflow.tasks.scoring.score_config import ScoreConfig
-from sentiflow.tasks.scoring.score_sources import OUT_OF_DOMAIN
 from sentiflow.tasks.scoring.serving import ModelRef, resolve_model
 
 KEY_TAG = "sentiflow.score_key"
@@ -116,8 +112,8 @@ def _score_stage(model: ModelRef, config: ScoreConfig, fp: str, settings: Settin
     work = plan_work_task(model, config.source, fp, config.params, root, config.part_rows)
     try:
         score_parts.with_options(task_runner=task_runner_for(settings))(work=work, params=config.params)
-        return score_task(model, config.source, fp, config.params, root, force=force, work=work,
-                          return_state=True)
+        return assemble_task(model, config.source, fp, config.params, root, work, force=force,
+                             return_state=True)
     finally:
         work.discard()
 
@@ -231,7 +227,7 @@ def score_flow(config: ScoreConfig = ScoreConfig(), data_root: str | None = None
     run's settings (``sentiflow.flows.runs``); ``force`` scores again even when cached."""
     settings = run_settings(data_root=data_root, workers=workers or None)
     confine_deployment_paths(settings, source=config.source, out=config.out)  # as given, not the settings'
-    config = config.resolved(settings)
+    config = settings.fill(config)
     model = resolve_model_task(config.model, settings)
     fp = fingerprint(config.source)  # a plain call, as in the data flow
     state = _score_stage(model, config, fp, settings, force)

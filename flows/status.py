@@ -1,14 +1,16 @@
 """``sentiflow status``: which data stages are stored for the current source and settings, without
 running anything (like ``dvc status``). No Prefect server, no spaCy, no torch, no MLflow.
 
-Each stage's key is planned from its inputs, as the flow plans it; a stage whose input is not
+Each stage's key is planned from its inputs by walking the data DAG (``sentiflow.tasks.data.dag``)
+as the flow does, with the tasks' own planners (their cache keys); a stage whose input is not
 stored cannot be planned further and is reported as waiting for it. A stored folder is checked
 by its manifest (its key, and every file present with the recorded size), not by checksum: this
 is a quick look; ``prepare`` checksums every file before it trusts one.
 
 ``stored_result`` is ``prepare``'s no-op path: when every stage of the plan is stored and every
 file passes its checksum, it returns what the data flow would (all Cached) without starting
-Prefect's server or running a flow.
+Prefect's server or running a flow. ``stored_stages`` is the ``stages`` table: every stored folder,
+a part's shards counted with those it shares with an earlier folder.
 """
 
 from __future__ import annotations
@@ -16,13 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sentiflow.flows.data_flow import PARTS, SHARDS_FROM, DataConfig, PreparedData
+from sentiflow.flows.data_flow import DataConfig, PreparedData
 from sentiflow.storage.store import StageRef, Store, file_sha256
-from sentiflow.tasks.data import encode, ingest, split, tokenize, vocab
-from sentiflow.tasks.data.reviews import fingerprint
-from sentiflow.tasks.data.shards import plan_gather, shards_of
-from sentiflow.tasks.stage import input_token
+from sentiflow.tasks.data import dag
+from sentiflow.tasks.data.dag import Step
 
 
 @dataclass
@@ -79,50 +80,90 @@ def _digest_once() -> Callable[[Path], str]:
 
 
 def _plan(config: DataConfig, root: Path | str) -> tuple[list[StageStatus], _Planned]:
+    """The data DAG walked as the flow walks it, planning each run's folder with its task's
+    planner instead of running it, and looking at what is stored."""
     store = Store(root)
     out: list[StageStatus] = []
     planned = _Planned({}, {})
-
-    def add(task: str, ref: StageRef | None, waits_for: str = "", shards: str = "") -> bool:
-        if ref is None:
-            out.append(StageStatus(task, f"waits for {waits_for}"))
-            return False
-        state = _state(store, ref)
-        out.append(StageStatus(task, state, ref.key, shards))
-        planned.refs[task] = ref
-        return state == "cached"
-
-    ingested = ingest.plan(root, fingerprint(config.source), config.ingest)
-    have = {"ingest": add("ingest", ingested)}
-    split_ref = split.plan(root, config.split, ingested) if have["ingest"] else None
-    have["split"] = add("split", split_ref, "ingest")
-    sources = {"ingest": ingested, "split": split_ref}
-    tokens: dict[str, list[StageRef] | None] = {}
-    gathered: dict[str, StageRef | None] = {}
-    for part in PARTS:
-        source = sources[SHARDS_FROM[part]]
-        if not have[SHARDS_FROM[part]]:
-            tokens[part] = gathered[part] = None
-            add(f"tokenize-{part}", None, SHARDS_FROM[part])
-            continue
-        tokens[part] = [tokenize.plan_shard(root, config.tokenize, s) for s in shards_of(source, part)]
-        planned.shards[f"tokenize-{part}"] = tokens[part]
-        gathered[part] = plan_gather(root, tokenize.STAGE, tokens[part], input_token(source, part))
-        have[f"tokenize-{part}"] = add(f"tokenize-{part}", gathered[part], shards=_shards(store, tokens[part]))
-    vocab_ref = (vocab.plan(root, config.vocab, gathered["train"])
-                 if have.get("tokenize-train") else None)
-    have["vocab"] = add("vocab", vocab_ref, "tokenize-train")
-    for part in PARTS:
-        if not (have["vocab"] and tokens[part] is not None):
-            add(f"encode-{part}", None, "vocab" if not have["vocab"] else f"tokenize-{part}")
-            continue
-        shards = [encode.plan_shard(root, t, vocab_ref) for t in tokens[part]]
-        planned.shards[f"encode-{part}"] = shards
-        add(f"encode-{part}", plan_gather(root, encode.STAGE, shards, input_token(gathered[part])),
-            shards=_shards(store, shards))
+    outputs: dict[str, Any] = dag.seeds(config.source)  # run → its planned folder; and the seeds
+    stored = set(outputs)  # the runs whose folder is stored (and the seeds)
+    for step in dag.DAG:
+        for run, part in step.runs.items():
+            waits_for = _waits_for(step, part, stored, planned.shards)
+            if waits_for:
+                out.append(StageStatus(run, f"waits for {waits_for}"))
+                continue
+            ref, shards = _plan_run(step, part, config, root, outputs, planned.shards)
+            state = _state(store, ref)
+            counted = _shards(store, shards) if step.per_shard else ""
+            out.append(StageStatus(run, state, ref.key, counted))
+            planned.refs[run] = outputs[run] = ref
+            if step.per_shard:
+                planned.shards[run] = shards
+            if state == "cached":
+                stored.add(run)
     return out, planned
+
+
+def _waits_for(step: Step, part: str, stored: set[str],
+               planned_shards: dict[str, list[StageRef]]) -> str:
+    """The first run that ``step``'s run for ``part`` cannot be planned without, or "": an input
+    not stored, or the run its shards come from, not stored (its files are read) or, when they
+    are another stage's shard outputs, not planned."""
+    for run in step.inputs.values():
+        if run not in stored:
+            return run
+    if step.per_shard:
+        run, mapped = step.shard_source(part)
+        if run not in (planned_shards if mapped else stored):
+            return run
+    return ""
+
+
+def _plan_run(step: Step, part: str, config: DataConfig, root: Path | str, outputs: dict[str, Any],
+              planned_shards: dict[str, list[StageRef]]) -> tuple[StageRef, list[StageRef]]:
+    """The folder of ``step``'s run for ``part`` and, for a per-shard step, its shards' folders."""
+    args = {**step.arguments(config, outputs), "root": root}
+    if not step.per_shard:
+        return step.plan(args), []
+    shards, source, source_part = step.part_shards(part, outputs, planned_shards)
+    refs = [step.plan({**args, step.shard_arg: shard, "part": part, "index": i})
+            for i, shard in enumerate(shards)]
+    gather = step.gather_arguments(part, refs, source, source_part)
+    return dag.plan_gather({**gather, "root": root}), refs
 
 
 def _shards(store: Store, refs: list[StageRef]) -> str:
     stored = sum(store.problem(r, checksums=False) is None for r in refs)
     return f"{stored}/{len(refs)} shards stored"
+
+
+# -- the stages table ----------------------------------------------------------------------------
+
+def stored_stages(root: Path | str) -> list[dict[str, Any]]:
+    """The ``stages`` table of ``root``: every stored stage folder, oldest first, with ``stage``,
+    ``key``, ``rows``, ``bytes``, ``created`` ("" when unknown) and ``shards``: for a per-shard
+    stage's part, "<n>: <m> reused" (m of its n shards were already in an earlier folder of that
+    stage). Then one row a shard stage (``tokenize-shard``, ...): its folders counted as the key,
+    "(<n> folders)", their rows and bytes summed."""
+    rows: list[dict[str, Any]] = []
+    seen: dict[str, set[str]] = {}  # a per-shard stage → the shards of its earlier folders
+    per_shard: dict[str, dict[str, int]] = {}  # a shard stage → its folders, rows, bytes
+    for r in Store(root).list():  # oldest first
+        if r["stage"] in dag.SHARD_STAGES.values():
+            totals = per_shard.setdefault(r["stage"], {"folders": 0, "rows": 0, "bytes": 0})
+            for name, n in (("folders", 1), ("rows", r["rows"]), ("bytes", r["bytes"])):
+                totals[name] += n
+            continue
+        shards = ""
+        if r["stage"] in dag.SHARD_STAGES:
+            earlier = seen.setdefault(r["stage"], set())
+            mine = [i for i in r["inputs"] if i.startswith(f"{dag.SHARD_STAGES[r['stage']]}/")]
+            shards = f"{len(mine)}: {sum(i in earlier for i in mine)} reused"
+            earlier.update(mine)
+        rows.append({"stage": r["stage"], "key": r["key"], "rows": r["rows"], "bytes": r["bytes"],
+                     "created": r["created"] or "", "shards": shards})
+    for stage, totals in per_shard.items():
+        rows.append({"stage": stage, "key": f"({totals['folders']:,} folders)",
+                     "rows": totals["rows"], "bytes": totals["bytes"], "created": "", "shards": ""})
+    return rows

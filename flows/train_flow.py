@@ -1,4 +1,9 @@
-"""The train flow: the data stages (cached), training, selection and registration."""
+"""The train flow: the data stages (cached), training, selection and registration.
+
+Its form, ``TrainFlowConfig``, is what a caller gives: the CLI's options, a deployment run's
+parameters, a Python call. When the flow starts it makes the configuration it runs, once, in
+``run_config``: the preset's values under the ones given (``sentiflow.flows.presets``), then the
+settings' sources where the form names none (``Settings.fill``)."""
 
 from __future__ import annotations
 
@@ -8,33 +13,33 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
 from sentiflow.flows.data_flow import DataConfig, PreparedData, Stage, data_flow_for
+from sentiflow.flows.presets import PRESETS, Preset, apply_preset, describe
 from sentiflow.flows.runs import confine_deployment_paths, run_settings
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.tracking import REGISTERED_MODEL, redact, redact_all
+from sentiflow.tasks.config import Config
 from sentiflow.tasks.core.model import ModelParams
 from sentiflow.tasks.release.gate import GateParams
 from sentiflow.tasks.release.select import SelectResult, select_task
 from sentiflow.tasks.training.train import TrainConfig, TrainParams, TrainResult, train_task
 
 
-class TrainFlowConfig(BaseModel):
-    """Everything a training depends on (a form in the Prefect UI). Its defaults are the
-    pipeline's: the CLI (``sentiflow train``), the deployments and a bare ``train_flow()`` all
-    read them from here."""
+class TrainFlowConfig(Config):
+    """Everything a training depends on (a form in the Prefect UI). Its defaults are the models'
+    own, the pipeline's: the CLI (``sentiflow train``), the deployments and a bare
+    ``train_flow()`` all train ``TrainConfig()``'s model unless told otherwise. ``preset`` names a
+    set of values that the flow puts under the ones given (``sentiflow.flows.presets``)."""
 
+    preset: Preset | None = Field(None, description="Values set by name, under the ones given here: "
+                                                    + "; ".join(f"{n}: {describe(n)}" for n in PRESETS))
     data: DataConfig = DataConfig()
-    # The pipeline's model (docs/benchmarks.md, "Accuracy on IMDb"): a bidirectional LSTM of 128
-    # with a max-pool over time, on GloVe 6B 50-d vectors fine-tuned, a cosine learning rate and
-    # averaged weights. ModelParams' own defaults are the seed's (one LSTM layer, its final state:
-    # 84.5 % test accuracy here).
-    model: ModelParams = Field(ModelParams(embed_dim=50, bidirectional=True, head="max"))
-    train: TrainParams = Field(TrainParams(pretrained="glove-6b-50d", lr_schedule="cosine", average=0.998))
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
     model_name: str = Field(REGISTERED_MODEL, description="Registered model name")
     gate: GateParams = GateParams()
 
-    def resolved_gate(self, settings: Settings) -> GateParams:
-        """The gate with its source defaulting to the settings' (``SENTIFLOW_GATE_SOURCE``)."""
-        return self.gate if self.gate.source else self.gate.model_copy(update={"source": settings.gate_source})
+
+PRESET_TAG = "sentiflow.preset"
 
 
 class TrainOutcome(BaseModel):
@@ -45,13 +50,9 @@ class TrainOutcome(BaseModel):
 
 
 def lineage(data: PreparedData, config: DataConfig) -> dict[str, str]:
-    """The data side of the run's params: the resolved data configuration and stage keys."""
-    out = {"data.source": config.source}
-    for section in ("split", "tokenize", "vocab"):
-        out.update({f"{section}.{k}": v for k, v in getattr(config, section).model_dump(mode="json").items()})
-    out.update({"key.ingest": data.ingest.key, "key.split": data.split.key, "key.vocab": data.vocab.key,
-                **{f"key.encode_{p}": r.key for p, r in data.encoded.items()}})
-    return out
+    """The data side of the run's params: the resolved data configuration and stage keys, as the
+    data DAG's steps say (``PreparedData.lineage``: ``split.seed``, ``key.encode_train``, ...)."""
+    return data.lineage(config)
 
 
 @flow(name="train")
@@ -61,20 +62,34 @@ def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | Non
     ``workers`` override the run's settings (``sentiflow.flows.runs``); ``force`` recomputes the
     named data stages even when cached."""
     settings = run_settings(data_root=data_root, workers=workers or None)
-    # the parameters as given; the settings' own source and gate source are the operator's
-    confine_deployment_paths(settings, source=config.data.source, gate_source=config.gate.source,
-                             pretrained=None if config.train.pretrained == "glove-6b-50d" else config.train.pretrained)
-    data_config = config.data.resolved(settings)
-    data = data_flow_for(settings)(config=data_config, force=force)
+    config = run_config(config, settings)
+    data = data_flow_for(settings)(config=config.data, force=force)
     train_config = TrainConfig(model=config.model, train=config.train)
     result = train_task(train_config, data.encoded["train"], data.encoded["val"], data.vocab,
-                        lineage(data, data_config), settings)
-    selected = select_task(result, train_config, data_config.tokenize, data.vocab, data.encoded["val"],
-                           data.encoded["test"], config.model_name, settings, config.resolved_gate(settings))
+                        lineage(data, config.data), settings)
+    if config.preset is not None:
+        tag_preset(settings, result.run_id, config.preset)
+    selected = select_task(result, train_config, config.data.tokenize, data.vocab, data.encoded["val"],
+                           data.encoded["test"], config.model_name, settings, config.gate)
     create_markdown_artifact(redact_all(summary(result, selected, settings)), key="training-summary",
                              description="sentiflow training: epochs, best epoch, registered version")
     return TrainOutcome(data=data, train=result, selected=selected,
                         tracking_uri=redact(settings.resolved_tracking_uri))
+
+
+def run_config(config: TrainFlowConfig, settings: Settings) -> TrainFlowConfig:
+    """The configuration a run trains, made once where the flow starts: the preset applied
+    (``apply_preset``), the path parameters confined in a deployment's run (as given: the
+    settings' own sources are the operator's), then the settings' sources where it names none."""
+    config = apply_preset(config)
+    confine_deployment_paths(settings, source=config.data.source, gate_source=config.gate.source,
+                             pretrained=None if config.train.pretrained == "glove-6b-50d" else config.train.pretrained)
+    return settings.fill(config)
+
+
+def tag_preset(settings: Settings, run_id: str, preset: str) -> None:
+    """Tag the training run ``sentiflow.preset`` with the preset it was asked for."""
+    MlflowClient(settings.resolved_tracking_uri).set_tag(run_id, PRESET_TAG, preset)
 
 
 def summary(result: TrainResult, selected: SelectResult, settings: Settings) -> str:

@@ -4,17 +4,20 @@ Settings are built once, where a run starts, and passed down as an argument from
 command builds them from its options and the environment (``Settings.load``); a flow run that no
 caller gave settings to (a deployment's run on a worker) builds them from the environment when it
 starts (``sentiflow.flows.runs``). Nothing reads them from a global, and nothing writes
-``os.environ`` to pass one on.
+``os.environ`` to pass one on. A flow's configuration leaves the sources empty unless given; the
+flow fills them from its settings when it starts, in one place (``Settings.fill``, the fields
+marked ``FromSetting``).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SOURCE = "stanfordnlp/imdb"
@@ -23,8 +26,20 @@ DEFAULT_SOURCE = "stanfordnlp/imdb"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 class PathNotAllowed(ValueError):
     """A path parameter outside the configured roots."""
+
+
+@dataclass(frozen=True)
+class FromSetting:
+    """Marks a configuration field that, left empty, takes the setting ``name`` when a flow
+    starts (``Settings.fill``): ``source: Annotated[str | None, FromSetting("source")] = None``.
+    The form's default stays empty: nothing is read from the environment when a model is made."""
+
+    name: str
 
 
 class Settings(BaseSettings):
@@ -90,6 +105,22 @@ class Settings(BaseSettings):
         environment is not read again."""
         given = _given(overrides)
         return type(self).model_validate({**self.model_dump(), **given}) if given else self
+
+    def fill(self, config: M) -> M:
+        """``config`` with each empty field marked ``FromSetting`` set to that setting, at every
+        depth (the data source, the scoring source, the gate source): the one place a flow's
+        configuration takes its defaults from the settings, once, where the flow starts."""
+        update: dict[str, Any] = {}
+        for name, info in type(config).model_fields.items():
+            value = getattr(config, name)
+            setting = next((getattr(self, m.name) for m in info.metadata if isinstance(m, FromSetting)), None)
+            if value is None and setting is not None:
+                update[name] = setting
+            elif isinstance(value, BaseModel):
+                filled = self.fill(value)
+                if filled is not value:
+                    update[name] = filled
+        return config.model_copy(update=update) if update else config
 
     @property
     def resolved_tracking_uri(self) -> str:

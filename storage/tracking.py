@@ -106,3 +106,16 @@ def log_stage_datasets(refs: dict[str, StageRef], source: str | None = None) -> 
     runs then show which data a run used."""
     for context, ref in refs.items():
         mlflow.log_input(stage_dataset(ref, f"{ref.stage}-{context}", source), context=context)
+
+
+def ui_address(host: str, port: int, uri: str, experiment: str) -> str:
+    """The experiment's runs in MLflow 3's model-training view: its UI opens in the GenAI view
+    unless the address asks for the other (the experiment's ``mlflow.experimentKind`` tag alone
+    does not decide it in 3.17)."""
+    base = f"http://{host}:{port}"
+    try:
+        exp = MlflowClient(uri).get_experiment_by_name(experiment)
+    except Exception:  # noqa: BLE001 - the address without the experiment still works
+        exp = None
+    page = f"experiments/{exp.experiment_id}/runs" if exp is not None else "experiments"
+    return f"{base}/#/{page}?workflowType=machine_learning"

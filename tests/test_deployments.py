@@ -1,12 +1,19 @@
 """The deployments: prefect.yaml and ``sentiflow serve`` declare the same two, their entrypoints
-load, their parameters are the flows' pydantic forms; ``sentiflow ui`` on the embedded store."""
+load, their parameters are the flows' pydantic forms, which refuse unknown keys; a served
+deployment trains a preset asked for in its run's parameters; ``sentiflow ui`` on the embedded
+store."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,6 +22,7 @@ from typer.testing import CliRunner
 
 from sentiflow.flows.cli import app
 from sentiflow.flows.deployments import RETRAIN, RETRAIN_CRON, SCORE, runner_deployments
+from tests.conftest import write_imdb_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,12 +63,108 @@ def test_entrypoints_load_the_flows_and_forms_are_pydantic():
     assert {"TrainFlowConfig", "ModelParams", "TrainParams", "DataConfig"} <= set(train_defs)
     assert {"ScoreConfig", "ScoreParams"} <= set(score_defs)
     assert score_defs["ScoreConfig"]["properties"]["model"]["default"] == "models:/sentiflow@champion"
-    # the pipeline's model is the deployments' default too, from TrainFlowConfig alone
+    # the pipeline's model is the deployments' default too: the models' own defaults
     assert train_defs["TrainFlowConfig"]["properties"]["model"]["default"]["head"] == "max"
     assert train_defs["TrainFlowConfig"]["properties"]["train"]["default"]["pretrained"] == "glove-6b-50d"
+    # the preset is a field of the form: a choice of the presets' names
+    (choice, _none) = train_defs["TrainFlowConfig"]["properties"]["preset"]["anyOf"]
+    assert choice["enum"] == ["fast", "default", "best", "seed"]
+    # every form and every model in it refuses unknown keys: a Prefect server refuses such a run
+    for defs in (train_defs, score_defs):
+        assert {name: d.get("additionalProperties") for name, d in defs.items()} == dict.fromkeys(defs, False)
     # nothing in a form is read from the environment when the flows are imported
     for defs in (train_defs["DataConfig"], score_defs["ScoreConfig"]):
         assert defs["properties"]["source"].get("default") is None
+
+
+@contextmanager
+def _serving(env: dict[str, str], log: Path):
+    """``sentiflow serve`` (no schedule) in its own process group, stopped with SIGINT, then
+    SIGKILL if it lingers."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "sentiflow.flows.cli", "serve", "--cron", ""], env=env,
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        for sig, wait in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
+            if proc.poll() is None:
+                os.killpg(proc.pid, sig)
+                try:
+                    proc.wait(wait)
+                except subprocess.TimeoutExpired:
+                    continue
+
+
+def _prefect(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "prefect"), *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL, check=False)
+
+
+def _final_state(client, flow_run_id: str, log: Path, timeout: float = 480):
+    deadline = time.monotonic() + timeout
+    while True:
+        state = client.read_flow_run(flow_run_id).state
+        if state is not None and state.is_final():
+            return state
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(1)
+
+
+@pytest.mark.slow
+def test_a_served_deployment_trains_a_preset_and_refuses_an_unknown_key(prefect_harness, tmp_path):
+    """As a Prefect user would: ``sentiflow serve`` serves the deployments and ``prefect deployment
+    run train/weekly -p 'config=...'`` asks for runs. An unknown key is refused when the run is
+    created (the server checks the form's schema), so nothing runs; ``{"preset": "best"}`` trains
+    best's options, the small model's values given beside it winning (the run's MLflow params and
+    tag say so); a run the server was told not to check fails as it starts, with the flow's line
+    naming the key and the nearest one."""
+    from mlflow.tracking import MlflowClient
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    src = write_imdb_folder(tmp_path / "src", n_train=120, n_test=40, seed=8)
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+           "SENTIFLOW_DATA_ROOT": str(tmp_path / "data"), "SENTIFLOW_SOURCE": str(src), "SENTIFLOW_WORKERS": "1"}
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        env.pop(name, None)
+    log = tmp_path / "serve.log"
+    small = {"model": {"embed_dim": 8, "hidden_dim": 8, "ngram_buckets": 4096},
+             "train": {"max_epochs": 1, "pretrained": "none", "ngram_epochs": 1}}
+    with _serving(env, log), get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 180
+        while not [d for d in client.read_deployments() if d.name == RETRAIN]:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        deployment = client.read_deployment_by_name(f"train/{RETRAIN}")
+
+        refused = _prefect(["deployment", "run", f"train/{RETRAIN}", "-p", 'config={"max_epoch": 3}'], env)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "'max_epoch' was unexpected" in refused.stdout + refused.stderr
+        assert not client.read_flow_runs()  # nothing created
+
+        created = _prefect(["deployment", "run", f"train/{RETRAIN}", "-p",
+                            "config=" + json.dumps({"preset": "best", **small})], env)
+        assert created.returncode == 0, created.stdout + created.stderr
+        flow_run_id = re.search(r"UUID: (\S+)", created.stdout).group(1)
+        state = _final_state(client, flow_run_id, log)
+        assert state.is_completed(), f"{state.message}\n{log.read_text()[-3000:]}"
+
+        request = urllib.request.Request(
+            f"{api}/deployments/{deployment.id}/create_flow_run", method="POST",
+            data=json.dumps({"parameters": {"config": {"max_epoch": 3}}, "enforce_parameter_schema": False}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            unchecked = json.loads(r.read())["id"]
+        state = _final_state(client, unchecked, log)
+        assert state.is_failed(), state
+        assert "unknown key 'max_epoch' (did you mean 'train.max_epochs'?)" in state.message
+
+    mlflow = MlflowClient(f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}")
+    (run,) = mlflow.search_runs([mlflow.get_experiment_by_name("sentiflow").experiment_id])
+    assert run.data.params["model.ngrams"] == "2" and run.data.tags["sentiflow.preset"] == "best"
+    assert (run.data.params["model.embed_dim"], run.data.params["train.pretrained"]) == ("8", "None")
 
 
 def test_deployments_take_no_settings_as_parameters():

@@ -51,8 +51,10 @@ def trained(tmp_path_factory, prefect_harness) -> Trained:
     base = tmp_path_factory.mktemp("drift")
     src = write_imdb_folder(base / "src", n_train=240, n_test=40, seed=21)
     config = TrainFlowConfig(data=DataConfig(source=str(src), vocab=VocabParams(min_freq=2)),
-                             model=ModelParams(embed_dim=8, hidden_dim=8, dropout=0.0, head="last+max"),
-                             train=TrainParams(max_epochs=1, batch_size=32, lr=2e-2))
+                             model=ModelParams(embed_dim=8, hidden_dim=8, dropout=0.0, bidirectional=False,
+                                               head="last+max"),
+                             train=TrainParams(max_epochs=1, batch_size=32, lr=2e-2, pretrained=None,
+                                               lr_schedule="constant", average=None))
     outcome = train_flow(config=config, data_root=str(base / "data"), workers=1)
     mlflow.set_tracking_uri(outcome.tracking_uri)
     local = Path(mlflow.artifacts.download_artifacts(CHAMPION, dst_path=str(base / "model")))

@@ -75,8 +75,9 @@ def test_awkward_reviews_train_and_score(tmp_path, prefect_harness):
                         workers=1)
     assert data.encoded["train"].manifest()["total_rows"] + data.encoded["val"].manifest()["total_rows"] \
         == len(expected)
-    config = TrainConfig(model=ModelParams(embed_dim=8, hidden_dim=8),
-                         train=TrainParams(max_epochs=1, batch_size=32, max_len=300))
+    config = TrainConfig(model=ModelParams(embed_dim=8, hidden_dim=8, bidirectional=False, head="last"),
+                         train=TrainParams(max_epochs=1, batch_size=32, max_len=300, pretrained=None,
+                                           lr_schedule="constant", average=None))
     settings = Settings(data_root=tmp_path / "data", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
     result = train(config, data.encoded["train"], data.encoded["val"], data.vocab, None, settings)
     assert result.epochs == 1
@@ -143,7 +144,8 @@ def test_scoring_keeps_every_row_of_a_hostile_file_with_a_status(tmp_path):
              b"d,caf\xe9 not utf-8,0", b"e,   ,1", b"f,<script>x</script> fine,0", b"a,duplicate id,1"]
     path.write_bytes(b"\n".join(lines) + b"\n")
     vocab = Vocab([UNK, PAD, "good", "film", "fine"])
-    net = SentimentRNN(len(vocab), ModelParams(embed_dim=4, hidden_dim=4), pad_id=vocab.pad_id)
+    net = SentimentRNN(len(vocab), ModelParams(embed_dim=4, hidden_dim=4, bidirectional=False, head="last"),
+                       pad_id=vocab.pad_id)
     out = tmp_path / "out"
     out.mkdir()
     score(Scorer(net, vocab, TokenizeParams()), str(path), out, ScoreParams(), workers=1)

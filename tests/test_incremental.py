@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sentiflow.flows.data_flow import DataConfig, prepare_data
+from sentiflow.flows.status import stored_stages
 from sentiflow.storage.store import MANIFEST
 from sentiflow.tasks.data.ingest import IngestParams
 from tests.conftest import make_reviews
@@ -64,6 +65,14 @@ def test_appended_reviews_are_the_only_ones_tokenized_again(tmp_path):
     assert grown.states["tokenize-test"] == "Completed"
     assert grown.tokens["test"].shards()[0].read_bytes() == first.tokens["test"].shards()[0].read_bytes()
     assert states.count("Cached") == 4 + 4 + 2 and len(states) == n_tasks
+    # the stages table: each part's shards, and how many an earlier folder of its stage holds
+    rows = stored_stages(root)
+    assert sorted(r["shards"] for r in rows if r["stage"] == "tokenize") == sorted(
+        ["4: 0 reused", "4: 0 reused", "2: 0 reused", "6: 4 reused", "6: 4 reused", "2: 2 reused"])
+    assert sorted(r["shards"] for r in rows if r["stage"] == "encode") == sorted(
+        ["4: 0 reused", "4: 0 reused", "2: 0 reused", "6: 0 reused", "6: 0 reused", "2: 0 reused"])
+    assert {r["stage"]: r["key"] for r in rows if r["stage"].endswith("-shard")} == {
+        "tokenize-shard": "(14 folders)", "encode-shard": "(24 folders)"}  # 4+4+2 + 2+2; 10 + 6+6+2
 
     # a review keeps its part: the first run's validation reviews are still held out
     val_before = set(first.encoded["val"].read_shards(["id"]).column("id").to_pylist())

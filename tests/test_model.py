@@ -30,8 +30,9 @@ def test_seed_example_is_the_7_by_5_table():
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_seed_example_runs_through_the_model(cell):
     text, lengths = seed_example()
-    model = SentimentRNN(20, ModelParams(embed_dim=8, hidden_dim=6, cell=cell))
-    assert model(text, lengths).shape == (5,)
+    for params in (ModelParams(embed_dim=8, hidden_dim=6, cell=cell, bidirectional=False, head="last"),  # the seed's
+                   ModelParams(embed_dim=8, hidden_dim=6, cell=cell)):  # the pipeline's
+        assert SentimentRNN(20, params)(text, lengths).shape == (5,)
 
 
 def test_padding_never_reaches_the_recurrent_state():
@@ -69,7 +70,7 @@ def test_fast_path_equals_packed_on_a_realistic_batch_with_flushed_denormals():
     torch.manual_seed(2)
     lengths = torch.randint(1, 120, (32,))
     text = torch.randint(2, 500, (int(lengths.max()), 32))
-    model = SentimentRNN(500, ModelParams(embed_dim=16, hidden_dim=24, dropout=0.0))
+    model = SentimentRNN(500, ModelParams(embed_dim=16, hidden_dim=24, dropout=0.0, bidirectional=False, head="last"))
     before = torch.get_flush_denormal() if hasattr(torch, "get_flush_denormal") else False
     torch.set_flush_denormal(True)
     try:

@@ -70,7 +70,8 @@ def test_log_count_ratios_are_the_smoothed_naive_bayes_ratios():
     labels = np.array([1, 1, 0, 0], dtype=np.float32)
     lengths = np.array([len(r) for r in reviews])
     corpus = Encoded(np.concatenate(reviews).astype(np.int32), np.concatenate([[0], np.cumsum(lengths)]), labels, [])
-    model = SentimentRNN(10, ModelParams(embed_dim=4, hidden_dim=4, ngrams=2, ngram_buckets=1 << 20))
+    model = SentimentRNN(10, ModelParams(embed_dim=4, hidden_dim=4, bidirectional=False, head="last", ngrams=2,
+                                         ngram_buckets=1 << 20))
     r = log_count_ratios(model, corpus, PAD)
     buckets = model.params.ngram_buckets
     p, q = np.ones(buckets), np.ones(buckets)  # add-one: alpha = 1
@@ -124,8 +125,10 @@ def test_the_mix_is_the_logistic_regression_that_generated_the_labels():
     assert bce(mix[0] * rnn + mix[1] * ngram + mix[2], labels) < bce(rnn + ngram, labels)
 
 
-NGRAM = TrainConfig(model=ModelParams(embed_dim=16, hidden_dim=16, dropout=0.2, ngrams=2, ngram_buckets=1 << 16),
-                    train=TrainParams(max_epochs=2, batch_size=16, lr=1e-2, ngram_epochs=2, ngram_lr=0.05))
+NGRAM = TrainConfig(model=ModelParams(embed_dim=16, hidden_dim=16, dropout=0.2, bidirectional=False, head="last",
+                                      ngrams=2, ngram_buckets=1 << 16),
+                    train=TrainParams(max_epochs=2, batch_size=16, lr=1e-2, ngram_epochs=2, ngram_lr=0.05,
+                                      pretrained=None, lr_schedule="constant", average=None))
 
 
 def test_training_with_the_term_logs_it_and_serves_it(data, settings, tmp_path):  # noqa: F811
@@ -150,7 +153,7 @@ def test_training_with_the_term_logs_it_and_serves_it(data, settings, tmp_path):
     assert one_by_one_accuracy(net, val, vocab.pad_id) == pytest.approx(logged[int(metrics["best_epoch"])], abs=1e-9)
     texts = ["A wonderful, superb and moving film.", "Awful. Boring, dreadful and tedious.", "Zyx qwv 😀 — 日本語"]
     script = ("import json, sys, mlflow; m = mlflow.pyfunc.load_model('models:/sentiflow@champion'); "
-              "print(json.dumps([float(x) for x in m.predict(json.loads(sys.argv[1]))]))")
+              "print(json.dumps([r['prob_pos'] for r in m.predict(json.loads(sys.argv[1]))]))")
     env = {**os.environ, "MLFLOW_TRACKING_URI": settings.resolved_tracking_uri}
     proc = subprocess.run([sys.executable, "-c", script, json.dumps(texts)], capture_output=True, text=True,
                           env=env, timeout=300, cwd=tmp_path, check=False)

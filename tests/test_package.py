@@ -83,7 +83,8 @@ def test_inference_imports_nothing_of_training_or_prefect():
     assert not [m for m in loaded if m.startswith("prefect")]
     tasks = {m for m in loaded if m.startswith("sentiflow.tasks")}
     assert tasks <= {"sentiflow.tasks", "sentiflow.tasks.core", "sentiflow.tasks.core.inference",
-                     "sentiflow.tasks.core.model", "sentiflow.tasks.core.text", "sentiflow.tasks.stage",
+                     "sentiflow.tasks.core.model", "sentiflow.tasks.core.rows", "sentiflow.tasks.core.text",
+                     "sentiflow.tasks.stage",
                      "sentiflow.tasks.scoring", "sentiflow.tasks.scoring.serving"}, loaded
 
 

@@ -26,18 +26,13 @@ from typer.testing import CliRunner
 
 from sentiflow.tasks.core.inference import Scorer
 from sentiflow.tasks.core.model import ModelParams, SentimentRNN
+from sentiflow.tasks.core.rows import status_of
 from sentiflow.tasks.data.sources import SourceError
 from sentiflow.tasks.data.tokenize import TokenizeParams
 from sentiflow.tasks.data.vocab import PAD, UNK, Vocab
-from sentiflow.tasks.scoring.score import (
-    ScoreParams,
-    ScorePart,
-    ScoreWork,
-    assemble,
-    score,
-    score_part,
-)
-from sentiflow.tasks.scoring.score_sources import plan_parts, status_of
+from sentiflow.tasks.scoring.score import ScoreParams, score
+from sentiflow.tasks.scoring.score_dask import ScorePart, ScoreWork, assemble, score_part
+from sentiflow.tasks.scoring.score_sources import plan_parts
 from sentiflow.tasks.scoring.serving import ModelError, load_scorer, resolve_model
 from tests.conftest import (
     NEGATIVE,
@@ -60,6 +55,11 @@ def ok_probs(pred: dict[str, list]) -> np.ndarray:
     return np.array([p for p, s in zip(pred["prob_pos"], pred["status"]) if s == "ok"], np.float64)
 
 
+def served_probs(records: list[dict]) -> np.ndarray:
+    """P(positive) per row of the served model's answer (NaN where it has none)."""
+    return np.array([np.nan if r["prob_pos"] is None else r["prob_pos"] for r in records], np.float64)
+
+
 def recount(pred: dict[str, list]) -> list[list[int]]:
     """[[tn, fp], [fn, tp]] of the scored, labeled rows of a predictions table."""
     cm = [[0, 0], [0, 0]]
@@ -80,8 +80,8 @@ def scorer() -> Scorer:
     torch.manual_seed(7)
     vocab = Vocab([UNK, PAD, *POSITIVE, *NEGATIVE, *NEUTRAL, "<", ">", "br", "b", "/", "&", "amp", ";",
                    "фильм", "отличный", "😀"])
-    net = SentimentRNN(len(vocab), ModelParams(embed_dim=8, hidden_dim=8, head="last+max", dropout=0.0),
-                       pad_id=vocab.pad_id)
+    net = SentimentRNN(len(vocab), ModelParams(embed_dim=8, hidden_dim=8, bidirectional=False, head="last+max",
+                                               dropout=0.0), pad_id=vocab.pad_id)
     return Scorer(net, vocab, TokenizeParams(), max_len=400)
 
 
@@ -284,8 +284,10 @@ def trained(tmp_path_factory, prefect_harness) -> Trained:
     base = tmp_path_factory.mktemp("score")
     src = write_imdb_folder(base / "src", n_train=200, n_test=30, seed=11)
     config = TrainFlowConfig(data=DataConfig(source=str(src)),
-                             model=ModelParams(embed_dim=16, hidden_dim=16, dropout=0.0, head="last+max"),
-                             train=TrainParams(max_epochs=2, batch_size=16, lr=2e-2))
+                             model=ModelParams(embed_dim=16, hidden_dim=16, dropout=0.0, bidirectional=False,
+                                               head="last+max"),
+                             train=TrainParams(max_epochs=2, batch_size=16, lr=2e-2, pretrained=None,
+                                               lr_schedule="constant", average=None))
     outcome = train_flow(config=config, data_root=str(base / "data"), workers=1)
     assert outcome.selected.alias == "champion"
     return Trained(base / "data", src, outcome.tracking_uri, outcome.selected.version)
@@ -310,7 +312,7 @@ def test_flow_gives_the_registered_models_probabilities(trained, champion_pyfunc
     from sentiflow.flows.score_flow import ScoreConfig, score_flow
 
     test = pq.read_table(trained.src / "test.parquet").to_pydict()
-    expected = np.asarray(champion_pyfunc.predict(test["text"]), np.float64)
+    expected = served_probs(champion_pyfunc.predict(test["text"]))
 
     # the source the model was trained on: its encoded test part is scored, nothing tokenized
     assert first_score.stats.reused is not None
@@ -463,7 +465,7 @@ def test_other_uri_forms_resolve_to_the_same_model(trained, champion_pyfunc, tmp
     assert ref.model_uuid == champion.model_uuid and ref.requested == uri
     texts = ["A wonderful, superb film.", "Dreadful and boring."]
     probs = load_scorer(ref, tmp_path / "dl").predict_proba(texts)
-    np.testing.assert_allclose(probs, champion_pyfunc.predict(texts), atol=1e-6)
+    np.testing.assert_allclose(probs, served_probs(champion_pyfunc.predict(texts)), atol=1e-6)
 
 
 @pytest.fixture
@@ -540,7 +542,7 @@ def test_predict_in_another_process_resolves_the_alias(trained, champion_pyfunc)
     assert [r["text"] for r in rows] == texts
     assert [r["status"] for r in rows] == ["ok", "ok", "empty", "ok"]
     ok = [t for t in texts if status_of(t) == "ok"]
-    expected = np.asarray(champion_pyfunc.predict(ok), np.float64)
+    expected = served_probs(champion_pyfunc.predict(ok))
     np.testing.assert_allclose([r["prob_pos"] for r in rows if r["status"] == "ok"], expected, atol=1e-6)
     assert rows[2]["prob_pos"] is None and rows[2]["label"] is None
     assert [r["label"] for r in rows if r["status"] == "ok"] == \
@@ -560,7 +562,7 @@ def test_predict_reads_standard_input(trained, champion_pyfunc, cli, args):
     assert [r["text"] for r in rows] == [ok[0], "", *ok[1:]]
     assert [r["status"] for r in rows] == ["ok", "empty", "ok", "ok"]
     np.testing.assert_allclose([r["prob_pos"] for r in rows if r["status"] == "ok"],
-                               champion_pyfunc.predict(ok), atol=1e-6)
+                               served_probs(champion_pyfunc.predict(ok)), atol=1e-6)
 
 
 def test_evaluation_run_logs_the_scored_rows_as_its_dataset(trained, first_score):

@@ -77,8 +77,8 @@ def trained(tmp_path_factory) -> Registered:
     vocab_file = data.vocab.file("vocab.parquet")
     vocab = Vocab.read(vocab_file)
     torch.manual_seed(5)
-    net = SentimentRNN(len(vocab), ModelParams(embed_dim=8, hidden_dim=8, head="last+max", dropout=0.0),
-                       pad_id=vocab.pad_id)
+    net = SentimentRNN(len(vocab), ModelParams(embed_dim=8, hidden_dim=8, bidirectional=False, head="last+max",
+                                               dropout=0.0), pad_id=vocab.pad_id)
     experiment_id = configure(settings)
     with mlflow.start_run(experiment_id=experiment_id), tempfile.TemporaryDirectory() as tmp:
         info = log_model(Scorer(net, vocab, TokenizeParams()), vocab_file, {}, Path(tmp))

@@ -10,15 +10,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from sentiflow.tasks.core.rows import decoded, status_of
 from sentiflow.tasks.data.ingest import ingest
 from sentiflow.tasks.data.sources import SourceError
 from sentiflow.tasks.scoring.score_sources import (
     SourcePart,
-    as_text,
     open_reviews,
     part_batches,
     plan_parts,
-    status_of,
 )
 
 
@@ -47,6 +46,7 @@ def ingested_part(folder, split):
     ("", "empty"), ("   ", "empty"), ("\t\n ", "empty"),
     (12, "not_text"), (1.5, "not_text"), (b"\xff", "not_text"), (b"\xff\xfe bad", "not_text"),
     (b"ok bytes", "ok"), ("text", "ok"), ("  padded  ", "ok"), ("😀", "ok"),
+    (True, "not_text"), ([1, 2], "not_text"), ({"a": 1}, "not_text"), (b"   ", "empty"),
 ])
 def test_status_of(value, status):
     assert status_of(value) == status
@@ -78,7 +78,7 @@ def test_csv_numeric_looking_review_and_id_stay_text(tmp_path):
     labeled, ids, texts, labels, _ = read_all(f)
     assert labeled
     assert ids == ["007", "008", "009"]
-    assert status_of(texts[0]) == "ok" and as_text(texts[0]) == "123"  # not the number 123
+    assert status_of(texts[0]) == "ok" and decoded(texts[0]) == "123"  # not the number 123
     assert texts[1] == 'a "quoted", multi\nline review'
     assert status_of(texts[2]) in ("null", "empty")
     assert labels == [1, 0, 1]

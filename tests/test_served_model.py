@@ -1,10 +1,13 @@
 """The registered model as MLflow serves it (issue 9): a model from code that loads without
 Prefect and without an installed sentiflow, answers ``mlflow models serve`` like ``sentiflow
 predict``, and a training run that reads well in the MLflow UI (experiment kind, dataset inputs,
-descriptions).
+descriptions). One path from a raw value to a scored row (issue 17): ``sentiflow predict``,
+``sentiflow score`` and ``mlflow models serve`` give hostile rows the same status, probability
+and OOV share.
 
 One tiny model is trained for the module through the real CLI in its own process (real Prefect
-ephemeral server, real MLflow on a temporary SQLite store)."""
+ephemeral server, real MLflow on a temporary SQLite store), and served once by ``mlflow models
+serve`` for the module."""
 
 from __future__ import annotations
 
@@ -16,9 +19,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -114,9 +120,9 @@ import json, sys
 sys.modules["prefect"] = None  # importing Prefect fails
 import mlflow.pyfunc
 model = mlflow.pyfunc.load_model(sys.argv[1])
-probs = model.predict(json.loads(sys.argv[2]))
+records = model.predict(json.loads(sys.argv[2]))
 import sentiflow.tasks
-print(json.dumps({"probs": list(probs),
+print(json.dumps({"records": records,
                   "sentiflow": list(sentiflow.tasks.__path__),
                   "loaded": sorted(m for m in sys.modules if m.startswith("sentiflow"))}))
 """
@@ -137,11 +143,14 @@ def test_model_loads_with_neither_prefect_nor_sentiflow_installed(model_dir, tra
     assert "sentiflow.tasks.training.train" not in out["loaded"]
     # the same probabilities as the installed package gives (a 2-epoch model on 240 reviews: its
     # answers, not their quality, are what is checked here)
-    want = [r["prob_pos"] for r in _predict_cli(trained)]
-    assert out["probs"][2] is None and want[2] is None  # a blank review gets no probability
-    for got, expected in zip(out["probs"], want):
-        if expected is not None:
-            assert got == pytest.approx(expected, abs=1e-6)
+    want = _predict_cli(trained)
+    got = out["records"]
+    assert [r["status"] for r in got] == [r["status"] for r in want] == ["ok", "ok", "empty", "ok"]
+    assert got[2] == {"prob_pos": None, "status": "empty", "oov_share": None}  # blank: no probability
+    for record, expected in zip(got, want):
+        if expected["prob_pos"] is not None:
+            assert record["prob_pos"] == pytest.approx(expected["prob_pos"], abs=1e-6)
+            assert record["oov_share"] == pytest.approx(expected["oov_share"], abs=1e-9)
 
 
 # -- mlflow models serve ---------------------------------------------------------------------------
@@ -154,8 +163,42 @@ def _free_port() -> int:
 
 def _post(url: str, payload: dict) -> dict:
     req = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
+    with urllib.request.urlopen(req, timeout=120) as r:
         return json.loads(r.read(), parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+
+
+@pytest.fixture(scope="module")
+def served(trained, tmp_path_factory) -> Callable[[dict], list]:
+    """``mlflow models serve`` of the champion (``--env-manager local``: this venv, whose ``bin``
+    is on PATH for its ``uvicorn``), for the module: a function that posts a request body to
+    ``/invocations`` and returns the predictions."""
+    folder = tmp_path_factory.mktemp("serve")
+    port = _free_port()
+    log = open(folder / "serve.log", "w")
+    proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", CHAMPION, "--env-manager", "local",
+                             "-h", "127.0.0.1", "-p", str(port)], env=trained.env, cwd=folder,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, (folder / "serve.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping"
+            time.sleep(1)
+        yield lambda payload: _post(f"http://127.0.0.1:{port}/invocations", payload)["predictions"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
 
 
 def _predict_cli(trained: Trained) -> list[dict]:
@@ -179,43 +222,102 @@ def test_predict_runs_without_prefect(trained, tmp_path):
     assert check.returncode != 0  # the block works
 
 
-def test_mlflow_models_serve_answers_like_sentiflow_predict(trained, tmp_path):
-    port = _free_port()
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", CHAMPION, "--env-manager", "local",
-                             "-h", "127.0.0.1", "-p", str(port)], env=trained.env, cwd=tmp_path,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping"
-            time.sleep(1)
-        served = _post(f"http://127.0.0.1:{port}/invocations", {"inputs": REVIEWS})["predictions"]
-        framed = _post(f"http://127.0.0.1:{port}/invocations",
-                       {"dataframe_split": {"columns": ["text"], "data": [[r] for r in REVIEWS]}})["predictions"]
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+def test_mlflow_models_serve_answers_like_sentiflow_predict(trained, served):
+    answers = (served({"inputs": REVIEWS}),
+               served({"dataframe_split": {"columns": ["text"], "data": [[r] for r in REVIEWS]}}))
     cli = _predict_cli(trained)
     assert [c["status"] for c in cli] == ["ok", "ok", "empty", "ok"]
-    for answer in (served, framed):
-        assert answer[0] > 0.5 > answer[1]
-        assert answer[2] is None  # blank: no probability, JSON null
+    for answer in answers:
+        assert [a["status"] for a in answer] == [c["status"] for c in cli]
+        assert answer[0]["prob_pos"] > 0.5 > answer[1]["prob_pos"]
+        assert answer[2] == {"prob_pos": None, "status": "empty", "oov_share": None}  # JSON null
         for got, want in zip(answer, cli):
             if want["prob_pos"] is not None:
-                assert got == pytest.approx(want["prob_pos"], abs=1e-6)
+                assert got["prob_pos"] == pytest.approx(want["prob_pos"], abs=1e-6)
+                assert got["oov_share"] == pytest.approx(want["oov_share"], abs=1e-9)
+
+
+# -- one path from a raw value to a scored row: predict, score and the served model -----------------
+
+MEGABYTE = "A wonderful and moving film, the actors superb. " * 21_000  # ~1 MB, one line
+# name: (value over REST, line on predict's standard input, value in the score source); None in
+# the first two: not expressible there (JSON has no bytes; a command line has no null or number)
+HOSTILE = {
+    "null": (None, None, None),
+    "blank": ("   ", b"   ", "   "),
+    "number": (5, None, 5),
+    "megabyte": (MEGABYTE, MEGABYTE.encode(), MEGABYTE),
+    "positive": (POSITIVE_REVIEW, POSITIVE_REVIEW.encode(), POSITIVE_REVIEW),
+    "negative": (NEGATIVE_REVIEW, NEGATIVE_REVIEW.encode(), NEGATIVE_REVIEW),
+    "unknown words": ("zyxw qvut wibble flimflam film", b"zyxw qvut wibble flimflam film",
+                      "zyxw qvut wibble flimflam film"),
+    "not UTF-8": (None, b"caf\xe9 au lait", b"caf\xe9 au lait"),
+}
+STATUS = {"null": "null", "blank": "empty", "number": "not_text", "megabyte": "ok", "positive": "ok",
+          "negative": "ok", "unknown words": "out_of_domain", "not UTF-8": "not_text"}
+MAX_OOV = "0.5"
+
+
+def _score_source(folder: Path) -> list[str]:
+    """The hostile rows as a Parquet folder that ``sentiflow score`` reads in file order: a text
+    column (with the null), a column of numbers and one of bytes. Returns the rows' names in order."""
+    folder.mkdir()
+    files = {"test-0.parquet": (pa.string(), (str, type(None))), "test-1.parquet": (pa.int64(), int),
+             "test-2.parquet": (pa.binary(), bytes)}
+    names: list[str] = []
+    for file, (kind, python) in files.items():
+        rows = {n: v[2] for n, v in HOSTILE.items() if isinstance(v[2], python)}
+        pq.write_table(pa.table({"text": pa.array(list(rows.values()), kind)}), folder / file)
+        names += rows
+    return names
+
+
+def test_predict_score_and_served_model_give_a_row_the_same_answer(trained, served, tmp_path):
+    """The same hostile rows three ways, each as its input can hold them, with ``max_oov`` 0.5:
+    ``sentiflow predict --json`` (standard input), ``sentiflow score`` (a Parquet folder) and
+    ``mlflow models serve`` (``inputs`` and ``dataframe_split``). Each row gets the same status,
+    probability (to 1e-6) and OOV share everywhere; no row fails a request or a run."""
+    assert len(MEGABYTE.encode()) >= 1_000_000
+    answers: dict[str, dict[str, dict]] = {}  # path -> row name -> answer
+
+    lines = {n: v[1] for n, v in HOSTILE.items() if v[1] is not None}
+    proc = subprocess.run([str(BIN / "sentiflow"), "predict", "--json", "--max-oov", MAX_OOV],
+                          input=b"\n".join(lines.values()) + b"\n", env=trained.env, capture_output=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    printed = [json.loads(line) for line in proc.stdout.decode().splitlines() if line.startswith("{")]
+    assert len(printed) == len(lines)
+    answers["predict"] = dict(zip(lines, printed))
+
+    names = _score_source(tmp_path / "src")
+    out = tmp_path / "predictions.parquet"
+    proc = subprocess.run([str(BIN / "sentiflow"), "score", "--source", str(tmp_path / "src"),
+                           "--out", str(out), "--max-oov", MAX_OOV],
+                          env=trained.env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = pq.read_table(out).to_pylist()
+    assert len(table) == len(names)
+    answers["score"] = dict(zip(names, table))
+
+    values = {n: v[0] for n, v in HOSTILE.items() if n != "not UTF-8"}
+    params = {"max_oov": float(MAX_OOV)}
+    framed = {"columns": ["text"], "data": [[v] for v in values.values()]}
+    answers["serve inputs"] = dict(zip(values, served({"inputs": list(values.values()), "params": params})))
+    answers["serve dataframe"] = dict(zip(values, served({"dataframe_split": framed, "params": params})))
+
+    for path, rows in answers.items():
+        assert {n: r["status"] for n, r in rows.items()} == {n: STATUS[n] for n in rows}, path
+    reference = answers["serve inputs"] | {"not UTF-8": answers["score"]["not UTF-8"]}
+    for path, rows in answers.items():
+        for name, row in rows.items():
+            want = reference[name]
+            for key in ("prob_pos", "oov_share"):
+                if want[key] is None:
+                    assert row[key] is None, (path, name, key)
+                else:
+                    assert row[key] == pytest.approx(want[key], abs=1e-6), (path, name, key)
+    assert reference["positive"]["prob_pos"] > 0.5 > reference["negative"]["prob_pos"]
+    assert reference["unknown words"]["oov_share"] > float(MAX_OOV)
 
 
 # -- what the MLflow UI shows ----------------------------------------------------------------------

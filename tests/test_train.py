@@ -27,8 +27,10 @@ from sentiflow.tasks.training.train import TrainConfig, TrainParams, build_model
 from tests.conftest import write_imdb_folder
 
 METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds"]
-SMALL = TrainConfig(model=ModelParams(embed_dim=16, hidden_dim=16, dropout=0.2),
-                    train=TrainParams(max_epochs=4, batch_size=16, lr=1e-2))
+# a small model of the seed's kind: one direction, its final state, random embeddings, a constant rate
+SMALL = TrainConfig(model=ModelParams(embed_dim=16, hidden_dim=16, dropout=0.2, bidirectional=False, head="last"),
+                    train=TrainParams(max_epochs=4, batch_size=16, lr=1e-2, pretrained=None, lr_schedule="constant",
+                                      average=None))
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +138,7 @@ def test_champion_loads_in_a_fresh_process_and_scores_raw_text(data, settings, t
              "The plot <br /><br />and the actors 😀 — 日本語"]
     script = ("import json, sys, mlflow, pandas as pd; m = mlflow.pyfunc.load_model('models:/sentiflow@champion'); "
               "texts = json.loads(sys.argv[1]); a = m.predict(texts); b = m.predict(pd.DataFrame({'text': texts})); "
-              "assert list(a) == list(b); print(json.dumps([float(x) for x in a]))")
+              "assert list(a) == list(b); print(json.dumps([r['prob_pos'] for r in a]))")
     env = {**os.environ, "MLFLOW_TRACKING_URI": settings.resolved_tracking_uri}
     proc = subprocess.run([sys.executable, "-c", script, json.dumps(texts)], capture_output=True, text=True,
                           env=env, timeout=300, cwd=tmp_path)

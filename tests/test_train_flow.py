@@ -1,17 +1,19 @@
 """The train flow under real Prefect and real MLflow: data (cached) → train → select, with a
-summary artifact; a rerun reuses the finished run and registers nothing new."""
+summary artifact; a rerun reuses the finished run and registers nothing new. The flow applies a
+preset, the values given winning; ``TrainConfig()`` is what ``sentiflow train`` trains."""
 
 from __future__ import annotations
 
 import pytest
 from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
 
 from sentiflow.flows.data_flow import DataConfig
 from sentiflow.flows.runs import with_settings
-from sentiflow.flows.train_flow import TrainFlowConfig, train_flow
+from sentiflow.flows.train_flow import PRESET_TAG, TrainFlowConfig, train_flow
 from sentiflow.storage.settings import Settings
 from sentiflow.tasks.core.model import ModelParams
-from sentiflow.tasks.training.train import TrainParams
+from sentiflow.tasks.training.train import TrainConfig, TrainParams
 from tests.conftest import read_artifacts, write_imdb_folder
 from tests.test_data_flow import flow_run_parameters
 
@@ -19,8 +21,11 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def test_train_flow_end_to_end_and_rerun(tmp_path):
+    """A small model of the seed's kind: the preset ``seed`` (one direction, random embeddings,
+    a constant rate, no averaging) under the values given here, which win over it."""
     src = write_imdb_folder(tmp_path / "src", n_train=300, n_test=100, seed=4)
     config = TrainFlowConfig(
+        preset="seed",
         data=DataConfig(source=str(src)),
         model=ModelParams(embed_dim=16, hidden_dim=16, dropout=0.1, head="last+max"),
         train=TrainParams(max_epochs=3, batch_size=16, lr=1e-2),
@@ -34,6 +39,12 @@ def test_train_flow_end_to_end_and_rerun(tmp_path):
     run = client.get_run(first.train.run_id)
     assert run.data.params["key.encode_train"] == first.data.encoded["train"].key
     assert run.data.params["tokenize.html_breaks"] == "space"
+    # given here (over the preset's 100 and "last"), from the preset, and the defaults
+    assert (run.data.params["model.embed_dim"], run.data.params["model.head"]) == ("16", "last+max")
+    assert [run.data.params[f"model.{k}"] for k in ("bidirectional", "ngrams")] == ["False", "0"]
+    assert [run.data.params[f"train.{k}"] for k in ("pretrained", "lr_schedule", "average")] == \
+        ["None", "constant", "None"]
+    assert run.data.tags[PRESET_TAG] == "seed"
     assert "test_acc" in run.data.metrics
     markdown = [a.data for a in read_artifacts("training-summary") if first.train.run_id in a.data]
     assert markdown and f"Best epoch **{first.selected.best_epoch}**" in markdown[0]
@@ -52,8 +63,31 @@ def test_train_flow_end_to_end_and_rerun(tmp_path):
 
 
 def test_the_pipeline_default_model_has_one_home():
-    """TrainFlowConfig holds the pipeline's model (the CLI and the deployments read it there):
-    ModelParams' defaults (the seed's) made bidirectional, max-pooled, on 50-d GloVe vectors
-    (docs/benchmarks.md)."""
-    assert TrainFlowConfig().model == ModelParams(embed_dim=50, bidirectional=True, head="max")
-    assert TrainFlowConfig().train.pretrained == "glove-6b-50d"
+    """The params' own defaults are the pipeline's model (docs/benchmarks.md): a bidirectional,
+    max-pooled LSTM on 50-d GloVe vectors, a cosine rate, averaged weights; the flow's form holds
+    them as they are."""
+    assert TrainFlowConfig().model == ModelParams() == ModelParams(
+        embed_dim=50, hidden_dim=128, cell="lstm", layers=1, bidirectional=True, dropout=0.3, head="max", ngrams=0)
+    assert TrainFlowConfig().train == TrainParams()
+    assert (TrainParams().pretrained, TrainParams().lr_schedule, TrainParams().average) == ("glove-6b-50d", "cosine", 0.998)
+
+
+@pytest.mark.slow
+def test_sentiflow_train_with_no_options_trains_the_default_train_config(tmp_path):
+    """``sentiflow train`` with no option that sets a field logs ``TrainConfig()``'s values, each
+    one, as its run's params: read from the real run, not from the code that built it."""
+    from prefect.settings import PREFECT_API_URL
+
+    from sentiflow.flows.cli import app
+
+    src = write_imdb_folder(tmp_path / "src", n_train=120, n_test=40, seed=6)
+    result = CliRunner().invoke(app, ["train", "--source", str(src), "--data-root", str(tmp_path / "data"),
+                                      "--workers", "1"], env={"PREFECT_API_URL": PREFECT_API_URL.value()})
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("sentiflow").experiment_id])
+    default = TrainConfig()
+    expected = {f"{part}.{k}": str(v) for part in ("model", "train")
+                for k, v in getattr(default, part).model_dump(mode="json").items()}
+    assert {k: run.data.params[k] for k in expected} == expected
+    assert PRESET_TAG not in run.data.tags

@@ -151,8 +151,9 @@ def independent_training(shards: list[Path], config: TrainConfig) -> dict[str, t
 
 def test_training_from_mapped_shards_equals_an_independent_loop(stages, tmp_path):
     train_ref, val_ref, vocab_ref = stages
-    config = TrainConfig(model=ModelParams(embed_dim=8, hidden_dim=8, head="last+max", dropout=0.2),
-                         train=TrainParams(max_epochs=2, batch_size=16, lr=1e-2, max_batch_tokens=600, seed=7))
+    config = TrainConfig(model=ModelParams(embed_dim=8, hidden_dim=8, bidirectional=False, head="last+max", dropout=0.2),
+                         train=TrainParams(max_epochs=2, batch_size=16, lr=1e-2, max_batch_tokens=600, seed=7,
+                                           pretrained=None, lr_schedule="constant", average=None))
     lengths = Encoded.from_shards(train_ref.shards()).lengths
     assert any(len(b) < 16 for b in bucketed_batches(lengths, 16, 7, 1, max_tokens=600)[:-1])  # the cap binds
     settings = Settings(data_root=train_ref.path.parents[1], tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",

@@ -1,11 +1,14 @@
-"""Inference: token ids or review text in, P(positive) out.
+"""Inference: raw review values or token ids in; status, P(positive) and OOV share out.
 
 This module holds the prediction forward pass (``predict_logits``), the padded-token batching it
-uses (``Encoded``, ``length_batches``), the accuracy helper, and ``Scorer`` (vocabulary +
-tokenizer settings + network: text in, probabilities out). Selection, scoring and the served
-model import it; training imports it for evaluation; it imports nothing of training, of the
-stage store or of Prefect. The registered model ships this module, ``text`` and ``model`` as its
-code (see ``sentiflow.tasks.scoring.serving``), so a change to the training loop changes no score key.
+uses (``Encoded``, ``length_batches``), the accuracy helper, ``Scorer`` (vocabulary + tokenizer
+settings + network) and ``score_texts``: raw values → status, P(positive) and OOV share per row,
+with the row rules of ``sentiflow.tasks.core.rows``; ``sentiflow score``, ``sentiflow predict``
+and the served model all answer through it (the score stage through ``Scorer.judge``, on the
+token ids its worker processes make). Selection, scoring and the served model import it;
+training imports it for evaluation; it imports nothing of training, of the stage store or of
+Prefect. The registered model ships ``sentiflow.tasks.core`` as its code (see
+``sentiflow.tasks.scoring.serving``), so a change to the training loop changes no score key.
 """
 
 from __future__ import annotations
@@ -24,6 +27,14 @@ import torch
 from torch import nn
 
 from sentiflow.tasks.core.model import ModelParams, SentimentRNN
+from sentiflow.tasks.core.rows import (
+    OK,
+    checked,
+    cut_statuses,
+    in_domain,
+    oov_counts,
+    oov_shares,
+)
 from sentiflow.tasks.core.text import TokenizeParams, Vocab, tokenize_texts
 
 # Padded tokens per evaluation batch at most: bounds memory whatever the review lengths.
@@ -190,9 +201,24 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
 
 # -- text in, probabilities out -------------------------------------------------------------------
 
-def is_blank(text: Any) -> bool:
-    """A review with nothing to score: not a string, or only whitespace."""
-    return not isinstance(text, str) or not text.strip()
+def token_ids(texts: Sequence[str], vocab: Vocab, tokenize: TokenizeParams,
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Texts → the ids of their whole token lists: (flat ids, int32; offsets, n + 1)."""
+    ids = vocab.encode(tokenize_texts(list(texts), tokenize))
+    return ids.values.to_numpy(zero_copy_only=False), ids.offsets.to_numpy()
+
+
+@dataclass
+class Judged:
+    """Rows whose ``ok`` ones were tokenized whole, judged (``Scorer.judge``): the final status
+    and OOV share of every row, the lengths and ``<unk>`` counts of the tokenized rows (what drift
+    profiles), and the token ids of the rows to score, in order, cut to the model's ``max_len``."""
+
+    statuses: list[str]
+    oov_share: np.ndarray  # float64 per row; NaN where not tokenized or without a token
+    lengths: np.ndarray  # per tokenized row
+    unk: np.ndarray  # per tokenized row
+    to_score: Encoded  # the rows that stay ok
 
 
 class Scorer:
@@ -213,11 +239,20 @@ class Scorer:
         net.load_state_dict(torch.load(weights_file, weights_only=True, map_location="cpu"))
         return cls(net, vocab, TokenizeParams(**cfg["tokenize"]), cfg.get("max_len"))
 
-    def encode(self, texts: list[str]) -> Encoded:
-        ids = self.vocab.encode(tokenize_texts(texts, self.tokenize))
-        table = pa.table({"id": [str(i) for i in range(len(texts))], "label": np.zeros(len(texts), np.int8),
-                          "ids": ids})
-        return Encoded.from_table(table, self.max_len)
+    def judge(self, statuses: Sequence[str], flat: np.ndarray, offsets: np.ndarray,
+              max_oov: float | None = None) -> Judged:
+        """``statuses`` of raw values (``status_of``) and the token ids of the ``ok`` ones (whole
+        reviews: ``flat``, ``offsets``) → their OOV shares, the ``max_oov`` cut (``in_domain``:
+        a row past it becomes ``out_of_domain``) and what is left to score."""
+        lengths = np.diff(offsets)
+        unk = oov_counts(flat, offsets, self.vocab.unk_id)
+        share = oov_shares(lengths, unk)
+        keep = in_domain(share, max_oov)
+        oov = np.full(len(statuses), np.nan)
+        oov[[i for i, s in enumerate(statuses) if s == OK]] = share
+        data = Encoded(flat, offsets, np.zeros(len(offsets) - 1, np.float32), []).subset(keep)
+        return Judged(cut_statuses(statuses, keep), oov, lengths, unk,
+                      data.truncated(self.max_len) if self.max_len else data)
 
     def predict_encoded(self, data: Encoded) -> np.ndarray:
         device = next(self.net.parameters()).device
@@ -225,34 +260,24 @@ class Scorer:
                                 self.vocab.pad_id)
         return torch.sigmoid(logits).numpy()
 
-    def predict_with_oov(self, texts: Sequence[str], max_oov: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(P(positive), OOV share) per text, float64: the OOV share is the share of the whole
-        review's tokens outside the vocabulary (``<unk>``). Both NaN for a blank text (the OOV
-        share also for one without tokens); the probability NaN where the OOV share exceeds
-        ``max_oov`` (``sentiflow score`` gives such a row the status ``out_of_domain``)."""
-        texts = list(texts)
-        probs, oov = np.full(len(texts), np.nan), np.full(len(texts), np.nan)
-        ok = np.array([i for i, t in enumerate(texts) if not is_blank(t)], np.int64)
-        if not len(ok):
-            return probs, oov
-        ids = self.vocab.encode(tokenize_texts([texts[i] for i in ok], self.tokenize))
-        offsets = ids.offsets.to_numpy().astype(np.int64)
-        flat = ids.values.to_numpy(zero_copy_only=False)
-        cum = np.concatenate([[0], np.cumsum(flat == self.vocab.unk_id)])
-        lengths = np.diff(offsets)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            oov[ok] = np.where(lengths > 0, (cum[offsets[1:]] - cum[offsets[:-1]]) / lengths, np.nan)
-        keep = ~(oov[ok] > max_oov) if max_oov is not None else np.ones(len(ok), bool)
-        data = Encoded(flat, offsets, np.zeros(len(ok), np.float32), []).subset(keep)
-        probs[ok[keep]] = self.predict_encoded(data.truncated(self.max_len) if self.max_len else data)
-        return probs, oov
+    def predict_proba(self, texts: Sequence[Any]) -> np.ndarray:
+        """P(positive) per text (float64); NaN for a row that is not scored (``score_texts``:
+        null, empty or not text)."""
+        return score_texts(self, texts)[1]
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """P(positive) per text (float64); NaN where the text is blank or whitespace only, as
-        ``sentiflow score`` gives such a row the status ``empty`` and no probability."""
-        texts = list(texts)
-        out = np.full(len(texts), np.nan)
-        ok = [i for i, t in enumerate(texts) if not is_blank(t)]
-        if ok:
-            out[ok] = self.predict_encoded(self.encode([texts[i] for i in ok]))
-        return out
+
+def score_texts(scorer: Scorer, values: Sequence[Any], max_oov: float | None = None,
+                ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Raw values (str, UTF-8 bytes, None, NaN, numbers, anything) → per row its status
+    (``sentiflow.tasks.core.rows``), P(positive) (float64, NaN where it is not ``ok``) and OOV
+    share (float64, NaN where it was not tokenized or has no token). The one path from a raw
+    value to a scored row: ``sentiflow score`` applies ``Scorer.judge`` the same way to the token
+    ids its worker processes make, ``sentiflow predict`` and the served model call this."""
+    values = list(values)
+    statuses, texts = checked(values)
+    flat, offsets = token_ids(texts, scorer.vocab, scorer.tokenize)
+    judged = scorer.judge(statuses, flat, offsets.astype(np.int64), max_oov)
+    probs = np.full(len(values), np.nan)
+    if len(judged.to_score):
+        probs[[i for i, s in enumerate(judged.statuses) if s == OK]] = scorer.predict_encoded(judged.to_score)
+    return judged.statuses, probs, judged.oov_share

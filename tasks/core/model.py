@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -34,14 +34,21 @@ Head = Literal["last", "max", "mean", "last+max"]
 
 
 class ModelParams(BaseModel):
-    embed_dim: int = Field(100, ge=1, description="Embedding size (the vectors' size if pretrained)")
+    """The model's shape. The defaults are the pipeline's model (docs/benchmarks.md, "Accuracy on
+    IMDb"): a bidirectional LSTM of 128 with a max-pool over time, on 50-d embeddings (GloVe's,
+    ``TrainParams.pretrained``). The seed's model (one direction, its final state, 100-d) is the
+    training preset ``seed``. Unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    embed_dim: int = Field(50, ge=1, description="Embedding size (the vectors' size if pretrained)")
     hidden_dim: int = Field(128, ge=1)
     cell: Cell = Field("lstm", description="lstm, gru, or rnn (the vanilla ReLU RNN)")
     layers: int = Field(1, ge=1)
-    bidirectional: bool = False
+    bidirectional: bool = True
     dropout: float = Field(0.3, ge=0, lt=1, description="On embeddings, between layers, before the head")
-    head: Head = Field("last", description="last: final hidden state (the seed's); max/mean: pooled "
-                                           "over time; last+max: both concatenated")
+    head: Head = Field("max", description="max/mean: pooled over time; last: the final hidden state "
+                                          "(the seed's); last+max: both concatenated")
     ngrams: int = Field(0, ge=0, le=3, description="Add a linear term over the review's n-grams up to this "
                                                    "length (2: words and word pairs), fitted on its own "
                                                    "before the RNN (0: none)")

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 BR_TAG = re.compile(r"<br\s*/?>", re.IGNORECASE)
 UNK, PAD = "<unk>", "<pad>"
@@ -35,6 +35,8 @@ VOCAB_SCHEMA = pa.schema([("token", pa.string()), ("id", pa.int32()), ("count", 
 
 
 class TokenizeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     lowercase: bool = Field(True, description="Lower-case every token (the seed's setting)")
     html_breaks: Literal["space", "keep"] = Field(
         "space", description="'space': replace <br /> tags by a space; 'keep': tokenize them"

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from sentiflow.storage.store import StageRef
 from sentiflow.tasks import stage
@@ -48,6 +48,8 @@ SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string()), ("label", pa.int
 
 
 class IngestParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     shard_rows: int = Field(5000, ge=1, description="Reviews per shard: the unit of caching, of parallel "
                                                     "work, and of reuse when reviews are appended")
 

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from sentiflow.storage.store import StageRef
 from sentiflow.tasks import stage
@@ -35,6 +35,8 @@ _SCALE = float(1 << 64)
 
 
 class SplitParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each label held out")
     seed: int = Field(1234, description="Seed of the hash that holds reviews out")
 

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from sentiflow.storage.store import StageError, StageRef
 from sentiflow.tasks import stage
@@ -29,6 +29,8 @@ STAGE = "vocab"
 
 
 class VocabParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     min_freq: int = Field(1, ge=1, description="Keep tokens seen at least this often")
     max_size: int | None = Field(25_000, ge=1, description="At most this many tokens besides specials")
 

@@ -24,27 +24,32 @@ import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
+from sentiflow.storage.settings import FromSetting
 from sentiflow.storage.store import StageRef, Store, file_sha256
+from sentiflow.tasks.config import Config
 from sentiflow.tasks.core.inference import Encoded, Scorer, accuracy
+from sentiflow.tasks.core.rows import OK, decoded, status_of
 from sentiflow.tasks.data.shards import shards_of
-from sentiflow.tasks.scoring.score_sources import OK, as_text, open_reviews, status_of
+from sentiflow.tasks.scoring.score_sources import open_reviews
 from sentiflow.tasks.scoring.serving import ModelError, download_model, resolve_model
 from sentiflow.tasks.stage import read_input_token
 
 log = logging.getLogger("sentiflow.gate")
 
 
-class GateParams(BaseModel):
-    source: str | None = Field(
+class GateParams(Config):
+    source: Annotated[str | None, FromSetting("gate_source")] = Field(
         None, description="A labelled source to judge challenger and champion on (any source "
                           "`sentiflow score` reads, its test part when it has one); unset: the "
-                          "new run's test split (its validation split without a test part)")
+                          "settings' (SENTIFLOW_GATE_SOURCE), else the new run's test split (its "
+                          "validation split without a test part)")
     margin: float = Field(0.0, ge=0, lt=1, description="Promote only when the challenger's accuracy "
                                                        "beats the champion's by at least this")
 
@@ -147,7 +152,7 @@ def source_rows(source: str) -> GateRows:
     for batch in stream.batches:
         for text, label in zip(batch.texts, batch.labels):
             if label is not None and status_of(text) == OK:
-                texts.append(as_text(text))
+                texts.append(decoded(text))
                 labels.append(label)
     if not texts:
         raise ValueError(f"gate source {source!r}: no labelled review to score")

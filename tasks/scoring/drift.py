@@ -4,10 +4,10 @@ Two features of each review that has at least one token, before any ``max_len`` 
 
 * its **length** in tokens (spaCy tokens, as the data stages count them);
 * its **OOV share**: the share of its tokens outside the model's vocabulary (mapped to
-  ``<unk>``). On the training split this is the share of training tokens the vocabulary's cap
-  (``max_size``, ``min_freq``) left out; on new reviews it also counts words never seen in
-  training, so new in-domain reviews sit a little above the training split (IMDb: see
-  ``docs/benchmarks.md``).
+  ``<unk>``), as a scored row's (``sentiflow.tasks.core.rows.oov_shares``). On the training
+  split this is the share of training tokens the vocabulary's cap (``max_size``, ``min_freq``)
+  left out; on new reviews it also counts words never seen in training, so new in-domain
+  reviews sit a little above the training split (IMDb: see ``docs/benchmarks.md``).
 
 A ``Profile`` keeps, for many reviews, counts on fixed grids (``LENGTH_EDGES``, ``OOV_EDGES``),
 sums and token totals: profiles of parts add up (``Profile.merged``: a Dask run's parts), and
@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
+from sentiflow.tasks.core.rows import oov_counts, oov_shares
+
 # bins [edges[i], edges[i+1]); a length is >= 1; the last OOV bin holds 1.0 too
 LENGTH_EDGES = np.unique(np.concatenate([np.arange(1, 21), np.round(20 * 1.05 ** np.arange(1, 300))])).astype(
     np.float64)
@@ -42,20 +44,6 @@ PSI_WARN = 0.25  # the usual reading: < 0.1 no shift, 0.1-0.25 moderate, >= 0.25
 MIN_ROWS = 200  # fewer reviews: metrics logged, no warning (a PSI of ten bins is mostly noise below)
 EPS = 1e-4  # a bin's share at least this in the PSI (an empty bin is not an infinite shift)
 STATS_FILE = "train_stats.json"
-
-
-def oov_counts(flat: np.ndarray, offsets: np.ndarray, unk_id: int) -> np.ndarray:
-    """Per review (``offsets``: n + 1 into ``flat``), how many of its ids are ``unk_id``."""
-    offsets = np.asarray(offsets, np.int64)
-    cum = np.concatenate([[0], np.cumsum(np.asarray(flat) == unk_id, dtype=np.int64)])
-    return cum[offsets[1:]] - cum[offsets[:-1]]
-
-
-def oov_shares(lengths: np.ndarray, unk: np.ndarray) -> np.ndarray:
-    """OOV share per review (float64); NaN for a review without tokens."""
-    lengths = np.asarray(lengths, np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(lengths > 0, np.asarray(unk, np.float64) / lengths, np.nan)
 
 
 def _hist(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -79,7 +67,7 @@ class Profile(BaseModel):
         lengths, unk = np.asarray(lengths, np.int64), np.asarray(unk, np.int64)
         keep = lengths > 0
         lengths, unk = lengths[keep], unk[keep]
-        share = unk / np.maximum(lengths, 1)
+        share = oov_shares(lengths, unk)
         return cls(rows=int(len(lengths)), tokens=int(lengths.sum()), oov_tokens=int(unk.sum()),
                    length_sum=float(lengths.sum()), oov_sum=float(share.sum()),
                    length_hist=_hist(lengths, LENGTH_EDGES).tolist(), oov_hist=_hist(share, OOV_EDGES).tolist())
@@ -173,8 +161,8 @@ def train_stats(lengths: np.ndarray, unk: np.ndarray, unk_id: int, split: str = 
     profile = Profile.of(lengths, unk)
     share = profile.oov_token_share
     return TrainStats(split=split, unk_id=unk_id, oov_token_share=share if np.isfinite(share) else None,
-                      length=_exact(lengths[keep].astype(np.float64)), oov=_exact(unk[keep] / lengths[keep]),
-                      profile=profile)
+                      length=_exact(lengths[keep].astype(np.float64)),
+                      oov=_exact(oov_shares(lengths[keep], unk[keep])), profile=profile)
 
 
 def train_stats_of_shards(shards: Iterable[Path], unk_id: int, split: str = "train") -> TrainStats:

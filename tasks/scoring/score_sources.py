@@ -2,10 +2,11 @@
 text file with one review per line.
 
 Unlike ingest, which refuses a training source with a null or empty review, scoring keeps every
-row: a review that cannot be scored is passed on with its raw value, and ``status_of`` says why
-(``null``, ``empty``, ``not_text``). Parquet, CSV and TSV files (alone or in a folder) and text
-files are read a batch at a time, so memory does not grow with the file; a Parquet file is read a
-row group at a time, so its row-group size bounds memory, and a CSV in 4 MB blocks. Hub datasets
+row: a review that cannot be scored is passed on with its raw value (UTF-8 bytes decoded, other
+bytes kept), and ``sentiflow.tasks.core.rows.status_of`` says why (``null``, ``empty``,
+``not_text``). Parquet, CSV and TSV files (alone or in a folder) and text files are read a batch
+at a time, so memory does not grow with the file; a Parquet file is read a row group at a time,
+so its row-group size bounds memory, and a CSV in 4 MB blocks. Hub datasets
 and aclImdb folders or archives come whole through ``sentiflow.tasks.data.sources.read_source`` (their size
 bounds memory) and are then cut into batches.
 
@@ -17,7 +18,6 @@ replaced by ``<split>-<n>``. In a folder, a file's ``split`` column must agree w
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +29,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
+from sentiflow.tasks.core.rows import decoded
 from sentiflow.tasks.data import sources
 from sentiflow.tasks.data.reviews import (
     ID_COLUMNS,
@@ -46,9 +47,6 @@ from sentiflow.tasks.data.reviews import (
 )
 
 Split = Literal["auto", "test", "train", "all"]
-OK, NULL, EMPTY, NOT_TEXT = "ok", "null", "empty", "not_text"
-OUT_OF_DOMAIN = "out_of_domain"  # tokenized, but too many of its tokens outside the vocabulary (--max-oov)
-STATUSES = (OK, NULL, EMPTY, NOT_TEXT, OUT_OF_DOMAIN)
 
 
 @dataclass
@@ -62,25 +60,6 @@ class ReviewBatch:
 class ReviewStream:
     labeled: bool
     batches: Iterator[ReviewBatch]
-
-
-def status_of(value: Any) -> str:
-    """Why a raw value cannot be scored, or ``ok``."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return NULL
-    if isinstance(value, bytes):
-        try:
-            value = value.decode("utf-8")
-        except UnicodeDecodeError:
-            return NOT_TEXT
-    if not isinstance(value, str):
-        return NOT_TEXT
-    return EMPTY if not value.strip() else OK
-
-
-def as_text(value: Any) -> str:
-    """The review of a value whose status is ``ok``."""
-    return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
 # -- opening a source -----------------------------------------------------------------------------
@@ -273,16 +252,6 @@ def _batch(table: pa.Table, columns: tuple[str, str | None, str | None], row_spl
     found = (labels(table.column(label_col).to_pylist(), label_col, str(origin), rows, missing="none")
              if label_col else ([None] * table.num_rows if labeled else None))
     return ReviewBatch(ids, _decoded(table.column(text_col).to_pylist()), found)
-
-
-def decoded(value: Any) -> Any:
-    """Bytes that are UTF-8 as str; other bytes kept (status not_text); anything else as is."""
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            pass
-    return value
 
 
 def _decoded(values: list[Any]) -> list[Any]:

@@ -2,11 +2,14 @@
 
 ``log_model`` logs a model from code (MLflow 3): ``served_model.py`` is its ``python_model``, so
 nothing is unpickled on load; its code is ``sentiflow.tasks.core`` (the modules
-``sentiflow.tasks.stage.model_code`` lists), under the package name ``sentiflow``, so it needs no sentiflow install and puts no generic name on ``sys.path``;
-its artifacts are the config, vocabulary and weights; its requirements are inference's alone (no
-Prefect). ``models:/sentiflow@champion`` then scores raw text with nothing else at hand, in
-``mlflow models serve`` too. ``resolve_model`` turns a model URI into a fixed ``ModelRef``;
-``load_scorer`` downloads one as a ``Scorer``.
+``sentiflow.tasks.stage.model_code`` lists), under the package name ``sentiflow``, so it needs no
+sentiflow install and puts no generic name on ``sys.path``; its artifacts are the config,
+vocabulary and weights; its requirements are inference's alone (no Prefect). Its signature:
+review values in (of any type: a row that is not text gets its status), one record per row out
+(``prob_pos``, ``status``, ``oov_share``), and the param ``max_oov``.
+``models:/sentiflow@champion`` then scores raw text with nothing else at hand, in ``mlflow models
+serve`` too. ``resolve_model`` turns a model URI into a fixed ``ModelRef``; ``load_scorer``
+downloads one as a ``Scorer``.
 """
 
 from __future__ import annotations
@@ -23,19 +26,24 @@ import numpy as np
 import torch
 import yaml
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import AnyType, ColSpec, Schema
 from pydantic import BaseModel
 
 from sentiflow.storage.tracking import redact
 from sentiflow.tasks import stage
-from sentiflow.tasks.core.inference import Scorer
+from sentiflow.tasks.core.inference import Scorer, score_texts
+from sentiflow.tasks.core.rows import records
 
 ARTIFACTS = ("config", "vocab", "weights")
 # optional: the training split's lengths and OOV shares (sentiflow.tasks.scoring.drift); older models lack it
 TRAIN_STATS = "train_stats"
 MODEL_CODE = Path(__file__).resolve().with_name("served_model.py")
+# the signature's example: reviews, and a blank row (so prob_pos and oov_share are optional)
 EXAMPLE = ["A moving, beautifully acted film.", "Dull, clumsy and far too long.", "   "]
+# the served model's params: max_oov 1 cuts no row (an OOV share is at most 1)
+PARAMS = {"max_oov": 1.0}
 LOGGED_MODEL_URI = re.compile(r"^models:/m-[0-9a-f]{32}$")  # MLflow 3's logged model (a version's source)
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+|latest))$")
 
@@ -142,6 +150,14 @@ def _code_folder(dst: Path) -> Path:
     return dst / "sentiflow"
 
 
+def signature(scorer: Scorer) -> ModelSignature:
+    """Values of any type in (a string schema would turn a null in a REST ``inputs`` list into the
+    text ``"None"``; here each row gets its status instead), one record per row out (inferred
+    from ``EXAMPLE``'s), and the params ``PARAMS``."""
+    inferred = infer_signature(EXAMPLE, records(*score_texts(scorer, EXAMPLE)), params=PARAMS)
+    return ModelSignature(Schema([ColSpec(AnyType())]), inferred.outputs, inferred.params)
+
+
 def log_model(scorer: Scorer, vocab_file: Path, extra_config: dict[str, Any], tmp: Path,
               train_stats: Path | None = None):
     """Log ``scorer`` as a model from code in the active run; returns MLflow's ``ModelInfo``.
@@ -157,6 +173,6 @@ def log_model(scorer: Scorer, vocab_file: Path, extra_config: dict[str, Any], tm
         artifacts={"config": str(config), "vocab": str(vocab_file), "weights": str(weights),
                    **({TRAIN_STATS: str(train_stats)} if train_stats is not None else {})},
         code_paths=[str(_code_folder(tmp / "code"))],
-        signature=infer_signature(EXAMPLE, scorer.predict_proba(EXAMPLE)),
+        signature=signature(scorer),
         input_example=EXAMPLE, pip_requirements=pip_requirements(),
     )

