@@ -192,12 +192,22 @@ def _submit(step: Step, config: DataConfig, outputs: dict[str, Any],
         return
     for run, part in step.runs.items():
         shards, source, source_part = step.part_shards(part, outputs, shard_futures,
-                                                       folder=lambda future: future.result())
+                                                       folder=lambda future: _in_order(outputs, future))
         shard_futures[run] = [
             step.task.submit(**args, **{step.shard_arg: shard}, part=part, index=i, **common)
             for i, shard in enumerate(shards)]
         outputs[run] = dag.gather_task.submit(
             **step.gather_arguments(part, shard_futures[run], source, source_part), **common)
+
+
+def _in_order(outputs: dict[str, Any], future: PrefectFuture[StageRef]) -> StageRef:
+    """``future``'s folder, the runs before it resolved first, in run order: where one of them
+    failed, its error is raised (a run that waited on it would only say it never ran)."""
+    for run in dag.RUNS:
+        value = outputs[run].result() if run in outputs else None
+        if outputs.get(run) is future:
+            return value
+    return future.result()
 
 
 # -- on a Dask cluster ----------------------------------------------------------------------------

@@ -42,6 +42,19 @@ def redact_all(text: str) -> str:
     return re.sub(r"[a-z][a-z0-9+.-]*://[^\s'\"()<>\]\[]+", lambda m: redact(m.group(0)), text)
 
 
+# the variables MLflow writes when its URIs are set (for its own subprocesses)
+URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def restore_environ(before: dict[str, str | None]) -> None:
+    """Set each variable back to its value in ``before`` (None: unset)."""
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def configure(settings: Settings) -> str:
     """Point MLflow at the configured store; create the experiment if needed. Returns its id.
 
@@ -55,14 +68,10 @@ def configure(settings: Settings) -> str:
         location = (folder / "mlartifacts").resolve().as_uri()
     # MLflow also writes the URI into os.environ (for its subprocesses); Settings reads that
     # variable, so a later Settings() in this process would silently inherit this store
-    before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    before = {k: os.environ.get(k) for k in URI_VARIABLES}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    for k, v in before.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    restore_environ(before)
     client = MlflowClient()
     exp = client.get_experiment_by_name(settings.experiment)
     if exp is None:

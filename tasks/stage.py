@@ -135,10 +135,21 @@ def cache_key_fn(planner: Callable[[dict[str, Any]], StageRef]):
     return key
 
 
-def stage_task(name: str, planner: Callable[[dict[str, Any]], StageRef], **options: Any):
-    """The ``@task`` of a stage: cached by its stage key (``cache_key_fn``), its result (a
-    ``StageRef``) stored as JSON, so a cache record on a shared volume is read, never unpickled."""
+def stage_task(name: str, planner: Callable[[dict[str, Any]], StageRef], per_shard: bool = False,
+               **options: Any):
+    """The ``@task`` of a stage: cached by its stage key (``cache_key_fn`` of ``planner``: the
+    task's arguments → its folder), its result (a ``StageRef``) stored as JSON, so a cache record
+    on a shared volume is read, never unpickled. The task keeps ``planner`` as ``.planner``: what
+    ``sentiflow status`` plans without running anything. ``per_shard``: one task run a shard,
+    named ``<stage>-<part>-<index>`` from its ``part`` and ``index`` arguments."""
     from prefect import task
 
-    return task(name=name, cache_key_fn=cache_key_fn(planner), result_serializer="json", **options)
+    if per_shard:
+        options.setdefault("task_run_name", name + "-{part}-{index}")
 
+    def decorate(fn: Callable[..., StageRef]) -> Any:
+        wrapped = task(name=name, cache_key_fn=cache_key_fn(planner), result_serializer="json", **options)(fn)
+        wrapped.planner = planner
+        return wrapped
+
+    return decorate

@@ -126,7 +126,7 @@ def prefect_harness():
         yield
 
 
-_LEAKY = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+_LEAKY = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")  # storage.tracking.URI_VARIABLES
 
 
 def _restore(before: dict[str, str | None], globals_too: bool = False) -> None:
@@ -138,11 +138,9 @@ def _restore(before: dict[str, str | None], globals_too: bool = False) -> None:
         # its own registry (seen in CI: test_served_model downloaded test_score's model)
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
-    for k, v in before.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    from sentiflow.storage.tracking import restore_environ
+
+    restore_environ(before)
 
 
 @pytest.fixture(scope="module", autouse=True)

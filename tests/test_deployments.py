@@ -142,7 +142,10 @@ def test_a_served_deployment_trains_a_preset_and_refuses_an_unknown_key(prefect_
         refused = _prefect(["deployment", "run", f"train/{RETRAIN}", "-p", 'config={"max_epoch": 3}'], env)
         assert refused.returncode == 1, refused.stdout + refused.stderr
         assert "'max_epoch' was unexpected" in refused.stdout + refused.stderr
-        assert not client.read_flow_runs()  # nothing created
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+        mine = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        assert not client.read_flow_runs(deployment_filter=mine)  # nothing created
 
         created = _prefect(["deployment", "run", f"train/{RETRAIN}", "-p",
                             "config=" + json.dumps({"preset": "best", **small})], env)

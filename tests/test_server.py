@@ -285,7 +285,7 @@ def test_workers_run_a_scheduled_training_and_a_score_at_once(servers):
         # a second schedule of train/weekly that fires in seconds, with a tiny training as its
         # parameters (another seed than the first test's training: a new training key)
         config = {"data": {"source": str(src)}, "model": {"embed_dim": 16, "hidden_dim": 16, "head": "last+max"},
-                  "train": {"max_epochs": 2, "batch_size": 16, "seed": 7}}
+                  "train": {"max_epochs": 2, "batch_size": 16, "seed": 7, "pretrained": "none"}}
         anchor = datetime.now(timezone.utc) + timedelta(seconds=3)
         _post(f"{api}/deployments/{weekly['id']}/schedules", [{
             "schedule": {"interval": 3600, "anchor_date": anchor.isoformat(), "timezone": "UTC"},

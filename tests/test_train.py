@@ -103,7 +103,9 @@ def test_same_config_same_metrics_and_finished_run_is_reused(data, settings, tmp
     assert again.run_id == first.run_id  # a finished run with the same key is reused
     other = Settings(data_root=settings.data_root, tracking_uri=f"sqlite:///{tmp_path / 'b.db'}", experiment="t")
     second = fit(data, other)
-    hist = lambda s, r: [m.value for m in MlflowClient(s.resolved_tracking_uri).get_metric_history(r, "val_loss")]
+    def hist(s: Settings, r: str) -> list[float]:
+        return [m.value for m in MlflowClient(s.resolved_tracking_uri).get_metric_history(r, "val_loss")]
+
     assert hist(settings, first.run_id) == hist(other, second.run_id)
 
 
@@ -193,14 +195,19 @@ def test_killed_training_resumes_at_the_next_epoch(data, settings, tmp_path):
     # it resumes after the last checkpoint: the last logged epoch, or the one after it when the
     # kill fell between that epoch's checkpoint and its metrics
     assert result.resumed_from in (done_before, done_before + 1)
-    history = lambda s, r: [(m.step, m.value) for m in
-                            sorted(MlflowClient(s.resolved_tracking_uri).get_metric_history(r, "val_loss"),
-                                   key=lambda m: m.step)]
+    def history(s: Settings, r: str) -> list[tuple[int, float]]:
+        found = MlflowClient(s.resolved_tracking_uri).get_metric_history(r, "val_loss")
+        return [(m.step, m.value) for m in sorted(found, key=lambda m: m.step)]
+
     assert [step for step, _ in history(settings, run_id)] == list(range(1, 13))
-    # and computes exactly what an uninterrupted training computes
+    # and computes what an uninterrupted training computes, to float32 rounding: the killed run's
+    # process and this one may split the CPU kernels' sums differently (seen once in 500 runs:
+    # 0.6351354718 against 0.6351355314, a difference in the 8th digit), so 1e-6 relative
     other = Settings(data_root=settings.data_root, tracking_uri=f"sqlite:///{tmp_path / 'u.db'}", experiment="u")
     straight = train(config, data.encoded["train"], data.encoded["val"], data.vocab, None, other)
-    assert history(settings, run_id) == history(other, straight.run_id)
+    resumed, uninterrupted = history(settings, run_id), history(other, straight.run_id)
+    assert [s for s, _ in resumed] == [s for s, _ in uninterrupted]
+    assert [v for _, v in resumed] == pytest.approx([v for _, v in uninterrupted], rel=1e-6)
 
 
 def test_packed_path_trains_like_the_fast_path(data, settings, tmp_path):

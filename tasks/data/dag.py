@@ -6,9 +6,9 @@ running anything (``sentiflow.flows.status``); the stage names (``--force``), th
 ``stages`` table and a training run's lineage params derive from it. Adding a stage is one entry
 (and, when it takes parameters, its section of ``DataConfig``, named as the stage).
 
-A stage module holds ``STAGE`` (its folders' name), its Prefect task ``<STAGE>_task`` and
-``_planner`` (the task's arguments → its folder: the task's cache key, and what ``status``
-plans); a per-shard one also ``SHARD_STAGE`` (one shard's folders) and ``GATHERED`` (the files a
+A stage module holds ``STAGE`` (its folders' name) and its Prefect task ``<STAGE>_task``,
+whose ``.planner`` maps the task's arguments to its folder (the task's cache key, and what
+``status`` plans; ``sentiflow.tasks.stage.stage_task``); a per-shard one also ``SHARD_STAGE`` (one shard's folders) and ``GATHERED`` (the files a
 part's folder links). A whole stage is one task run, named as the stage (``split``). A per-shard
 stage is one task a shard (``tokenize-train-3``), then one gathering each part
 (``tokenize-train``; ``sentiflow.tasks.data.shards``): its runs are its parts'.
@@ -69,7 +69,7 @@ class Step:
 
     def plan(self, arguments: dict[str, Any]) -> StageRef:
         """The folder the task makes of these arguments (``root`` among them); nothing runs."""
-        return self.module._planner(arguments)
+        return self.task.planner(arguments)
 
     def arguments(self, config: Any, outputs: Mapping[str, Any]) -> dict[str, Any]:
         """The task's arguments (``root``, ``force``, a shard's ``part`` and ``index`` aside):
@@ -125,7 +125,7 @@ PARTS: tuple[str, ...] = tuple(dict.fromkeys(part for step in DAG for part in st
 # a per-shard stage → the stage of its shards' own folders (tokenize → tokenize-shard)
 SHARD_STAGES = {step.stage: step.module.SHARD_STAGE for step in DAG if step.per_shard}
 gather_task = shards.gather_task
-plan_gather = shards._planner  # gather_task's arguments → its folder
+plan_gather = shards.gather_task.planner  # gather_task's arguments → its folder
 
 
 def seeds(source: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -86,11 +85,7 @@ def run(tokens: StageRef, vocab: StageRef, root: Path | str, force: bool = False
     return run_gather(STAGE, done, GATHERED, root, stage.input_token(tokens), force)
 
 
-def _planner(p: dict[str, Any]) -> StageRef:
-    return plan_shard(p["root"], p["tokens"], p["vocab"])
-
-
-@stage.stage_task("encode", _planner, task_run_name="encode-{part}-{index}")
+@stage.stage_task("encode", lambda p: plan_shard(p["root"], p["tokens"], p["vocab"]), per_shard=True)
 def encode_task(tokens: StageRef, vocab: StageRef, part: str, index: int, root: str,
                 force: bool = False) -> StageRef:
     return run_shard(tokens, vocab, root, force)

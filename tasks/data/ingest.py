@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -226,11 +225,8 @@ def run(source: str, root: Path | str, source_fingerprint: str | None = None,
     return stage.run_stage(root, spec(fp, params), lambda out: ingest(source, out, params), force)
 
 
-def _planner(p: dict[str, Any]) -> StageRef:
-    return plan(p["root"], p["source_fingerprint"], p.get("params") or IngestParams())
-
-
-@stage.stage_task("ingest", _planner)
+@stage.stage_task(
+    "ingest", lambda p: plan(p["root"], p["source_fingerprint"], p.get("params") or IngestParams()))
 def ingest_task(source: str, root: str, source_fingerprint: str, params: IngestParams = IngestParams(),
                 force: bool = False) -> StageRef:
     return run(source, root, source_fingerprint, force, params)

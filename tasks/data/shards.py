@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel
 
@@ -100,11 +99,9 @@ def run_gather(stage_name: str, shards: list[StageRef], files: dict[str, str], r
                            lambda out: gather(shards, files, out), force)
 
 
-def _planner(p: dict[str, Any]) -> StageRef:
-    return plan_gather(p["root"], p["stage_name"], p["shards"], stage.input_token(p["source"], p["source_part"]))
-
-
-@stage.stage_task("gather", _planner, task_run_name="{stage_name}-{part}")
+@stage.stage_task("gather", lambda p: plan_gather(p["root"], p["stage_name"], p["shards"],
+                                                  stage.input_token(p["source"], p["source_part"])),
+                  task_run_name="{stage_name}-{part}")
 def gather_task(stage_name: str, part: str, shards: list[StageRef], files: dict[str, str], source: StageRef,
                 source_part: str, root: str, force: bool = False) -> StageRef:
     """``part``'s shards gathered; ``source`` (and ``source_part`` of it) is what they were made from."""

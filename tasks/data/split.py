@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -92,10 +91,6 @@ def run(params: SplitParams, ingested: StageRef, root: Path | str, force: bool =
                            lambda out: split(ingested.path, out, params), force)
 
 
-def _planner(p: dict[str, Any]) -> StageRef:
-    return plan(p["root"], p["params"], p["ingested"])
-
-
-@stage.stage_task("split", _planner)
+@stage.stage_task("split", lambda p: plan(p["root"], p["params"], p["ingested"]))
 def split_task(params: SplitParams, ingested: StageRef, root: str, force: bool = False) -> StageRef:
     return run(params, ingested, root, force)

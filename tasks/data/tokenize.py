@@ -36,7 +36,6 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -196,11 +195,7 @@ def run(params: TokenizeParams, source: StageRef, part: str, root: Path | str, w
     return run_gather(STAGE, done, GATHERED, root, stage.input_token(source, part), force)
 
 
-def _planner(p: dict[str, Any]) -> StageRef:
-    return plan_shard(p["root"], p["params"], p["shard"])
-
-
-@stage.stage_task("tokenize", _planner, task_run_name="tokenize-{part}-{index}")
+@stage.stage_task("tokenize", lambda p: plan_shard(p["root"], p["params"], p["shard"]), per_shard=True)
 def tokenize_task(params: TokenizeParams, shard: Shard, part: str, index: int, root: str,
                   force: bool = False) -> StageRef:
     return run_shard(params, shard, root, force)

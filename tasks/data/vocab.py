@@ -12,7 +12,7 @@ carries too.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -102,10 +102,6 @@ def run(params: VocabParams, tokens: StageRef, root: Path | str, force: bool = F
     )
 
 
-def _planner(p: dict[str, Any]) -> StageRef:
-    return plan(p["root"], p["params"], p["tokens"])
-
-
-@stage.stage_task("vocab", _planner)
+@stage.stage_task("vocab", lambda p: plan(p["root"], p["params"], p["tokens"]))
 def vocab_task(params: VocabParams, tokens: StageRef, root: str, force: bool = False) -> StageRef:
     return run(params, tokens, root, force)
