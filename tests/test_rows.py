@@ -130,9 +130,12 @@ def test_read_lines_keeps_every_line_and_bytes_that_are_not_utf8():
 
 
 def test_core_imports_with_prefect_and_mlflow_blocked():
-    """The model's code, row rules included, imports nothing but its libraries."""
-    code = ("import sys; sys.modules['prefect'] = None; sys.modules['mlflow'] = None; "
+    """The model's code, row rules included, imports nothing but its libraries and does nothing
+    when imported: the environment is as it was (the libraries' defaults are the flows')."""
+    code = ("import os, sys; sys.modules['prefect'] = None; sys.modules['mlflow'] = None; "
+            "before = dict(os.environ); "
             "import sentiflow.tasks.core.inference, sentiflow.tasks.core.rows; "
+            "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items()); "
             "print(sorted(m for m in sys.modules if m.startswith('sentiflow')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
