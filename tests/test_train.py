@@ -200,14 +200,19 @@ def test_killed_training_resumes_at_the_next_epoch(data, settings, tmp_path):
         return [(m.step, m.value) for m in sorted(found, key=lambda m: m.step)]
 
     assert [step for step, _ in history(settings, run_id)] == list(range(1, 13))
-    # and computes what an uninterrupted training computes, to float32 rounding: the killed run's
-    # process and this one may split the CPU kernels' sums differently (seen once in 500 runs:
-    # 0.6351354718 against 0.6351355314, a difference in the 8th digit), so 1e-6 relative
+    # and computes what an uninterrupted training computes, to float32 rounding. Not bit for bit:
+    # the killed run's process and this one may sum in another order (CPU kernels' splits and
+    # vector paths; seen in CI: 0.6351354718 against 0.6351355314 at epoch 2, and a resumed epoch
+    # 2.4e-6 apart, which 8 more epochs grew to 1.9e-5 as the loss fell to 0.013). So: the first
+    # resumed epoch within 1e-4 relative, where a lost optimizer, schedule or averaging state
+    # shows at once (1e-2 and more), and every epoch within 1e-3 of the uninterrupted curve.
     other = Settings(data_root=settings.data_root, tracking_uri=f"sqlite:///{tmp_path / 'u.db'}", experiment="u")
     straight = train(config, data.encoded["train"], data.encoded["val"], data.vocab, None, other)
     resumed, uninterrupted = history(settings, run_id), history(other, straight.run_id)
     assert [s for s, _ in resumed] == [s for s, _ in uninterrupted]
-    assert [v for _, v in resumed] == pytest.approx([v for _, v in uninterrupted], rel=1e-6)
+    first = result.resumed_from  # the index of the first resumed epoch (epochs count from 1)
+    assert resumed[first][1] == pytest.approx(uninterrupted[first][1], rel=1e-4)
+    assert [v for _, v in resumed] == pytest.approx([v for _, v in uninterrupted], abs=1e-3)
 
 
 def test_packed_path_trains_like_the_fast_path(data, settings, tmp_path):
