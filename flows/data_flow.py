@@ -94,25 +94,12 @@ class PreparedData(BaseModel):
         default_factory=dict, description="per-part run name (tokenize-train, ...) → its shard tasks' "
                                           "final states, counted (Cached: reused, Completed: computed)")
 
-    @property
-    def ingest(self) -> StageRef:
-        return self.folders["ingest"]
-
-    @property
-    def split(self) -> StageRef:
-        return self.folders["split"]
-
-    @property
-    def tokens(self) -> dict[str, StageRef]:
-        return self.parts("tokenize")
-
-    @property
-    def vocab(self) -> StageRef:
-        return self.folders["vocab"]
-
-    @property
-    def encoded(self) -> dict[str, StageRef]:
-        return self.parts("encode")
+    # the folders as the flows read them: a stage's (StageRef), or a per-shard stage's by part
+    ingest = property(lambda self: self.folders["ingest"])
+    split = property(lambda self: self.folders["split"])
+    vocab = property(lambda self: self.folders["vocab"])
+    tokens = property(lambda self: self.parts("tokenize"))
+    encoded = property(lambda self: self.parts("encode"))
 
     def parts(self, stage: str) -> dict[str, StageRef]:
         """A per-shard stage's gathered folders, by part (``train``, ``val``, ``test``)."""

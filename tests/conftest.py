@@ -24,6 +24,8 @@ os.environ.pop("SENTIFLOW_SOURCE", None)
 import inspect  # noqa: E402
 import logging  # noqa: E402
 import random  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Iterator  # noqa: E402
@@ -64,6 +66,18 @@ def write_imdb_folder(folder: Path, n_train: int = 200, n_test: int = 100, seed:
     pq.write_table(make_reviews(n_train, seed, "train-"), folder / "train.parquet")
     pq.write_table(make_reviews(n_test, seed + 1, "test-"), folder / "test.parquet")
     return folder
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """End a process started with ``start_new_session=True`` and its group: SIGINT (a clean
+    stop), then SIGKILL where it lingers."""
+    for sig, wait in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
 
 
 def edit_module_source(monkeypatch: pytest.MonkeyPatch, module_name: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from typer.testing import CliRunner
 
 from sentiflow.flows.cli import app
 from sentiflow.flows.deployments import RETRAIN, RETRAIN_CRON, SCORE, runner_deployments
-from tests.conftest import write_imdb_folder
+from tests.conftest import stop_group, write_imdb_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,13 +86,7 @@ def _serving(env: dict[str, str], log: Path):
     try:
         yield proc
     finally:
-        for sig, wait in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
-            if proc.poll() is None:
-                os.killpg(proc.pid, sig)
-                try:
-                    proc.wait(wait)
-                except subprocess.TimeoutExpired:
-                    continue
+        stop_group(proc)
 
 
 def _prefect(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import write_imdb_folder
+from tests.conftest import stop_group, write_imdb_folder
 from tests.postgres import bindir, postgres_cluster
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -79,13 +79,7 @@ def _process(cmd: list[str], env: dict[str, str], log: Path, health: str | None 
             _wait_healthy(proc, log, health, timeout)
         yield proc
     finally:
-        for sig, wait in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
-            if proc.poll() is None:
-                os.killpg(proc.pid, sig)
-                try:
-                    proc.wait(wait)
-                except subprocess.TimeoutExpired:
-                    continue
+        stop_group(proc)
         # the group: children (gunicorn/uvicorn workers) too
         try:
             os.killpg(proc.pid, signal.SIGKILL)
