@@ -44,15 +44,10 @@ def status_of(value: Any) -> str:
     return EMPTY if not value.strip() else OK
 
 
-def as_text(value: Any) -> str:
-    """The review of a value whose status is ``ok``."""
-    return decoded(value)
-
-
 def checked(values: Sequence[Any]) -> tuple[list[str], list[str]]:
     """Raw values → (their statuses, the texts of the ``ok`` ones, in order)."""
     statuses = [status_of(v) for v in values]
-    return statuses, [as_text(v) for v, s in zip(values, statuses) if s == OK]
+    return statuses, [decoded(v) for v, s in zip(values, statuses) if s == OK]
 
 
 def oov_counts(flat: np.ndarray, offsets: np.ndarray, unk_id: int) -> np.ndarray:
