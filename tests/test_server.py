@@ -10,16 +10,12 @@ store (nothing under the local data root), the flow runs' states."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
 from collections import Counter
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -27,64 +23,23 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import stop_group, write_imdb_folder
+from tests.conftest import write_imdb_folder
 from tests.postgres import bindir, postgres_cluster
+from tests.servers import (
+    BIN,
+    ROOT,
+    base_env,
+    flow_runs,
+    free_port,
+    get,
+    post,
+    process,
+    run_ok,
+    wait_final,
+    wait_healthy,
+)
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, timeout: float = 10) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read() or b"{}")
-
-
-def _post(url: str, body: dict) -> dict | list:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read() or b"{}")
-
-
-def _wait_healthy(proc: subprocess.Popen, log: Path, health: str, timeout: float = 120) -> None:
-    """Wait until ``health`` answers; fail at once if ``proc`` exits."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"{proc.args[:3]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(health, timeout=2).read()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{health} not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-
-
-@contextmanager
-def _process(cmd: list[str], env: dict[str, str], log: Path, health: str | None = None, timeout: float = 120):
-    """Start ``cmd`` in its own process group; wait for ``health`` to answer; stop it with SIGINT
-    (a Prefect worker or runner stops on SIGINT, not SIGTERM), then SIGKILL if it lingers."""
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    try:
-        if health:
-            _wait_healthy(proc, log, health, timeout)
-        yield proc
-    finally:
-        stop_group(proc)
-        # the group: children (gunicorn/uvicorn workers) too
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +54,8 @@ def postgres():
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory, postgres):
     tmp = tmp_path_factory.mktemp("servers")
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SENTIFLOW_", "PG"))}
-    base.update({"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-                 "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"})
-    mlflow_port, prefect_port = _port(), _port()
+    base = base_env()
+    mlflow_port, prefect_port = free_port(), free_port()
     # The store URI in the environment (as docker-compose.yml does), not on the command line.
     # No GenAI job runner (its consumer processes take over 1 GB), as in docker-compose.yml.
     mlflow_env = {**base, "MLFLOW_BACKEND_STORE_URI": postgres.url("mlflow", "psycopg"),
@@ -115,10 +68,10 @@ def servers(tmp_path_factory, postgres):
                    "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
     prefect_cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)]
     # both start at once (each creates its tables in its database), then both must answer
-    with _process(mlflow_cmd, mlflow_env, tmp / "mlflow.log") as mlflow_server, \
-            _process(prefect_cmd, prefect_env, tmp / "prefect.log") as prefect_server:
-        _wait_healthy(mlflow_server, tmp / "mlflow.log", f"http://127.0.0.1:{mlflow_port}/health", 180)
-        _wait_healthy(prefect_server, tmp / "prefect.log", f"http://127.0.0.1:{prefect_port}/api/health", 180)
+    with process(mlflow_cmd, mlflow_env, tmp / "mlflow.log") as mlflow_server, \
+            process(prefect_cmd, prefect_env, tmp / "prefect.log") as prefect_server:
+        wait_healthy(mlflow_server, tmp / "mlflow.log", f"http://127.0.0.1:{mlflow_port}/health", 180)
+        wait_healthy(prefect_server, tmp / "prefect.log", f"http://127.0.0.1:{prefect_port}/api/health", 180)
         client_env = {**base, "PREFECT_HOME": str(tmp / "client-home"),
                       "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
                       "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
@@ -144,26 +97,6 @@ def _sql(url: str, query: str, *args) -> list[tuple]:
         return conn.execute(query, args).fetchall()
 
 
-def _run(cmd: list[str], env: dict[str, str], timeout: float = 300) -> str:
-    r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                       stdin=subprocess.DEVNULL, check=False)
-    assert r.returncode == 0, f"{cmd[:3]} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return r.stdout
-
-
-def _wait_final(api: str, run_id: str, deadline: float, logs: list[Path]) -> dict:
-    while True:
-        run = _get(f"{api}/flow_runs/{run_id}")
-        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            return run
-        assert time.monotonic() < deadline, "\n".join(p.read_text()[-3000:] for p in logs)
-        time.sleep(1)
-
-
-def _flow_runs(api: str, flow_name: str) -> list[dict]:
-    return _post(f"{api}/flow_runs/filter", {"flows": {"name": {"any_": [flow_name]}}})
-
-
 def test_train_and_score_against_servers(servers):
     tmp, env, mlflow_url = servers["tmp"], servers["env"], servers["mlflow"]
     src = write_imdb_folder(tmp / "src", n_train=240, n_test=60, seed=5)
@@ -174,9 +107,9 @@ def test_train_and_score_against_servers(servers):
     assert pq.read_metadata(out).num_rows == 60
 
     api = f"{mlflow_url}/api/2.0/mlflow"
-    champion = _get(f"{api}/registered-models/alias?name=sentiflow&alias=champion")["model_version"]
+    champion = get(f"{api}/registered-models/alias?name=sentiflow&alias=champion")["model_version"]
     assert champion["version"] == "1"
-    run = _get(f"{api}/runs/get?run_id={champion['run_id']}")["run"]
+    run = get(f"{api}/runs/get?run_id={champion['run_id']}")["run"]
     assert run["info"]["status"] == "FINISHED"
     assert run["info"]["artifact_uri"].startswith("mlflow-artifacts:/")  # the server's store
     metrics = {m["key"] for m in run["data"]["metrics"]}
@@ -186,8 +119,8 @@ def test_train_and_score_against_servers(servers):
     data_root = Path(env["SENTIFLOW_DATA_ROOT"])
     assert not (data_root / "mlflow.db").exists() and not (data_root / "mlartifacts").exists()
 
-    exp = _get(f"{api}/experiments/get-by-name?experiment_name=sentiflow")["experiment"]
-    evals = _post(f"{api}/runs/search", {"experiment_ids": [exp["experiment_id"]],
+    exp = get(f"{api}/experiments/get-by-name?experiment_name=sentiflow")["experiment"]
+    evals = post(f"{api}/runs/search", {"experiment_ids": [exp["experiment_id"]],
                                          "filter": "tags.`sentiflow.kind` = 'evaluation'"})["runs"]
     assert len(evals) == 1
     tags = {t["key"]: t["value"] for t in evals[0]["data"]["tags"]}
@@ -195,14 +128,14 @@ def test_train_and_score_against_servers(servers):
     assert {m["key"] for m in evals[0]["data"]["metrics"]} >= {"accuracy", "precision", "recall", "f1"}
 
     for flow_name in ("train", "score"):
-        runs = _flow_runs(servers["prefect"], flow_name)
+        runs = flow_runs(servers["prefect"], flow_name)
         assert runs and all(r["state"]["type"] == "COMPLETED" for r in runs), flow_name
 
     # both servers keep their state in PostgreSQL: the rows are there, read with a driver
     pg = servers["postgres"]
     assert _sql(pg.url("mlflow"), "SELECT status FROM runs WHERE run_uuid = %s", champion["run_id"]) == [("FINISHED",)]
     assert _sql(pg.url("mlflow"), "SELECT version FROM model_versions WHERE name = 'sentiflow'") == [(1,)]
-    flow_run_ids = {r["id"] for name in ("train", "score") for r in _flow_runs(servers["prefect"], name)}
+    flow_run_ids = {r["id"] for name in ("train", "score") for r in flow_runs(servers["prefect"], name)}
     rows = _sql(pg.url("prefect"), "SELECT id::text FROM flow_run")
     assert flow_run_ids <= {r[0] for r in rows}
 
@@ -214,10 +147,10 @@ def test_serve_runs_a_triggered_score_deployment(servers):
     src = tmp / "src"
     if not src.exists():
         pytest.skip("needs the model trained by test_train_and_score_against_servers")
-    with _process([sys.executable, "-m", "sentiflow.flows.cli", "serve", "--cron", "0 3 * * 1"], env, tmp / "serve.log"):
+    with process([sys.executable, "-m", "sentiflow.flows.cli", "serve", "--cron", "0 3 * * 1"], env, tmp / "serve.log"):
         deadline = time.monotonic() + 120
         while True:
-            deployments = {d["name"]: d for d in _post(f"{api}/deployments/filter", {})}
+            deployments = {d["name"]: d for d in post(f"{api}/deployments/filter", {})}
             if {"weekly", "on-demand"} <= set(deployments):
                 break
             assert time.monotonic() < deadline, (tmp / "serve.log").read_text()[-3000:]
@@ -228,10 +161,10 @@ def test_serve_runs_a_triggered_score_deployment(servers):
         assert "config" in schema["properties"]  # the pydantic form
 
         def run_on_demand(config: dict) -> dict:
-            run = _post(f"{api}/deployments/{deployments['on-demand']['id']}/create_flow_run",
+            run = post(f"{api}/deployments/{deployments['on-demand']['id']}/create_flow_run",
                         {"parameters": {"config": config, "workers": 1}})
             while True:
-                state = _get(f"{api}/flow_runs/{run['id']}")["state"]
+                state = get(f"{api}/flow_runs/{run['id']}")["state"]
                 if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                     return state
                 assert time.monotonic() < deadline + 240, (tmp / "serve.log").read_text()[-3000:]
@@ -263,14 +196,14 @@ def test_workers_run_a_scheduled_training_and_a_score_at_once(servers):
     # a worker runs flows from this checkout (prefect.yaml's pull step); it polls every second
     worker_env = {**env, "SENTIFLOW_PROJECT_DIR": str(ROOT), "PREFECT_WORKER_QUERY_SECONDS": "1"}
     prefect = str(BIN / "prefect")
-    _run([prefect, "work-pool", "create", pool, "--type", "process"], worker_env)
+    run_ok([prefect, "work-pool", "create", pool, "--type", "process"], worker_env)
     logs = {name: tmp / f"{name}.log" for name in ("worker-a", "worker-b")}
-    with _process([prefect, "worker", "start", "--pool", pool, "--type", "process", "--name", "worker-a",
+    with process([prefect, "worker", "start", "--pool", pool, "--type", "process", "--name", "worker-a",
                    "--limit", "1"], worker_env, logs["worker-a"]), \
-            _process([prefect, "worker", "start", "--pool", pool, "--type", "process", "--name", "worker-b",
+            process([prefect, "worker", "start", "--pool", pool, "--type", "process", "--name", "worker-b",
                       "--limit", "1"], worker_env, logs["worker-b"]):
-        _run([prefect, "--no-prompt", "deploy", "--name", "weekly", "--name", "on-demand"], worker_env)
-        deployments = {d["name"]: d for d in _post(f"{api}/deployments/filter", {})}
+        run_ok([prefect, "--no-prompt", "deploy", "--name", "weekly", "--name", "on-demand"], worker_env)
+        deployments = {d["name"]: d for d in post(f"{api}/deployments/filter", {})}
         weekly, on_demand = deployments["weekly"], deployments["on-demand"]
         assert weekly["work_pool_name"] == pool and on_demand["work_pool_name"] == pool
         assert weekly["entrypoint"] == "flows/train_flow.py:train_flow"
@@ -281,14 +214,14 @@ def test_workers_run_a_scheduled_training_and_a_score_at_once(servers):
         config = {"data": {"source": str(src)}, "model": {"embed_dim": 16, "hidden_dim": 16, "head": "last+max"},
                   "train": {"max_epochs": 2, "batch_size": 16, "seed": 7, "pretrained": "none"}}
         anchor = datetime.now(timezone.utc) + timedelta(seconds=3)
-        _post(f"{api}/deployments/{weekly['id']}/schedules", [{
+        post(f"{api}/deployments/{weekly['id']}/schedules", [{
             "schedule": {"interval": 3600, "anchor_date": anchor.isoformat(), "timezone": "UTC"},
             "active": True, "max_scheduled_runs": 1, "parameters": {"config": config, "workers": 1}}])
 
         # the scheduler creates the run; a worker claims it
         deadline = time.monotonic() + 180
         while True:
-            claimed = _post(f"{api}/flow_runs/filter", {"flow_runs": {
+            claimed = post(f"{api}/flow_runs/filter", {"flow_runs": {
                 "deployment_id": {"any_": [weekly["id"]]},
                 "state": {"type": {"any_": ["PENDING", "RUNNING", "COMPLETED", "FAILED", "CRASHED"]}}}})
             if claimed:
@@ -298,12 +231,12 @@ def test_workers_run_a_scheduled_training_and_a_score_at_once(servers):
         (train_run,) = claimed
         # while it trains: a score run through the API; the busy worker leaves it to the other one
         out = tmp / "out" / "worker-scored.parquet"
-        score_run = _post(f"{api}/deployments/{on_demand['id']}/create_flow_run", {
+        score_run = post(f"{api}/deployments/{on_demand['id']}/create_flow_run", {
             "parameters": {"config": {"source": str(src / "test.parquet"), "out": str(out)}, "workers": 1}})
 
         deadline = time.monotonic() + 420
-        train_run = _wait_final(api, train_run["id"], deadline, list(logs.values()))
-        score_run = _wait_final(api, score_run["id"], deadline, list(logs.values()))
+        train_run = wait_final(api, train_run["id"], deadline, list(logs.values()))
+        score_run = wait_final(api, score_run["id"], deadline, list(logs.values()))
         worker_logs = {name: path.read_text() for name, path in logs.items()}
     for run in (train_run, score_run):
         assert run["state"]["type"] == "COMPLETED", (run["state"], *(t[-3000:] for t in worker_logs.values()))
@@ -325,14 +258,14 @@ def test_workers_run_a_scheduled_training_and_a_score_at_once(servers):
     assert pq.read_metadata(out).num_rows == 60
 
     # the registry: one version per training, each from a finished run, aliases on existing versions
-    versions = _get(f"{mlflow_api}/model-versions/search?"
+    versions = get(f"{mlflow_api}/model-versions/search?"
                     + urllib.parse.urlencode({"filter": "name = 'sentiflow'"}))["model_versions"]
     assert sorted(v["version"] for v in versions) == ["1", "2"]
     assert all(v["status"] == "READY" for v in versions)
     assert len({v["run_id"] for v in versions}) == 2
-    runs = {v["run_id"]: _get(f"{mlflow_api}/runs/get?run_id={v['run_id']}")["run"] for v in versions}
+    runs = {v["run_id"]: get(f"{mlflow_api}/runs/get?run_id={v['run_id']}")["run"] for v in versions}
     assert all(r["info"]["status"] == "FINISHED" for r in runs.values())
-    model = _get(f"{mlflow_api}/registered-models/get?name=sentiflow")["registered_model"]
+    model = get(f"{mlflow_api}/registered-models/get?name=sentiflow")["registered_model"]
     aliases = {a["alias"]: a["version"] for a in model.get("aliases", [])}
     assert "champion" in aliases and set(aliases.values()) <= {"1", "2"}, aliases
     champion = next(v for v in versions if v["version"] == aliases["champion"])
@@ -342,8 +275,8 @@ def test_workers_run_a_scheduled_training_and_a_score_at_once(servers):
     v2 = next(v for v in versions if v["version"] == "2")
     assert {p["key"]: p["value"] for p in runs[v2["run_id"]]["data"]["params"]}["train.seed"] == "7"
     # every training recorded once per key; every evaluation against an existing version
-    exp = _get(f"{mlflow_api}/experiments/get-by-name?experiment_name=sentiflow")["experiment"]
-    all_runs = _post(f"{mlflow_api}/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 1000})["runs"]
+    exp = get(f"{mlflow_api}/experiments/get-by-name?experiment_name=sentiflow")["experiment"]
+    all_runs = post(f"{mlflow_api}/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 1000})["runs"]
     tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in all_runs]
     keys = Counter(t["sentiflow.train_key"] for t in tags if "sentiflow.train_key" in t)
     assert len(keys) == 2 and set(keys.values()) == {1}, keys
