@@ -17,8 +17,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from sentiflow.flows.alerts_cli import app as alerts_app
 from sentiflow.flows.deployments import RETRAIN_CRON
-from sentiflow.flows.lifecycle import run_and_exit, start_prefect_early, user_errors
+from sentiflow.flows.lifecycle import (
+    command_settings,
+    run_and_exit,
+    start_prefect_early,
+    user_errors,
+)
 from sentiflow.flows.options import (
     PREDICT,
     PREPARE,
@@ -67,10 +73,11 @@ from sentiflow.flows.options import (
     check_force,
 )
 from sentiflow.flows.views import console, say
-from sentiflow.storage.settings import Settings
+from sentiflow.storage.settings import Settings, record_source
 
 app = typer.Typer(help="sentiflow: train an LSTM sentiment classifier on reviews, score new ones.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
+app.add_typer(alerts_app, name="alerts")
 
 
 @app.command(cls=PREPARE.command)
@@ -86,7 +93,7 @@ def prepare(
     from sentiflow.flows.views import stage_table
 
     with user_errors():
-        settings = Settings.load(data_root=data_root, source=source, workers=workers)
+        settings = command_settings(data_root=data_root, source=source, workers=workers)
         config = PREPARE.build(val_fraction=val_fraction, seed=seed, lowercase=lowercase,
                                html_breaks=html_breaks, min_freq=min_freq, max_size=max_size)
         force = check_force(force)
@@ -95,6 +102,7 @@ def prepare(
 
             stored = stored_result(settings.fill(config), settings.data_root)
             if stored is not None:
+                record_source(settings.data_root, settings.fill(config).source)
                 console.print(stage_table(stored))
                 say("every stage is stored and intact: nothing to run (no flow run; --force STAGE runs one again)")
                 return
@@ -112,22 +120,28 @@ def status(
     seed: Seed = None, lowercase: Lowercase = None, html_breaks: HtmlBreaks = None,
     min_freq: MinFreq = None, max_size: MaxSize = None, as_json: AsJson = False,
 ) -> None:
-    """Show which data stages are stored, missing or damaged for this source and these settings.
+    """Show how the service stands and which data stages are stored.
 
-    Nothing runs and Prefect is not started: a quick look at sizes, not checksums."""
+    The champion, the last training and scoring runs, what runs now and the last failure (the
+    data root's run journal), the next scheduled runs where a Prefect server is configured; then
+    each data stage: stored, missing or damaged for this source. Nothing is started and neither
+    Prefect nor MLflow is loaded (a run whose process died is marked so first)."""
     with user_errors():
-        settings = Settings.load(data_root=data_root, source=source)
+        settings = command_settings(data_root=data_root, source=source)
         config = PREPARE.build(val_fraction=val_fraction, seed=seed, lowercase=lowercase,
                                html_breaks=html_breaks, min_freq=min_freq, max_size=max_size)
         config = settings.fill(config)  # no flow runs: filled here, as a flow fills its own
+        from sentiflow.flows.service import service_state
         from sentiflow.flows.status import data_status
 
+        service = service_state(settings)
         rows = data_status(config, settings.data_root)
     if as_json:
-        typer.echo(json.dumps([r.__dict__ for r in rows], indent=2))
+        typer.echo(json.dumps({"service": service.as_json(), "stages": [r.__dict__ for r in rows]}, indent=2))
         return
-    from sentiflow.flows.views import status_table
+    from sentiflow.flows.views import service_table, status_table
 
+    console.print(service_table(service, settings.data_root))
     console.print(status_table(rows, f"data stages of {config.source} in {settings.data_root}"))
 
 
@@ -151,7 +165,7 @@ def train(
     The champion alias moves only when the gate finds the new model better on the same rows."""
     with user_errors():
         server = start_prefect_early(launch_now=True)
-        settings = Settings.load(data_root=data_root, source=source, workers=workers)
+        settings = command_settings(data_root=data_root, source=source, workers=workers)
         config = TRAIN.build(
             preset=preset, max_epochs=max_epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
             average=average, word_dropout=word_dropout, max_len=max_len, train_seed=train_seed,
@@ -184,7 +198,7 @@ def score(
     model's training data. Drift warnings are printed."""
     with user_errors():
         server = start_prefect_early(launch_now=True)
-        settings = Settings.load(data_root=data_root, source=source, workers=workers)
+        settings = command_settings(data_root=data_root, source=source, workers=workers)
         config = SCORE.build(model=model, out=str(out) if out else None, split=split, threshold=threshold,
                              max_oov=max_oov)
         from sentiflow.flows.runs import with_settings
@@ -257,7 +271,8 @@ def ui(
     its address is printed instead."""
     import os
 
-    from sentiflow.storage.tracking import redact, ui_address
+    from sentiflow.storage.redact import redact
+    from sentiflow.storage.tracking import ui_address
 
     with user_errors():
         settings = Settings.load(data_root=data_root)

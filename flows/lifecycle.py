@@ -214,7 +214,7 @@ def error_line(error: BaseException) -> str:
     field's complaint, an unknown key with the nearest valid one)."""
     from pydantic import ValidationError
 
-    from sentiflow.storage.tracking import redact_all
+    from sentiflow.storage.redact import redact_all
     from sentiflow.tasks.config import error_line as config_error_line
 
     return redact_all(config_error_line(error) if isinstance(error, ValidationError) else str(error))
@@ -306,3 +306,17 @@ if __name__ == "__main__":  # pragma: no cover - manual check: python -m sentifl
     print(os.getpid(), flush=True)
     signal.pause()
     sys.exit(0)
+
+
+def command_settings(**options: Any):
+    """A command's settings (``Settings.load`` with its options), once the runs of this data root
+    whose process died are marked so (``sentiflow.flows.reaper``), one line each on stderr.
+    Looking is a listing of a few small files; Prefect and MLflow open only for a dead run."""
+    from sentiflow.flows.reaper import dead_runs, reap
+    from sentiflow.storage.settings import Settings
+
+    settings = Settings.load(**options)
+    if dead_runs(settings):
+        for line in reap(settings):
+            print(f"sentiflow: {line}", file=sys.stderr)
+    return settings

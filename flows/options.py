@@ -105,7 +105,7 @@ class ConfigCommand(TyperCommand):
 
 
 def stage_names() -> tuple[str, ...]:
-    from sentiflow.flows.data_flow import STAGES
+    from sentiflow.tasks.data.dag import STAGES
 
     return STAGES
 
@@ -118,7 +118,7 @@ def preset_list() -> str:
 
 
 def _data_config():
-    from sentiflow.flows.data_flow import DataConfig
+    from sentiflow.flows.data_config import DataConfig
 
     return DataConfig()
 

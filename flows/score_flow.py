@@ -31,6 +31,8 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from sentiflow.flows.data_flow import _api_for_workers, task_runner_for
+from sentiflow.flows.events import emit_drift
+from sentiflow.flows.recorded import recorded, source_label
 from sentiflow.flows.runs import confine_deployment_paths, run_settings
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef, Store
@@ -134,7 +136,7 @@ def needs_run(stats: ScoreStats) -> bool:
 
 @task(name="log-evaluation")
 def log_evaluation_task(model: ModelRef, stage: StageRef, stats: ScoreStats, config: ScoreConfig,
-                        settings: Settings) -> str:
+                        settings: Settings, run_tags: dict[str, str] | None = None) -> str:
     """One evaluation run per (model, source, parameters): a rerun finds it by the stage key."""
     experiment_id = configure(settings)
     client = MlflowClient()
@@ -143,14 +145,14 @@ def log_evaluation_task(model: ModelRef, stage: StageRef, stats: ScoreStats, con
     if found:
         return found[0].info.run_id
     metrics = run_metrics(stats)
-    label = f"v{model.version}" if model.version else (model.run_id or "model")[:8]
-    tags = {KEY_TAG: stage.key, "sentiflow.kind": "evaluation", "sentiflow.model_uri": model.uri,
+    label = model_label(model)
+    tags = {**(run_tags or {}), KEY_TAG: stage.key, "sentiflow.kind": "evaluation", "sentiflow.model_uri": model.uri,
             "sentiflow.drift": "warning" if stats.drift and stats.drift.drifted else
             ("none" if stats.drift else "not measured"),
             "sentiflow.model_requested": model.requested, "sentiflow.model_name": model.name or "",
             "sentiflow.model_version": model.version or "", "sentiflow.model_run_id": model.run_id or ""}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate-{model.name or 'model'}-{label}",
-                          tags=tags) as run:
+    name = f"evaluate-{model.name or 'model'}-{label}-{source_label(config.source)}"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags) as run:
         mlflow.log_params({"model_uri": model.uri, "source": config.source, **config.params.model_dump()})
         log_stage_datasets({"evaluation": stage}, config.source)  # the scored rows: the Dataset column
         # model_id links the figures to the logged model: they show on its page and its version's
@@ -226,20 +228,39 @@ def score_flow(config: ScoreConfig = ScoreConfig(), data_root: str | None = None
     """Score ``config.source`` with ``config.model``. ``data_root`` and ``workers`` override the
     run's settings (``sentiflow.flows.runs``); ``force`` scores again even when cached."""
     settings = run_settings(data_root=data_root, workers=workers or None)
-    confine_deployment_paths(settings, source=config.source, out=config.out)  # as given, not the settings'
-    config = settings.fill(config)
-    model = resolve_model_task(config.model, settings)
-    fp = fingerprint(config.source)  # a plain call, as in the data flow
-    state = _score_stage(model, config, fp, settings, force)
-    stage: StageRef = state.result()
-    stats = read_stats(stage)
-    run_id = log_evaluation_task(model, stage, stats, config, settings) if needs_run(stats) else None
-    predictions = publish(stage.file("predictions.parquet"), config.out) if config.out \
-        else str(stage.file("predictions.parquet"))
-    create_markdown_artifact(summary(model, stats, predictions, run_id, state.name, settings),
-                             key="scoring-summary", description="sentiflow scoring: rows, statuses, metrics")
+    with recorded(settings, "score") as rec:
+        confine_deployment_paths(settings, source=config.source, out=config.out)  # as given, not the settings'
+        config = settings.fill(config)
+        model = resolve_model_task(config.model, settings)
+        rec.rename(f"score-{model_label(model)}-{source_label(config.source)}")
+        fp = fingerprint(config.source)  # a plain call, as in the data flow
+        state = _score_stage(model, config, fp, settings, force)
+        stage: StageRef = state.result()
+        stats = read_stats(stage)
+        run_id = (log_evaluation_task(model, stage, stats, config, settings, rec.mlflow_tags)
+                  if needs_run(stats) else None)
+        if stats.drift is not None and stats.drift.drifted:
+            emit_drift(config.source, model.uri, list(stats.drift.warnings), stats.drift.metrics)
+        predictions = publish(stage.file("predictions.parquet"), config.out) if config.out \
+            else str(stage.file("predictions.parquet"))
+        create_markdown_artifact(summary(model, stats, predictions, run_id, state.name, settings),
+                                 key="scoring-summary", description="sentiflow scoring: rows, statuses, metrics")
+        rec.outcome.update(scoring_outcome(model, stats, run_id))
     return ScoreOutcome(model=model, stage=stage, state=state.name, predictions=predictions, stats=stats,
                         evaluation_run_id=run_id, tracking_uri=settings.resolved_tracking_uri)
+
+
+def model_label(model: ModelRef) -> str:
+    """``v3`` for a registered version, else the training run's id start."""
+    return f"v{model.version}" if model.version else (model.run_id or "model")[:8]
+
+
+def scoring_outcome(model: ModelRef, stats: ScoreStats, run_id: str | None) -> dict[str, object]:
+    """What the run journal keeps of a scoring run (``sentiflow status`` shows it)."""
+    m = stats.metrics()
+    return {"model_uri": model.uri, "version": model.version, "rows": stats.rows, "evaluation_run_id": run_id,
+            "accuracy": m.get("accuracy") if m else None,
+            "drift": bool(stats.drift is not None and stats.drift.drifted)}
 
 
 def summary(model: ModelRef, stats: ScoreStats, predictions: str, run_id: str | None, state: str,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sentiflow.flows.data_flow import DataConfig, PreparedData
+from sentiflow.flows.data_config import DataConfig, PreparedData
 from sentiflow.storage.store import StageRef, Store, file_sha256
 from sentiflow.tasks.data import dag
 from sentiflow.tasks.data.dag import Step

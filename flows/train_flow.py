@@ -12,16 +12,27 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from sentiflow.flows.data_flow import DataConfig, PreparedData, Stage, data_flow_for
+from sentiflow.flows.data_config import DataConfig, PreparedData, Stage
+from sentiflow.flows.data_flow import data_flow_for
+from sentiflow.flows.events import emit_champion
 from sentiflow.flows.presets import PRESETS, Preset, apply_preset, describe
+from sentiflow.flows.recorded import recorded
 from sentiflow.flows.runs import confine_deployment_paths, run_settings
+from sentiflow.storage.redact import redact, redact_all
 from sentiflow.storage.settings import Settings
-from sentiflow.storage.tracking import REGISTERED_MODEL, redact, redact_all
+from sentiflow.storage.tracking import REGISTERED_MODEL
 from sentiflow.tasks.config import Config
 from sentiflow.tasks.core.model import ModelParams
 from sentiflow.tasks.release.gate import GateParams
 from sentiflow.tasks.release.select import SelectResult, select_task
-from sentiflow.tasks.training.train import TrainConfig, TrainParams, TrainResult, train_task
+from sentiflow.tasks.training.train import (
+    TrainConfig,
+    TrainParams,
+    TrainResult,
+    input_tokens,
+    train_key,
+    train_task,
+)
 
 
 class TrainFlowConfig(Config):
@@ -55,26 +66,61 @@ def lineage(data: PreparedData, config: DataConfig) -> dict[str, str]:
     return data.lineage(config)
 
 
-@flow(name="train")
+def initial_run_name() -> str:
+    """A training flow run's name until its key is known: ``train-<preset>``."""
+    from prefect.runtime import flow_run
+
+    config = flow_run.parameters.get("config")
+    preset = config.get("preset") if isinstance(config, dict) else getattr(config, "preset", None)
+    return f"train-{preset or 'default'}"
+
+
+def run_name(config: TrainFlowConfig, key: str) -> str:
+    """``train-<preset>-<key[:6]>``: the preset asked for, ``default`` for the pipeline's own
+    configuration, ``custom`` for another; then the training key's start."""
+    train_config = TrainConfig(model=config.model, train=config.train)
+    label = config.preset or ("default" if train_config == TrainConfig() else "custom")
+    return f"train-{label}-{key[:6]}"
+
+
+@flow(name="train", flow_run_name=initial_run_name)
 def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | None = None,
                force: list[Stage] = [], workers: int = 0) -> TrainOutcome:  # noqa: B006
     """The data stages (cached), training, selection and registration. ``data_root`` and
     ``workers`` override the run's settings (``sentiflow.flows.runs``); ``force`` recomputes the
     named data stages even when cached."""
     settings = run_settings(data_root=data_root, workers=workers or None)
-    config = run_config(config, settings)
-    data = data_flow_for(settings)(config=config.data, force=force)
-    train_config = TrainConfig(model=config.model, train=config.train)
-    result = train_task(train_config, data.encoded["train"], data.encoded["val"], data.vocab,
-                        lineage(data, config.data), settings)
-    if config.preset is not None:
-        tag_preset(settings, result.run_id, config.preset)
-    selected = select_task(result, train_config, config.data.tokenize, data.vocab, data.encoded["val"],
-                           data.encoded["test"], config.model_name, settings, config.gate)
-    create_markdown_artifact(redact_all(summary(result, selected, settings)), key="training-summary",
-                             description="sentiflow training: epochs, best epoch, registered version")
+    with recorded(settings, "train") as rec:
+        config = run_config(config, settings)
+        data = data_flow_for(settings)(config=config.data, force=force)
+        train_config = TrainConfig(model=config.model, train=config.train)
+        refs = (data.encoded["train"], data.encoded["val"], data.vocab)
+        name = run_name(config, train_key(train_config, input_tokens(*refs)))
+        rec.rename(name)
+        result = train_task(train_config, *refs, lineage(data, config.data), settings, name, rec.mlflow_tags)
+        if config.preset is not None:
+            tag_preset(settings, result.run_id, config.preset)
+        selected = select_task(result, train_config, config.data.tokenize, data.vocab, data.encoded["val"],
+                               data.encoded["test"], config.model_name, settings, config.gate)
+        rec.outcome.update(training_outcome(result, selected))
+        emit_champion(selected)
+        create_markdown_artifact(redact_all(summary(result, selected, settings)), key="training-summary",
+                                 description="sentiflow training: epochs, best epoch, registered version")
     return TrainOutcome(data=data, train=result, selected=selected,
                         tracking_uri=redact(settings.resolved_tracking_uri))
+
+
+def training_outcome(result: TrainResult, selected: SelectResult) -> dict[str, object]:
+    """What the run journal keeps of a training: the MLflow run, the version and the gate's
+    verdict with both accuracies (``sentiflow status`` shows them)."""
+    gate = selected.gate
+    return {"mlflow_run_id": result.run_id, "model_name": selected.model_name, "version": selected.version,
+            "alias": selected.alias, "best_epoch": selected.best_epoch, "val_acc": selected.val_acc,
+            "test_acc": selected.test_acc, "promoted": bool(gate and gate.promote),
+            "reason": gate.reason if gate else "not judged",
+            "challenger_acc": gate.challenger_acc if gate else None,
+            "champion_acc": gate.champion_acc if gate else None,
+            "champion_version": gate.champion_version if gate else None}
 
 
 def run_config(config: TrainFlowConfig, settings: Settings) -> TrainFlowConfig:

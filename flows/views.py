@@ -65,6 +65,60 @@ def status_table(rows: list[Any], title: str) -> Table:
     return table
 
 
+def service_table(state: Any, data_root: Any) -> Table:
+    """``sentiflow status``'s first table: the champion, the last runs, what runs now, the last
+    failure, the next scheduled runs (``sentiflow.flows.service``)."""
+    from sentiflow.flows.service import when
+
+    mode = f"Prefect server {state.api}" if state.api else "embedded (no Prefect server)"
+    table = Table(title=f"service: {data_root}, {mode}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    c = state.champion
+    table.add_row("champion", "none yet (no training of this data root promoted one)" if c is None else
+                  f"{c.outcome.get('model_name')} v{c.outcome.get('version')}, test {_pct(c.outcome.get('test_acc'))}, "
+                  f"promoted {when(c.ended)} by {c.name}; gate: {_gate(c.outcome)}")
+    t = state.last_training
+    table.add_row("last training", "none" if t is None else f"{t.name}: {_state(t)} {when(t.ended or t.started)}"
+                  + (f"; v{t.outcome['version']} {'promoted' if t.outcome.get('promoted') else 'not promoted'}: "
+                     f"{t.outcome.get('reason')}" if t.outcome.get("version") else ""))
+    s = state.last_scoring
+    table.add_row("last scoring", "none" if s is None else f"{s.name}: {_state(s)} {when(s.ended or s.started)}"
+                  + (f"; {s.outcome['rows']:,} rows" if s.outcome.get("rows") is not None else "")
+                  + (f", accuracy {_pct(s.outcome['accuracy'])}" if s.outcome.get("accuracy") is not None else "")
+                  + ("; [yellow]drift warning[/]" if s.outcome.get("drift") else ""))
+    if state.running:
+        table.add_row("running now", "; ".join(f"{r.name} since {when(r.started)} (pid {r.process.pid} on "
+                                               f"{r.process.host})" for r in state.running))
+    f = state.last_failure
+    table.add_row("last failure", "none" if f is None else
+                  f"[red]{f.name}: {f.state} {when(f.ended or f.started)}[/]: {f.message}")
+    if not state.api:
+        table.add_row("scheduled", "no Prefect server configured: schedules run under `sentiflow serve` or a worker")
+    elif state.scheduled_error:
+        table.add_row("scheduled", f"[yellow]the server did not answer: {state.scheduled_error}[/]")
+    else:
+        table.add_row("scheduled", "; ".join(f"{r.deployment} at {when(r.at)}" for r in state.scheduled)
+                      or "nothing scheduled")
+    return table
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f} %"
+
+
+def _state(record: Any) -> str:
+    colour = {"completed": "green", "running": "cyan"}.get(record.state, "red")
+    return f"[{colour}]{record.state}[/]"
+
+
+def _gate(outcome: dict[str, Any]) -> str:
+    if outcome.get("champion_acc") is None:
+        return f"{_pct(outcome.get('challenger_acc'))}, {outcome.get('reason')}"
+    return (f"{_pct(outcome.get('challenger_acc'))} against v{outcome.get('champion_version')}'s "
+            f"{_pct(outcome.get('champion_acc'))} on the same rows")
+
+
 def print_trained(outcome: Any, tracking_uri: str) -> None:
     """``sentiflow train``'s result: the data stages, the run, the best epoch, the registration
     and the gate's verdict."""

@@ -97,8 +97,15 @@ class Settings(BaseSettings):
     def load(cls, **overrides: Any) -> Settings:
         """The settings from the environment, with ``overrides`` over it: an entry point's
         options (a CLI command's ``--data-root``, ``--source``, ``--workers``). ``None`` is an
-        option not given."""
-        return cls(**_given(overrides))
+        option not given. A source neither given nor set is the one the data root was last built
+        from (``record_source``), else the default: after ``make train``, ``sentiflow status`` and
+        ``sentiflow score`` look at what it trained on."""
+        settings = cls(**_given(overrides))
+        if "source" not in settings.model_fields_set:  # neither an option nor SENTIFLOW_SOURCE
+            recorded = recorded_source(settings.data_root)
+            if recorded:
+                settings = settings.model_copy(update={"source": recorded})
+        return settings
 
     def updated(self, **overrides: Any) -> Settings:
         """These settings with ``overrides`` over them (``None``: not given), validated; the
@@ -135,3 +142,35 @@ class Settings(BaseSettings):
 
 def _given(overrides: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in overrides.items() if v is not None}
+
+
+SOURCE_RECORD = "source.json"  # under the data root: the source its data stages were last built from
+
+
+def record_source(data_root: Path | str, source: str) -> None:
+    """Remember ``source`` as the one ``data_root`` was last built from: a local path made
+    absolute (a command may start elsewhere), a hub id as it is. Written whole or not at all."""
+    import json
+    import uuid
+
+    local = Path(source).expanduser()
+    value = str(local.resolve()) if local.exists() else source
+    root = Path(data_root)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".{SOURCE_RECORD}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        tmp.write_text(json.dumps({"source": value}) + "\n")
+        os.replace(tmp, root / SOURCE_RECORD)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def recorded_source(data_root: Path | str) -> str | None:
+    """The source ``data_root`` was last built from, or None (none recorded, or unreadable)."""
+    import json
+
+    try:
+        value = json.loads((Path(data_root) / SOURCE_RECORD).read_text()).get("source")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None

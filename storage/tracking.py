@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from sentiflow.storage.redact import redact, redact_all  # noqa: F401 - TODO(lead): drop once flows/events.py imports storage.redact
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef
 
@@ -15,31 +16,6 @@ REGISTERED_MODEL = "sentiflow"
 CHAMPION, CHALLENGER = "champion", "challenger"
 # MLflow 3's UI opens an experiment without this tag as a GenAI one (traces, "evaluation runs")
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-
-
-def redact(uri: str) -> str:
-    """``uri`` without a password: ``http://user:secret@host`` → ``http://user:***@host``
-    (and a bare token ``http://token@host`` → ``http://***@host``). For anything printed,
-    logged or stored as a Prefect artifact."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return uri
-    if "@" not in parts.netloc:
-        return uri
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user, sep, _ = userinfo.partition(":")
-    masked = f"{user}:***" if sep else "***"
-    return urlunsplit(parts._replace(netloc=f"{masked}@{host}"))
-
-
-def redact_all(text: str) -> str:
-    """``text`` (an error message, a summary) with every URI in it redacted."""
-    import re
-
-    return re.sub(r"[a-z][a-z0-9+.-]*://[^\s'\"()<>\]\[]+", lambda m: redact(m.group(0)), text)
 
 
 # the variables MLflow writes when its URIs are set (for its own subprocesses)

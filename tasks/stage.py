@@ -11,6 +11,7 @@ folder that is not there.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
@@ -135,21 +136,47 @@ def cache_key_fn(planner: Callable[[dict[str, Any]], StageRef]):
     return key
 
 
+class StageTask:
+    """A stage's Prefect task, made on first use: planning a stage (``sentiflow status``) needs
+    its ``planner``, not Prefect, whose import takes seconds. Calls, ``submit``, ``with_options``
+    and every other attribute go to the task (``.task``)."""
+
+    def __init__(self, fn: Callable[..., StageRef], planner: Callable[[dict[str, Any]], StageRef],
+                 options: dict[str, Any]):
+        self.fn, self.planner, self._options = fn, planner, options
+        self.name = options["name"]
+        functools.update_wrapper(self, fn)
+
+    @functools.cached_property
+    def task(self) -> Any:
+        from prefect import task
+
+        made = task(**self._options)(self.fn)
+        made.planner = self.planner
+        return made
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.task(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("task", "_options", "fn", "planner"):
+            raise AttributeError(name)
+        return getattr(self.task, name)
+
+
 def stage_task(name: str, planner: Callable[[dict[str, Any]], StageRef], per_shard: bool = False,
-               **options: Any):
+               **options: Any) -> Callable[[Callable[..., StageRef]], StageTask]:
     """The ``@task`` of a stage: cached by its stage key (``cache_key_fn`` of ``planner``: the
     task's arguments → its folder), its result (a ``StageRef``) stored as JSON, so a cache record
     on a shared volume is read, never unpickled. The task keeps ``planner`` as ``.planner``: what
-    ``sentiflow status`` plans without running anything. ``per_shard``: one task run a shard,
-    named ``<stage>-<part>-<index>`` from its ``part`` and ``index`` arguments."""
-    from prefect import task
-
+    ``sentiflow status`` plans without running anything (and without importing Prefect: the task
+    is made on first use, ``StageTask``). ``per_shard``: one task run a shard, named
+    ``<stage>-<part>-<index>`` from its ``part`` and ``index`` arguments."""
     if per_shard:
         options.setdefault("task_run_name", name + "-{part}-{index}")
 
-    def decorate(fn: Callable[..., StageRef]) -> Any:
-        wrapped = task(name=name, cache_key_fn=cache_key_fn(planner), result_serializer="json", **options)(fn)
-        wrapped.planner = planner
-        return wrapped
+    def decorate(fn: Callable[..., StageRef]) -> StageTask:
+        return StageTask(fn, planner, {"name": name, "cache_key_fn": cache_key_fn(planner),
+                                       "result_serializer": "json", **options})
 
     return decorate

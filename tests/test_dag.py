@@ -41,7 +41,7 @@ def test_the_dag_gives_the_order_the_task_runs_and_the_parts():
 def test_each_step_is_its_stage_modules_task_and_planner():
     for step in dag.DAG:
         assert step.module.STAGE == step.stage
-        assert isinstance(step.task, Task) and step.task.name == step.stage
+        assert isinstance(step.task.task, Task) and step.task.name == step.task.task.name == step.stage
         takes = set(inspect.signature(step.task.fn).parameters)
         assert set(step.inputs) <= takes, step.stage
         has_section = step.stage in DataConfig.model_fields

@@ -31,7 +31,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, ColSpec, Schema
 from pydantic import BaseModel
 
-from sentiflow.storage.tracking import redact
+from sentiflow.storage.redact import redact
 from sentiflow.tasks import stage
 from sentiflow.tasks.core.inference import Scorer, score_texts
 from sentiflow.tasks.core.rows import records

@@ -261,23 +261,31 @@ def flat_params(prefix: str, model: BaseModel) -> dict[str, Any]:
 
 
 def train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_ref: StageRef,
-          lineage: dict[str, Any] | None, settings: Settings) -> TrainResult:
+          lineage: dict[str, Any] | None, settings: Settings, run_name: str | None = None,
+          tags: dict[str, str] | None = None) -> TrainResult:
     """Train in an MLflow run: reuse a finished run with the same key, resume an interrupted one.
 
     One run per key: the training holds the key's lock under the data root
     (``<data root>/train/.lock-<key>``) from the look-up to the end. A second training of the
     key waits for it, then finds its finished run and reuses it. The lock is the kernel's
     (``flock``): a killed process holds none, so its run is told from a live one and resumed."""
-    inputs = [stage.input_token(r) for r in (train_ref, val_ref, vocab_ref)]
+    inputs = input_tokens(train_ref, val_ref, vocab_ref)
     key = train_key(config, inputs)
     store = Store(settings.data_root)
     waiting = lambda: log.info("training %s is running in another process: waiting for it", key)  # noqa: E731
     with store.lock(store.ref("train", key), on_wait=waiting):
-        return _train(config, train_ref, val_ref, vocab_ref, lineage, settings, key, inputs)
+        return _train(config, train_ref, val_ref, vocab_ref, lineage, settings, key, inputs,
+                      run_name or f"train-{key[:6]}", tags or {})
+
+
+def input_tokens(train_ref: StageRef, val_ref: StageRef, vocab_ref: StageRef) -> list[str]:
+    """The data a training reads, as its key takes them."""
+    return [stage.input_token(r) for r in (train_ref, val_ref, vocab_ref)]
 
 
 def _train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_ref: StageRef,
-           lineage: dict[str, Any] | None, settings: Settings, key: str, inputs: list[str]) -> TrainResult:
+           lineage: dict[str, Any] | None, settings: Settings, key: str, inputs: list[str],
+           run_name: str, tags: dict[str, str]) -> TrainResult:
     experiment_id = configure(settings)
     done = find_run(experiment_id, key, complete=True)
     if done is not None:
@@ -318,8 +326,11 @@ def _train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_re
                                            config.train.ngram_lr, config.train.seed, vocab.pad_id)
             ngram_val = ngram_logits(model, val_data, vocab.pad_id)
         run_ctx = (mlflow.start_run(run_id=interrupted.info.run_id) if interrupted is not None
-                   else mlflow.start_run(experiment_id=experiment_id, tags={TRAIN_KEY_TAG: key}))
+                   else mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
+                                         tags={TRAIN_KEY_TAG: key, **tags}))
         with run_ctx as run:
+            if interrupted is not None and tags:
+                mlflow.set_tags(tags)  # the flow run resuming it
             if start_epoch == 1:
                 logged = {} if interrupted is None else interrupted.data.params
                 _log_setup(config, inputs, lineage, model, found, len(vocab), device, logged)
@@ -436,5 +447,6 @@ def load_checkpoint(run_id: str, epoch: int, model: nn.Module, tmp: Path) -> Non
 
 @task(name="train")
 def train_task(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_ref: StageRef,
-               lineage: dict[str, Any] | None, settings: Settings) -> TrainResult:
-    return train(config, train_ref, val_ref, vocab_ref, lineage, settings)
+               lineage: dict[str, Any] | None, settings: Settings, run_name: str | None = None,
+               tags: dict[str, str] | None = None) -> TrainResult:
+    return train(config, train_ref, val_ref, vocab_ref, lineage, settings, run_name, tags)
