@@ -108,7 +108,7 @@ def test_score_key_follows_inference_not_training(monkeypatch):
 
 
 def test_credentials_never_shown_in_a_uri():
-    from sentiflow.storage.tracking import redact
+    from sentiflow.storage.redact import redact
 
     assert redact("http://alice:s3cret@mlflow:5000/api") == "http://alice:***@mlflow:5000/api"
     assert redact("https://tok3n@host/x") == "https://***@host/x"
