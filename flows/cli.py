@@ -1,7 +1,7 @@
 """The ``sentiflow`` command line: typed commands over the flows, nothing else.
 
 Each command builds its settings once (the environment with its own options over it:
-``Settings.load``) and its configuration from the options it was given (``flows/options.py``),
+``command_settings``, which first marks the runs whose process died, ``flows/reaper.py``) and its configuration from the options it was given (``flows/options.py``),
 hands both to the flow it runs, and prints what the flow returns (``flows/views.py``). Its process
 starts and ends in ``flows/lifecycle.py``: one error boundary (bad input is one line and exit 1),
 Prefect's server started early, the exit without the interpreter's teardown. Heavy libraries are
@@ -73,7 +73,7 @@ from sentiflow.flows.options import (
     check_force,
 )
 from sentiflow.flows.views import console, say
-from sentiflow.storage.settings import Settings, record_source
+from sentiflow.storage.settings import record_source
 
 app = typer.Typer(help="sentiflow: train an LSTM sentiment classifier on reviews, score new ones.",
                   no_args_is_help=True, pretty_exceptions_show_locals=False)
@@ -227,7 +227,7 @@ def predict(
     if not texts or texts == ["-"]:  # bytes that are not UTF-8 are kept: status not_text
         texts = read_lines(sys.stdin.buffer)
     with user_errors():
-        settings = Settings.load(data_root=data_root)
+        settings = command_settings(data_root=data_root)
         config = PREDICT.build(model=model, threshold=threshold, max_oov=max_oov)
         from sentiflow.storage.tracking import configure
 
@@ -256,6 +256,7 @@ def serve(
 
     from sentiflow.flows.deployments import runner_deployments
 
+    command_settings()  # runs of the environment's data root whose process died: marked first
     prefect_serve(*runner_deployments(cron or None), limit=limit)
 
 
@@ -275,7 +276,7 @@ def ui(
     from sentiflow.storage.tracking import ui_address
 
     with user_errors():
-        settings = Settings.load(data_root=data_root)
+        settings = command_settings(data_root=data_root)
         uri = settings.resolved_tracking_uri
     if uri.startswith("http"):
         say(f"MLflow tracking server: {redact(uri)} (open it in a browser)")
@@ -299,7 +300,7 @@ def stages(data_root: DataRoot = None, as_json: AsJson = False) -> None:
     A part's shards (tokenize, encode) show as a count, with how many it shares with an earlier
     part (reused, not recomputed)."""
     with user_errors():
-        root = Settings.load(data_root=data_root).data_root
+        root = command_settings(data_root=data_root).data_root
     if as_json:
         from sentiflow.storage.store import Store
 
