@@ -54,7 +54,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from sentiflow.flows.data_config import DataConfig, PreparedData, Stage  # noqa: F401 - Stage for callers
-from sentiflow.flows.recorded import recorded, source_label
+from sentiflow.flows.recorded import name_from_source, recorded, source_label
 from sentiflow.flows.runs import run_settings, with_settings
 from sentiflow.storage.settings import Settings, record_source
 from sentiflow.storage.store import StageRef
@@ -66,7 +66,8 @@ from sentiflow.tasks.data.dag import PARTS, RUNS, STAGES, Step  # noqa: F401 - f
 # core when the flow is called as it is), which runs the submitted tasks in the order they were
 # submitted (stage order); a shard's tokenize task hands its shard to the run's process pool
 # (``tokenize.worker_pool``).
-@flow(name="prepare-data", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1))
+@flow(name="prepare-data", flow_run_name=name_from_source("prepare"), log_prints=True,
+      task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 1))
 def prepare_data(
     config: DataConfig = DataConfig(),
     data_root: str | None = None,

@@ -14,7 +14,7 @@ in the record; the MLflow run takes the same name.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +37,20 @@ def source_label(source: str | None) -> str:
     from pathlib import Path
 
     return Path(source.rstrip("/")).stem or "source"
+
+
+def name_from_source(prefix: str) -> Callable[[], str]:
+    """A flow's ``flow_run_name``: ``<prefix>-<source>`` from the run's ``config.source``, else the
+    settings' source; the flow renames the run where it learns more (``score-v3-<source>``)."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        config = flow_run.parameters.get("config")
+        source = config.get("source") if isinstance(config, dict) else getattr(config, "source", None)
+        return f"{prefix}-{source_label(source or Settings.load().source)}"
+
+    return name
 
 
 def prefect_api() -> str:

@@ -32,7 +32,7 @@ from pydantic import BaseModel
 
 from sentiflow.flows.data_flow import _api_for_workers, task_runner_for
 from sentiflow.flows.events import emit_drift
-from sentiflow.flows.recorded import recorded, source_label
+from sentiflow.flows.recorded import name_from_source, recorded, source_label
 from sentiflow.flows.runs import confine_deployment_paths, run_settings
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef, Store
@@ -222,7 +222,7 @@ def publish(src: Path, out: str) -> str:
     return str(dst)
 
 
-@flow(name="score")
+@flow(name="score", flow_run_name=name_from_source("score"))
 def score_flow(config: ScoreConfig = ScoreConfig(), data_root: str | None = None, workers: int = 0,
                force: bool = False) -> ScoreOutcome:
     """Score ``config.source`` with ``config.model``. ``data_root`` and ``workers`` override the
