@@ -37,7 +37,7 @@ RUN useradd --create-home --uid 1000 sentiflow \
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 
 WORKDIR /app
-COPY pyproject.toml README.md prefect.yaml ./
+COPY pyproject.toml README.md prefect.yaml prefect-gpu.yaml ./
 COPY flows ./flows
 COPY tasks ./tasks
 COPY storage ./storage

@@ -303,6 +303,26 @@ def test_gpu_worker_is_an_opt_in_profile_with_an_nvidia_device():
     assert "--pool" in gpu["command"] and gpu["command"] != cpu["command"]
 
 
+def _pool(command: list[str]) -> str:
+    return command[command.index("--pool") + 1]
+
+
+def test_each_worker_serves_the_pool_of_its_deploy_file():
+    """The CPU worker takes prefect.yaml's deployments, the GPU worker prefect-gpu.yaml's; the
+    image holds both files, since the docs deploy them with ``docker compose exec worker``."""
+    for name, deploy_file in (("worker", "prefect.yaml"), ("worker-gpu", "prefect-gpu.yaml")):
+        pools = {d["work_pool"]["name"] for d in yaml.safe_load((ROOT / deploy_file).read_text())["deployments"]}
+        assert pools == {_pool(SERVICES[name]["command"])}, (name, pools)
+    copied = re.search(r"^COPY (.*) \./$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert copied and {"prefect.yaml", "prefect-gpu.yaml"} <= set(copied.group(1).split()), copied
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_worker_runs_send_heartbeats(name: str):
+    """A flow run whose process dies is marked Crashed only when its runs send heartbeats."""
+    assert int(environment(SERVICES[name])["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]) >= 30  # Prefect's minimum
+
+
 @pytest.mark.parametrize("name", WORKERS)
 def test_worker_stops_on_sigint_with_time_to_finish(name: str):
     worker = SERVICES[name]

@@ -1,7 +1,7 @@
-"""The deployments: prefect.yaml and ``sentiflow serve`` declare the same two, their entrypoints
-load, their parameters are the flows' pydantic forms, which refuse unknown keys; a served
-deployment trains a preset asked for in its run's parameters; ``sentiflow ui`` on the embedded
-store."""
+"""The deployments: prefect.yaml and ``sentiflow serve`` declare the same two (prefect-gpu.yaml
+the GPU copy of the training), their entrypoints load, their parameters are the flows' pydantic
+forms, which refuse unknown keys; a served deployment trains a preset asked for in its run's
+parameters; ``sentiflow ui`` on the embedded store."""
 
 from __future__ import annotations
 
@@ -26,35 +26,44 @@ from tests.conftest import stop_group, write_imdb_folder
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _prefect_yaml() -> dict:
-    return yaml.safe_load((ROOT / "prefect.yaml").read_text())
+def _prefect_yaml(name: str = "prefect.yaml") -> dict:
+    return yaml.safe_load((ROOT / name).read_text())
 
 
 def test_prefect_yaml_matches_the_served_deployments():
     declared = {d["name"]: d for d in _prefect_yaml()["deployments"]}
     served = {d.name: d for d in runner_deployments()}
-    assert set(served) == {RETRAIN, SCORE} and set(declared) == {RETRAIN, SCORE, f"{RETRAIN}-gpu"}
+    # `prefect deploy --all` deploys these two alone: the GPU copy is in its own file
+    assert set(served) == {RETRAIN, SCORE} and set(declared) == {RETRAIN, SCORE}
     for name in served:
         d = declared[name]
         assert d["entrypoint"].split(":")[0] == served[name].entrypoint.split(":")[0].lstrip("./"), name
         assert d["work_pool"]["name"] == "sentiflow"
     crons = {name: [s["cron"] for s in d.get("schedules") or []] for name, d in declared.items()}
-    assert crons == {RETRAIN: [RETRAIN_CRON], SCORE: [], f"{RETRAIN}-gpu": [RETRAIN_CRON]}
+    assert crons == {RETRAIN: [RETRAIN_CRON], SCORE: []}
     assert declared[RETRAIN]["schedules"][0]["timezone"] == "UTC"
     assert [s.schedule.cron for s in served[RETRAIN].schedules] == [RETRAIN_CRON]
     assert not served[SCORE].schedules
     # one training at a time: two runs of one key would share one MLflow run
     assert declared[RETRAIN]["concurrency_limit"] == 1 and served[RETRAIN].concurrency_limit == 1
-    # the GPU copy: same flow, the GPU worker's pool, its schedule off until switched on
-    gpu = declared[f"{RETRAIN}-gpu"]
-    assert gpu["entrypoint"] == declared[RETRAIN]["entrypoint"] and gpu["work_pool"]["name"] == "sentiflow-gpu"
-    assert gpu["schedules"][0]["active"] is False
+
+
+def test_the_gpu_deploy_file_is_the_weekly_training_on_the_gpu_pool():
+    """prefect-gpu.yaml: the same flow, schedule and pull step as train/weekly, the GPU worker's
+    pool, its schedule off until switched on."""
+    cpu, gpu_file = _prefect_yaml(), _prefect_yaml("prefect-gpu.yaml")
+    (gpu,) = gpu_file["deployments"]
+    weekly = next(d for d in cpu["deployments"] if d["name"] == RETRAIN)
+    assert gpu["name"] == f"{RETRAIN}-gpu" and gpu["work_pool"]["name"] == "sentiflow-gpu"
+    assert gpu["entrypoint"] == weekly["entrypoint"] and gpu["concurrency_limit"] == 1
+    assert [s["cron"] for s in gpu["schedules"]] == [RETRAIN_CRON] and gpu["schedules"][0]["active"] is False
+    assert gpu_file["pull"] == cpu["pull"] and gpu_file["prefect-version"] == cpu["prefect-version"]
 
 
 def test_entrypoints_load_the_flows_and_forms_are_pydantic():
     from prefect.flows import load_flow_from_entrypoint
 
-    for d in _prefect_yaml()["deployments"]:
+    for d in _prefect_yaml()["deployments"] + _prefect_yaml("prefect-gpu.yaml")["deployments"]:
         flow = load_flow_from_entrypoint(str(ROOT / d["entrypoint"]))
         assert flow.name == {"weekly": "train", "weekly-gpu": "train", "on-demand": "score"}[d["name"]]
     schemas = {d.name: d._parameter_openapi_schema.model_dump() for d in runner_deployments()}
