@@ -204,9 +204,11 @@ def test_the_readme_team_block_deploys_and_runs_through_a_worker(tmp_path):
             assert score["parameters"]["config"] == {"out": "data/predictions.parquet"}
             # the worker's line passes the heartbeat setting on to the runs it starts
             assert _heartbeats(api, train["id"]), "no heartbeat from the training run"
-            # the block's last line: `sentiflow status` names both runs, read from the server
+            # the block's last line: `sentiflow status` names both runs (the worker's run journal, in
+            # the data root it shares with the block) and the weekly schedule's next run (the server)
             status = log.read_text().rsplit("sentiflow status\n", 1)[1]
             assert train["name"] in status and score["name"] in status, status
+            assert "train/weekly" in status and "Prefect server" in status, status
             # the block's alerts reached the webhook: a notification with the training run's page
             assert _posted(f"/runs/flow-run/{train['id']}"), _Receiver.posts
 
