@@ -20,6 +20,11 @@ for _name, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
 for _name, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}.items():
     os.environ.setdefault(_name, _value)
+# Against a Prefect server, a flow run started here sends a heartbeat every 30 s (Prefect's least):
+# the heartbeat automation of `sentiflow alerts` marks a run whose heartbeats stop Crashed. A
+# worker's flow processes import Prefect before this package: the worker's environment sets it.
+if os.environ.get("PREFECT_API_URL"):
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
 # Prefect's ephemeral server gets 20 s to start by default; on a busy 2-core machine it took longer.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
