@@ -56,8 +56,8 @@ def create(
                                                         help="SendGrid API key (for --email).")] = None,
     silent_after: Annotated[int, typer.Option(help="Mark a sentiflow flow run Crashed when this many seconds pass "
                                                    "after a heartbeat without another or an end state (more "
-                                                   "than the workers' PREFECT_FLOWS_HEARTBEAT_FREQUENCY, >= 30).")]
-        = 90,
+                                                   "than 30, Prefect's shortest heartbeat, and than the workers' "
+                                                   "PREFECT_FLOWS_HEARTBEAT_FREQUENCY).")] = 90,
     ui_url: Annotated[Optional[str], typer.Option(help="Base of the flow-run links in notifications (default: "
                                                        "PREFECT_UI_URL, else PREFECT_API_URL without /api).")]
         = None,

@@ -27,7 +27,8 @@ import logging
 import math
 from typing import Any
 
-from sentiflow.storage.tracking import CHAMPION, redact_all
+from sentiflow.storage.redact import redact_all
+from sentiflow.storage.tracking import CHAMPION
 from sentiflow.tasks.release.select import SelectResult
 
 log = logging.getLogger("sentiflow.events")

@@ -55,7 +55,7 @@ def service_state(settings: Settings, model_name: str | None = None) -> ServiceS
     """The service as the data root's run journal and the configured Prefect server tell it."""
     records = Journal(settings.data_root).records()  # newest first
     trainings = [r for r in records if r.flow == "train"]
-    promoted = [r for r in trainings if r.outcome.get("promoted")
+    promoted = [r for r in trainings if r.outcome.get("promoted") and not r.outcome.get("reused")
                 and (model_name is None or r.outcome.get("model_name") == model_name)]
     state = ServiceState(
         champion=promoted[0] if promoted else None,

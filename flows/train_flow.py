@@ -103,7 +103,8 @@ def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | Non
         selected = select_task(result, train_config, config.data.tokenize, data.vocab, data.encoded["val"],
                                data.encoded["test"], config.model_name, settings, config.gate)
         rec.outcome.update(training_outcome(result, selected))
-        emit_champion(selected)
+        if not selected.reused:  # a rerun of a finished training reports its old decision: no news
+            emit_champion(selected)
         create_markdown_artifact(redact_all(summary(result, selected, settings)), key="training-summary",
                                  description="sentiflow training: epochs, best epoch, registered version")
     return TrainOutcome(data=data, train=result, selected=selected,
@@ -115,7 +116,7 @@ def training_outcome(result: TrainResult, selected: SelectResult) -> dict[str, o
     verdict with both accuracies (``sentiflow status`` shows them)."""
     gate = selected.gate
     return {"mlflow_run_id": result.run_id, "model_name": selected.model_name, "version": selected.version,
-            "alias": selected.alias, "best_epoch": selected.best_epoch, "val_acc": selected.val_acc,
+            "alias": selected.alias, "reused": selected.reused, "best_epoch": selected.best_epoch, "val_acc": selected.val_acc,
             "test_acc": selected.test_acc, "promoted": bool(gate and gate.promote),
             "reason": gate.reason if gate else "not judged",
             "challenger_acc": gate.challenger_acc if gate else None,

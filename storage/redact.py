@@ -23,7 +23,8 @@ def redact(uri: str) -> str:
 
 
 def redact_all(text: str) -> str:
-    """``text`` (an error message, a summary) with every URI in it redacted."""
+    """``text`` (an error message, a summary) with every URI in it redacted. A scheme is at most
+    32 characters: unbounded, the pattern took minutes on a long text without one."""
     import re
 
-    return re.sub(r"[a-z][a-z0-9+.-]*://[^\s'\"()<>\]\[]+", lambda m: redact(m.group(0)), text)
+    return re.sub(r"[a-z][a-z0-9+.-]{0,31}://[^\s'\"()<>\]\[]+", lambda m: redact(m.group(0)), text)

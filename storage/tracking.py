@@ -8,7 +8,6 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from sentiflow.storage.redact import redact, redact_all  # noqa: F401 - TODO(lead): drop once flows/events.py imports storage.redact
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef
 

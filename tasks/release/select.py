@@ -78,6 +78,7 @@ class SelectResult(BaseModel):
     alias: str
     champion_val_acc: float | None  # the champion's val_acc (on its own run) when judged
     gate: GateResult | None = None  # challenger and champion on the same rows
+    reused: bool = False  # the decision of an earlier run of this training, reported again
 
 
 @dataclass
@@ -233,14 +234,15 @@ def _version_of_run(client: MlflowClient, name: str, run_id: str) -> ModelVersio
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
-def _reported(run_id: str, name: str, v: ModelVersion) -> SelectResult:
-    """A run selected and registered before: the result it got then."""
+def _reported(run_id: str, name: str, v: ModelVersion, reused: bool = True) -> SelectResult:
+    """A run selected and registered before: the result it got then (``reused``: announced then,
+    not news now)."""
     t = v.tags
     return SelectResult(run_id=run_id, best_epoch=int(t["best_epoch"]), val_acc=float(t["val_acc"]),
                         test_acc=float(t["test_acc"]) if t.get("test_acc") else None, model_name=name,
                         version=str(v.version), alias=t.get("alias", ""),
                         champion_val_acc=float(t["champion_val_acc"]) if t.get("champion_val_acc") else None,
-                        gate=GateResult.from_tags(t))
+                        gate=GateResult.from_tags(t), reused=reused)
 
 
 
@@ -260,7 +262,7 @@ def select(result: TrainResult, config: TrainConfig, tokenize: TokenizeParams, v
         if earlier is not None and earlier.tags.get("alias"):  # judged, tagged: finish its last steps
             client.set_registered_model_alias(model_name, earlier.tags["alias"], earlier.version)
             client.set_tag(result.run_id, f"{VERSION_TAG}.{model_name}", str(earlier.version))
-            return _reported(result.run_id, model_name, earlier)
+            return _reported(result.run_id, model_name, earlier, reused=False)  # its decision is news
         return _select(client, store, result, config, tokenize, vocab_ref, val_ref,
                        test_ref, model_name, gate, earlier)
 
