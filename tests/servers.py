@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,14 +37,24 @@ def free_port() -> int:
 
 
 def get(url: str, timeout: float = 10) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read() or b"{}")
+    return _json(urllib.request.Request(url), timeout)
 
 
 def post(url: str, body: dict) -> dict | list:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read() or b"{}")
+    return _json(urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"}), 10)
+
+
+def _json(request: urllib.request.Request, timeout: float, tries: int = 5) -> dict | list:
+    """The answer's JSON; a 503 (a SQLite-backed server busy under load) is asked again, 1 s apart."""
+    for attempt in range(tries):
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as r:
+                return json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as e:
+            if e.code != 503 or attempt == tries - 1:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
 
 
 def wait_healthy(proc: subprocess.Popen, log: Path, health: str, timeout: float = 120) -> None:
