@@ -30,7 +30,6 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.error
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +50,7 @@ from tests.servers import (
     prefect_server,
     process,
     run_ok,
+    wait_final,
 )
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -121,36 +121,6 @@ class Background(threading.Thread):
         return self._value
 
 
-def _retrying(call: Callable[[], Any]) -> Any:
-    """A Prefect API call, again after a 503 (SQLite busy under load; Prefect's own client retries
-    these too)."""
-    for attempt in range(10):
-        try:
-            return call()
-        except urllib.error.HTTPError as e:
-            if e.code != 503 or attempt == 9:
-                raise
-            time.sleep(1)
-
-
-def api_post(url: str, body: dict) -> Any:
-    return _retrying(lambda: post(url, body))
-
-
-def api_get(url: str) -> Any:
-    return _retrying(lambda: get(url))
-
-
-def final(api: str, run_id: str, deadline: float, logs: list[Path]) -> dict:
-    """The flow run once in a final state."""
-    while True:
-        run = api_get(f"{api}/flow_runs/{run_id}")
-        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            return run
-        assert time.monotonic() < deadline, "\n".join(p.read_text()[-3000:] for p in logs)
-        time.sleep(1)
-
-
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """``sentiflow args`` in the background, its output in ``log``."""
     with open(log, "w") as out:
@@ -164,7 +134,7 @@ def finished(proc: subprocess.Popen, log: Path, timeout: float = 300) -> str:
 
 
 def runs_of(api: str, flow: str, **where: Any) -> list[dict]:
-    return api_post(f"{api}/flow_runs/filter", {"flows": {"name": {"any_": [flow]}}, "flow_runs": where})
+    return post(f"{api}/flow_runs/filter", {"flows": {"name": {"any_": [flow]}}, "flow_runs": where})
 
 
 def cli_run(api: str, flow: str, known: set[str] = frozenset()) -> dict:
@@ -174,7 +144,7 @@ def cli_run(api: str, flow: str, known: set[str] = frozenset()) -> dict:
 
 
 def heartbeats(api: str, run_id: str) -> list[dict]:
-    return api_post(f"{api}/events/filter", {"filter": {"event": {"name": ["prefect.flow-run.heartbeat"]},
+    return post(f"{api}/events/filter", {"filter": {"event": {"name": ["prefect.flow-run.heartbeat"]},
                                                     "resource": {"id": [f"prefect.flow-run.{run_id}"]}}})["events"]
 
 
@@ -183,7 +153,7 @@ def kill_when_running(api: str, run_id: str, logs: list[Path], worker: subproces
     flow process (``infrastructure_pid``, ``host:pid``), and ``worker`` too when given. Returns when."""
     deadline = time.monotonic() + 180
     while True:
-        run = api_get(f"{api}/flow_runs/{run_id}")
+        run = get(f"{api}/flow_runs/{run_id}")
         if run["state"]["type"] == "RUNNING" and run.get("infrastructure_pid") and heartbeats(api, run_id):
             break
         assert run["state"]["type"] in ("SCHEDULED", "PENDING", "RUNNING"), run["state"]
@@ -241,9 +211,9 @@ def cases(stack) -> Iterator[dict]:
     with ExitStack() as stack_of:
         run_ok([prefect, "work-pool", "create", "sentiflow", "--type", "process"], env)
         run_ok([prefect, "--no-prompt", "deploy", "--name", "on-demand"], env)
-        api_post(f"{api}/work_pools/sentiflow/queues", {"name": "silent"})
-        flow_id = api_post(f"{api}/flows/", {"name": "train"})["id"]
-        long = api_post(f"{api}/deployments/", {
+        post(f"{api}/work_pools/sentiflow/queues", {"name": "silent"})
+        flow_id = post(f"{api}/flows/", {"name": "train"})["id"]
+        long = post(f"{api}/deployments/", {
             "name": "long", "flow_id": flow_id, "entrypoint": "flows/train_flow.py:train_flow",
             "work_pool_name": "sentiflow", "work_queue_name": "default",
             "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]})["id"]
@@ -255,7 +225,7 @@ def cases(stack) -> Iterator[dict]:
              "--limit", "1"], env, logs["worker-z"]))
 
         def create_run(deployment: str, parameters: dict, **more: Any) -> str:
-            return api_post(f"{api}/deployments/{deployment}/create_flow_run", {"parameters": parameters, **more})["id"]
+            return post(f"{api}/deployments/{deployment}/create_flow_run", {"parameters": parameters, **more})["id"]
 
         # each on a data root of its own: a later sentiflow run on the same data root and host would
         # find the dead process in the run journal and mark the run Crashed first (flows/reaper.py)
@@ -272,7 +242,7 @@ def cases(stack) -> Iterator[dict]:
         procs["kept"] = start([*TRAIN, "--train-seed", "2", "--gate-margin", "0.99"], env, logs["kept"])
         drifting = made_up_reviews(tmp / "made-up.parquet")
         procs["drift"] = start(["score", "--source", str(drifting)], env, logs["drift"])
-        on_demand = next(d["id"] for d in api_post(f"{api}/deployments/filter", {}) if d["name"] == "on-demand")
+        on_demand = next(d["id"] for d in post(f"{api}/deployments/filter", {}) if d["name"] == "on-demand")
         failing = create_run(on_demand, {"config": {"source": str(stack["src"] / "no-such-file.parquet")},
                                          "workers": 1})
         try:
@@ -311,11 +281,11 @@ def in_process(api: str | None, args: list[str]) -> Any:
 
 
 def automations(api: str) -> list[dict]:
-    return [a for a in api_post(f"{api}/automations/filter", {}) if a["name"].startswith("sentiflow: ")]
+    return [a for a in post(f"{api}/automations/filter", {}) if a["name"].startswith("sentiflow: ")]
 
 
 def blocks(api: str) -> list[dict]:
-    return [b for b in api_post(f"{api}/block_documents/filter", {}) if (b.get("name") or "").startswith("sentiflow-")]
+    return [b for b in post(f"{api}/block_documents/filter", {}) if (b.get("name") or "").startswith("sentiflow-")]
 
 
 # -- the commands ---------------------------------------------------------------------------------
@@ -435,7 +405,7 @@ def test_drift_warning_notifies(stack, cases):
 
 def test_a_deployment_run_that_raises_notifies_failed(stack, cases):
     api, log = stack["api"], cases["logs"]["worker"]
-    run = final(api, cases["failing"], time.monotonic() + 240, [log])
+    run = wait_final(api, cases["failing"], time.monotonic() + 240, [log])
     assert run["state"]["type"] == "FAILED", run["state"]
     assert "no-such-file.parquet" in run["state"]["message"]
     body = stack["receiver"].wait_for(run["id"], (log,))
@@ -449,7 +419,7 @@ def test_a_killed_flow_process_notifies_crashed(stack, cases):
     """SIGKILL of the flow process alone: the worker sees it die and reports it Crashed."""
     api, log = stack["api"], cases["logs"]["worker"]
     cases["killers"]["killed"].result()
-    run = final(api, cases["killed"], time.monotonic() + 60, [log])
+    run = wait_final(api, cases["killed"], time.monotonic() + 60, [log])
     assert run["state"]["type"] == "CRASHED", run["state"]
     body = stack["receiver"].wait_for(run["id"], (log,))
     assert body["subject"] == f"sentiflow: train run {run['name']} Crashed"
@@ -463,7 +433,7 @@ def test_a_silent_run_is_marked_crashed(stack, cases):
 
     api, log = stack["api"], cases["logs"]["worker-z"]
     killed_at = cases["killers"]["silent"].result()
-    run = final(api, cases["silent"], killed_at + SILENT_AFTER + 60, [log])
+    run = wait_final(api, cases["silent"], killed_at + SILENT_AFTER + 60, [log])
     assert run["state"]["type"] == "CRASHED", run["state"]
     assert f"no heartbeat for {SILENT_AFTER} s" in run["state"]["message"]
     when = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00"))  # noqa: E731
