@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import write_imdb_folder
-from tests.test_server import _port, _process
+from tests.servers import free_port, process
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 BIN = Path(sys.executable).parent
@@ -33,7 +33,7 @@ def test_authenticated_tracking_server(tmp_path):
                 PREFECT_SERVER_ANALYTICS_ENABLED="false")
     server_env = {**base, "MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD,
                   "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key"}
-    port = _port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     cmd = [str(BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -43,7 +43,7 @@ def test_authenticated_tracking_server(tmp_path):
                   "MLFLOW_TRACKING_URI": uri}
     train = [str(BIN / "sentiflow"), "train", "--source", str(src), "--max-epochs", "1", "--pretrained", "none", "--embed-dim", "8",
              "--hidden-dim", "8", "--workers", "1"]
-    with _process(cmd, server_env, tmp_path / "mlflow.log", f"{uri}/health"):
+    with process(cmd, server_env, tmp_path / "mlflow.log", f"{uri}/health"):
         with pytest.raises(urllib.error.HTTPError) as e:  # the API refuses a stranger
             urllib.request.urlopen(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
         assert e.value.code == 401

@@ -23,7 +23,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_imdb_folder
-from tests.test_server import _process  # the servers, started and stopped as there
+from tests.servers import free_port, get, post, process  # the servers, started and stopped as there
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -63,23 +62,6 @@ AWAITING_UI_WORK = (
 
 
 # --- processes ---------------------------------------------------------------------------------
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return json.loads(r.read() or b"{}")
-
-
-def _post(url: str, body: dict) -> dict | list:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read() or b"{}")
-
 
 def _stop_group(proc: subprocess.Popen) -> None:
     """SIGINT to the process group, then SIGKILL to whatever is left of it (``mlflow ui`` starts
@@ -278,15 +260,15 @@ def browser(trained) -> Iterator[Chromium]:
 def mlflow_ui(trained) -> Iterator[dict]:
     """``sentiflow ui`` on the data root: the MLflow UI on loopback, and the facts to check the
     pages against, read from its REST API."""
-    port, log = _port(), trained["tmp"] / "mlflow-ui.log"
+    port, log = free_port(), trained["tmp"] / "mlflow-ui.log"
     cmd = [sys.executable, "-m", "sentiflow.flows.cli", "ui", "--data-root", str(trained["data"]), "--port", str(port)]
     base = f"http://127.0.0.1:{port}"
-    with _process(cmd, trained["env"], log, f"{base}/health", timeout=180):
+    with process(cmd, trained["env"], log, f"{base}/health", timeout=180):
         api = f"{base}/api/2.0/mlflow"
-        experiment = _get(f"{api}/experiments/get-by-name?experiment_name=sentiflow")["experiment"]
-        run = _get(f"{api}/runs/get?run_id={trained['run_id']}")["run"]
-        model = _get(f"{api}/registered-models/get?name=sentiflow")["registered_model"]
-        champion = _get(f"{api}/registered-models/alias?name=sentiflow&alias=champion")["model_version"]
+        experiment = get(f"{api}/experiments/get-by-name?experiment_name=sentiflow")["experiment"]
+        run = get(f"{api}/runs/get?run_id={trained['run_id']}")["run"]
+        model = get(f"{api}/registered-models/get?name=sentiflow")["registered_model"]
+        champion = get(f"{api}/registered-models/alias?name=sentiflow&alias=champion")["model_version"]
         printed = re.search(r"https?://\S+", log.read_text())
         yield {"base": base, "experiment": experiment, "run": run, "model": model, "champion": champion,
                "printed_url": printed.group(0) if printed else base}
@@ -297,12 +279,12 @@ def prefect_ui(trained) -> Iterator[dict]:
     """``prefect server start`` with the training's PREFECT_HOME: it reads the database the
     ephemeral runs wrote. The UI finds its API from PREFECT_SERVER_API_HOST/PORT (``--port``
     alone leaves the UI calling :4200)."""
-    port, tmp = _port(), trained["tmp"]
+    port, tmp = free_port(), trained["tmp"]
     env = {**trained["env"], "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port),
            "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false"}
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"]
     base = f"http://127.0.0.1:{port}"
-    with _process(cmd, env, tmp / "prefect-server.log", f"{base}/api/health", timeout=180):
+    with process(cmd, env, tmp / "prefect-server.log", f"{base}/api/health", timeout=180):
         yield {"base": base, "api": f"{base}/api"}
 
 
@@ -429,10 +411,10 @@ def test_mlflow_ui_reads_as_model_training(mlflow_ui, browser):
 
 def test_prefect_ui_shows_the_flow_runs_and_their_task_states(trained, prefect_ui, browser):
     api, base = prefect_ui["api"], prefect_ui["base"]
-    trains = _post(f"{api}/flow_runs/filter", {"flows": {"name": {"any_": ["train"]}}, "sort": "START_TIME_ASC"})
+    trains = post(f"{api}/flow_runs/filter", {"flows": {"name": {"any_": ["train"]}}, "sort": "START_TIME_ASC"})
     assert len(trains) == 2 and all(r["state"]["type"] == "COMPLETED" for r in trains), trains
     children = {
-        t["id"]: _post(f"{api}/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [t["id"]]}}})
+        t["id"]: post(f"{api}/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [t["id"]]}}})
         for t in trains}
     assert all(len(c) == 1 for c in children.values()), children  # each train ran one prepare-data subflow
 

@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import write_imdb_folder
-from tests.test_server import _port, _process
+from tests.servers import free_port, process
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 BIN = Path(sys.executable).parent
@@ -46,7 +46,7 @@ def _mlflow_cmd(tmp: Path, port: int) -> list[str]:
 def test_server_down_at_start_is_one_clear_error_after_bounded_retries(tmp_path):
     src = write_imdb_folder(tmp_path / "src", n_train=200, n_test=50)
     started = time.monotonic()
-    proc = subprocess.run(_train(src, 1), env=_env(tmp_path, f"http://127.0.0.1:{_port()}"), cwd=tmp_path,
+    proc = subprocess.run(_train(src, 1), env=_env(tmp_path, f"http://127.0.0.1:{free_port()}"), cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
     seconds = time.monotonic() - started
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -58,10 +58,10 @@ def test_server_down_at_start_is_one_clear_error_after_bounded_retries(tmp_path)
 
 def test_server_stopped_mid_training_then_back_resumes_the_run(tmp_path):
     src = write_imdb_folder(tmp_path / "src", n_train=3000, n_test=100, seed=2)
-    port = _port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     env = _env(tmp_path, uri)
-    with _process(_mlflow_cmd(tmp_path, port), env, tmp_path / "mlflow-1.log", f"{uri}/health"):
+    with process(_mlflow_cmd(tmp_path, port), env, tmp_path / "mlflow-1.log", f"{uri}/health"):
         proc = subprocess.Popen(_train(src, 6), env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         lines: list[str] = []
@@ -81,7 +81,7 @@ def test_server_stopped_mid_training_then_back_resumes_the_run(tmp_path):
     assert code == 1, output[-3000:]
     assert sum(line.startswith("error:") for line in lines) == 1 and "Traceback" not in output, output[-3000:]
 
-    with _process(_mlflow_cmd(tmp_path, port), env, tmp_path / "mlflow-2.log", f"{uri}/health"):
+    with process(_mlflow_cmd(tmp_path, port), env, tmp_path / "mlflow-2.log", f"{uri}/health"):
         rerun = subprocess.run(_train(src, 6), env=env, cwd=tmp_path, capture_output=True, text=True,
                                timeout=900)
         assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
