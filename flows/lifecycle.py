@@ -312,11 +312,10 @@ def command_settings(**options: Any):
     """A command's settings (``Settings.load`` with its options), once the runs of this data root
     whose process died are marked so (``sentiflow.flows.reaper``), one line each on stderr.
     Looking is a listing of a few small files; Prefect and MLflow open only for a dead run."""
-    from sentiflow.flows.reaper import dead_runs, reap
+    from sentiflow.flows.reaper import reap
     from sentiflow.storage.settings import Settings
 
     settings = Settings.load(**options)
-    if dead_runs(settings):
-        for line in reap(settings):
-            print(f"sentiflow: {line}", file=sys.stderr)
+    for line in reap(settings):
+        print(f"sentiflow: {line}", file=sys.stderr)
     return settings

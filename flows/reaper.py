@@ -22,21 +22,19 @@ from __future__ import annotations
 
 import logging
 
-from sentiflow.storage.journal import Journal, RunRecord
+from sentiflow.storage.journal import Journal
 from sentiflow.storage.redact import redact, redact_all
 from sentiflow.storage.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def dead_runs(settings: Settings) -> list[RunRecord]:
-    """Journal records of this data root still ``running`` whose process on this host is gone."""
-    return Journal(settings.data_root).dead()
-
-
 def reap(settings: Settings) -> list[str]:
-    """Mark the dead runs (``dead_runs``) Crashed / KILLED; one line each, saying what was done."""
-    dead = dead_runs(settings)
+    """Mark this data root's dead runs (journal records still ``running`` whose process on this
+    host is gone) Crashed / KILLED; one line each, saying what was done. Nothing dead: a listing
+    and a few small reads, nothing imported."""
+    journal = Journal(settings.data_root)
+    dead = journal.dead()
     if not dead:
         return []
     from sentiflow.flows.recorded import prefect_api
@@ -50,7 +48,7 @@ def reap(settings: Settings) -> list[str]:
                "(killed, or its machine stopped)")
         prefect_note = _crash_flow_run(record.id, why)
         killed = _kill_mlflow_runs(settings, record.id)
-        Journal(settings.data_root).end(record, "crashed", why)
+        journal.end(record, "crashed", why)
         lines.append(f"{record.flow} run {record.name} died earlier: marked Crashed in Prefect{prefect_note}"
                      + (f", MLflow run{'s' if len(killed) > 1 else ''} {', '.join(killed)} KILLED" if killed else ""))
     return lines

@@ -44,13 +44,18 @@ def name_from_source(prefix: str) -> Callable[[], str]:
     settings' source; the flow renames the run where it learns more (``score-v3-<source>``)."""
 
     def name() -> str:
-        from prefect.runtime import flow_run
-
-        config = flow_run.parameters.get("config")
-        source = config.get("source") if isinstance(config, dict) else getattr(config, "source", None)
-        return f"{prefix}-{source_label(source or Settings.load().source)}"
+        return f"{prefix}-{source_label(config_parameter('source') or Settings.load().source)}"
 
     return name
+
+
+def config_parameter(field: str) -> Any:
+    """A field of the starting flow run's ``config`` parameter (a dict from the API, a model from
+    a Python call), for its ``flow_run_name``; None where not given."""
+    from prefect.runtime import flow_run
+
+    config = flow_run.parameters.get("config")
+    return config.get(field) if isinstance(config, dict) else getattr(config, field, None)
 
 
 def prefect_api() -> str:
@@ -117,12 +122,11 @@ def recorded(settings: Settings, flow: str) -> Iterator[Recorded]:
 
 
 def _reap(settings: Settings) -> None:
-    from sentiflow.flows.reaper import dead_runs, reap
+    from sentiflow.flows.reaper import reap
 
     try:
-        if dead_runs(settings):
-            for line in reap(settings):
-                log.warning("%s", line)
+        for line in reap(settings):
+            log.warning("%s", line)
     except Exception as e:  # noqa: BLE001 - another run's leftovers never fail this one
         log.warning("could not mark dead runs: %s", redact_all(str(e)))
 

@@ -51,12 +51,11 @@ class ServiceState:
                 "scheduled": [s.__dict__ for s in self.scheduled], "scheduled_error": self.scheduled_error or None}
 
 
-def service_state(settings: Settings, model_name: str | None = None) -> ServiceState:
+def service_state(settings: Settings) -> ServiceState:
     """The service as the data root's run journal and the configured Prefect server tell it."""
     records = Journal(settings.data_root).records()  # newest first
     trainings = [r for r in records if r.flow == "train"]
-    promoted = [r for r in trainings if r.outcome.get("promoted") and not r.outcome.get("reused")
-                and (model_name is None or r.outcome.get("model_name") == model_name)]
+    promoted = [r for r in trainings if r.outcome.get("promoted") and not r.outcome.get("reused")]
     state = ServiceState(
         champion=promoted[0] if promoted else None,
         last_training=trainings[0] if trainings else None,

@@ -14,9 +14,9 @@ from pydantic import BaseModel, Field
 
 from sentiflow.flows.data_config import DataConfig, PreparedData, Stage
 from sentiflow.flows.data_flow import data_flow_for
-from sentiflow.flows.events import emit_champion
+from sentiflow.flows.events import champion_payload, emit_champion
 from sentiflow.flows.presets import PRESETS, Preset, apply_preset, describe
-from sentiflow.flows.recorded import recorded
+from sentiflow.flows.recorded import config_parameter, recorded
 from sentiflow.flows.runs import confine_deployment_paths, run_settings
 from sentiflow.storage.redact import redact, redact_all
 from sentiflow.storage.settings import Settings
@@ -68,11 +68,7 @@ def lineage(data: PreparedData, config: DataConfig) -> dict[str, str]:
 
 def initial_run_name() -> str:
     """A training flow run's name until its key is known: ``train-<preset>``."""
-    from prefect.runtime import flow_run
-
-    config = flow_run.parameters.get("config")
-    preset = config.get("preset") if isinstance(config, dict) else getattr(config, "preset", None)
-    return f"train-{preset or 'default'}"
+    return f"train-{config_parameter('preset') or 'default'}"
 
 
 def run_name(config: TrainFlowConfig, key: str) -> str:
@@ -102,7 +98,7 @@ def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | Non
             tag_preset(settings, result.run_id, config.preset)
         selected = select_task(result, train_config, config.data.tokenize, data.vocab, data.encoded["val"],
                                data.encoded["test"], config.model_name, settings, config.gate)
-        rec.outcome.update(training_outcome(result, selected))
+        rec.outcome.update(training_outcome(selected))
         if not selected.reused:  # a rerun of a finished training reports its old decision: no news
             emit_champion(selected)
         create_markdown_artifact(redact_all(summary(result, selected, settings)), key="training-summary",
@@ -111,17 +107,11 @@ def train_flow(config: TrainFlowConfig = TrainFlowConfig(), data_root: str | Non
                         tracking_uri=redact(settings.resolved_tracking_uri))
 
 
-def training_outcome(result: TrainResult, selected: SelectResult) -> dict[str, object]:
-    """What the run journal keeps of a training: the MLflow run, the version and the gate's
-    verdict with both accuracies (``sentiflow status`` shows them)."""
-    gate = selected.gate
-    return {"mlflow_run_id": result.run_id, "model_name": selected.model_name, "version": selected.version,
-            "alias": selected.alias, "reused": selected.reused, "best_epoch": selected.best_epoch, "val_acc": selected.val_acc,
-            "test_acc": selected.test_acc, "promoted": bool(gate and gate.promote),
-            "reason": gate.reason if gate else "not judged",
-            "challenger_acc": gate.challenger_acc if gate else None,
-            "champion_acc": gate.champion_acc if gate else None,
-            "champion_version": gate.champion_version if gate else None}
+def training_outcome(selected: SelectResult) -> dict[str, object]:
+    """What the run journal keeps of a training (``sentiflow status`` shows it): the champion
+    decision as its event carries it (``champion_payload``: version, alias, both accuracies on the
+    gate's rows, reason, test accuracy, MLflow run), and whether it was an earlier run's."""
+    return {**champion_payload(selected), "reused": selected.reused}
 
 
 def run_config(config: TrainFlowConfig, settings: Settings) -> TrainFlowConfig:

@@ -76,7 +76,7 @@ def service_table(state: Any, data_root: Any) -> Table:
     table.add_column()
     c = state.champion
     table.add_row("champion", "none yet (no training of this data root promoted one)" if c is None else
-                  f"{c.outcome.get('model_name')} v{c.outcome.get('version')}, test {_pct(c.outcome.get('test_acc'))}, "
+                  f"{c.outcome.get('model')} v{c.outcome.get('version')}, test {_pct(c.outcome.get('test_acc'))}, "
                   f"promoted {when(c.ended)} by {c.name}; gate: {_gate(c.outcome)}")
     t = state.last_training
     table.add_row("last training", "none" if t is None else f"{t.name}: {_state(t)} {when(t.ended or t.started)}"
