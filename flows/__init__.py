@@ -15,6 +15,9 @@ for _name, _value in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
                       "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                       "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
     os.environ.setdefault(_name, _value)
+# MLflow prints "View run ... at: <tracking URI>/#/..." as each run ends: the URI as given, a
+# password included, into the terminal and a flow run's logs. sentiflow prints its own, redacted.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 # A tracking server that does not answer: a bounded number of retries with backoff (waits of
 # about 1, 2, 4, 8 s), then one clear error, instead of MLflow's default of minutes.
 for _name, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",

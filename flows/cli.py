@@ -286,11 +286,12 @@ def ui(
 
         err_console.print(f"[bold red]error:[/] no MLflow store at {uri}: run `sentiflow train` first")
         raise typer.Exit(1)
-    say(f"MLflow UI on {ui_address(host, port, uri, settings.experiment)} for {uri} (Ctrl-C stops)")
+    say(f"MLflow UI on {ui_address(host, port, uri, settings.experiment)} for {redact(uri)} (Ctrl-C stops)")
     mlflow = Path(sys.executable).with_name("mlflow")
-    cmd = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--backend-store-uri", uri,
-           "--host", host, "--port", str(port), "--workers", "1"]
-    os.execvp(cmd[0], cmd)
+    cmd = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--host", host, "--port", str(port), "--workers", "1"]
+    sys.stdout.flush()  # exec replaces the process: what is buffered would be lost
+    # the store's URI (a PostgreSQL DSN may hold a password) by environment: `ps` shows a command line
+    os.execvpe(cmd[0], cmd, {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri})
 
 
 @app.command()

@@ -97,6 +97,7 @@ _SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PRE
 _early: dict[str, Any] = {}  # the process launch_server_early started, until adopted: "process", "port"
 _started: list[bool] = []  # not empty once this process has its ephemeral server
 _exit_hook: list[Any] = []  # not empty once _stop_unadopted runs at exit
+_start_lock = threading.Lock()  # one start at a time: the early thread's, the reaper's, a flow's
 
 
 def _launch(port: int, app_dir: str, env: dict[str, str]) -> subprocess.Popen[Any]:
@@ -170,7 +171,15 @@ def _guarded_server_class():
 def start_guarded_server() -> None:
     """Start Prefect's ephemeral server now, guarded (see the module docstring), unless a Prefect
     server is configured (``PREFECT_API_URL``) or the ephemeral mode is off. Prefect then uses
-    this server for the process's flow runs: it keeps one ephemeral server per process."""
+    this server for the process's flow runs: it keeps one ephemeral server per process.
+    Callers in two threads (``start_prefect_early``'s and a reaper's) take turns: one imports
+    Prefect and starts the server, the other then finds it running. Two at once would import
+    Prefect twice over (a partly initialised module) and start two servers, one never stopped."""
+    with _start_lock:
+        _start_guarded_server()
+
+
+def _start_guarded_server() -> None:
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():

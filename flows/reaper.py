@@ -37,6 +37,12 @@ def reap(settings: Settings) -> list[str]:
     dead = journal.dead()
     if not dead:
         return []
+    from sentiflow.flows.lifecycle import start_guarded_server
+
+    try:  # Prefect imported and its embedded server started in turn with the command's early start
+        start_guarded_server()
+    except Exception:  # noqa: BLE001 - marking the flow run then says why it could not
+        pass
     from sentiflow.flows.recorded import prefect_api
 
     api, tracking = prefect_api(), redact(settings.resolved_tracking_uri)
@@ -56,10 +62,10 @@ def reap(settings: Settings) -> list[str]:
 
 def _crash_flow_run(flow_run_id: str, why: str) -> str:
     """Set the flow run Crashed unless its state is final already; a note for the line."""
-    from prefect.client.orchestration import get_client
-    from prefect.states import Crashed
-
     try:
+        from prefect.client.orchestration import get_client
+        from prefect.states import Crashed
+
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(flow_run_id)
             if run.state is not None and run.state.is_final():

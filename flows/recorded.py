@@ -22,7 +22,7 @@ from typing import Any
 from prefect.context import FlowRunContext
 
 from sentiflow.storage.journal import Journal, Process, RunRecord, now
-from sentiflow.storage.redact import redact, redact_all
+from sentiflow.storage.redact import redact, redact_all, redact_logs, scrub
 from sentiflow.storage.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,10 +98,16 @@ class Recorded:
 
 @contextmanager
 def recorded(settings: Settings, flow: str) -> Iterator[Recorded]:
-    """The run journal's record of the flow run in progress, around its body."""
+    """The run journal's record of the flow run in progress, around its body. Every log handler
+    redacts URIs from here on (``redact_logs``), and an error leaving the body is scrubbed of
+    them (``scrub``) before Prefect stores the failed state's message."""
+    redact_logs()
     ctx = FlowRunContext.get()
     if ctx is None or ctx.flow_run is None:
-        yield Recorded(None, None)
+        try:
+            yield Recorded(None, None)
+        except BaseException as e:
+            raise scrub(e)
         return
     if ctx.flow_run.parent_task_run_id is None:  # a top-level run (a worker's, a served one) looks first
         _reap(settings)
@@ -113,7 +119,8 @@ def recorded(settings: Settings, flow: str) -> Iterator[Recorded]:
     try:
         yield rec
     except Exception as e:
-        _end(rec, "failed", redact_all(f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__))
+        scrub(e)
+        _end(rec, "failed", f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__)
         raise
     except BaseException as e:  # KeyboardInterrupt, SystemExit, Prefect's TerminationSignal
         _end(rec, "crashed", f"stopped: {type(e).__name__}")

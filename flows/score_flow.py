@@ -33,7 +33,8 @@ from pydantic import BaseModel
 from sentiflow.flows.data_flow import _api_for_workers, task_runner_for
 from sentiflow.flows.events import emit_drift
 from sentiflow.flows.recorded import name_from_source, recorded, source_label
-from sentiflow.flows.runs import confine_deployment_paths, run_settings
+from sentiflow.flows.runs import confine_deployment_paths, confine_model_uri, run_settings
+from sentiflow.storage.redact import redact, redact_all, scrubbed
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef, Store
 from sentiflow.storage.tracking import configure, log_stage_datasets
@@ -77,7 +78,8 @@ def prewarm(settings: Settings) -> None:
         pass
 
 
-@task(name="resolve-model")
+@task(name="resolve-model", cache_policy=NO_CACHE)
+@scrubbed
 def resolve_model_task(uri: str, settings: Settings) -> ModelRef:
     configure(settings)
     return resolve_model(uri)
@@ -134,7 +136,8 @@ def needs_run(stats: ScoreStats) -> bool:
     return bool(stats.labeled_rows or (stats.drift is not None and stats.drift.rows))
 
 
-@task(name="log-evaluation")
+@task(name="log-evaluation", cache_policy=NO_CACHE)
+@scrubbed
 def log_evaluation_task(model: ModelRef, stage: StageRef, stats: ScoreStats, config: ScoreConfig,
                         settings: Settings, run_tags: dict[str, str] | None = None) -> str:
     """One evaluation run per (model, source, parameters): a rerun finds it by the stage key."""
@@ -229,7 +232,9 @@ def score_flow(config: ScoreConfig = ScoreConfig(), data_root: str | None = None
     run's settings (``sentiflow.flows.runs``); ``force`` scores again even when cached."""
     settings = run_settings(data_root=data_root, workers=workers or None)
     with recorded(settings, "score") as rec:
-        confine_deployment_paths(settings, source=config.source, out=config.out)  # as given, not the settings'
+        # as given, not the settings' (the operator's own)
+        confine_deployment_paths(settings, datasets={"source": config.source}, files={"out": config.out})
+        confine_model_uri(config.model)
         config = settings.fill(config)
         model = resolve_model_task(config.model, settings)
         rec.rename(f"score-{model_label(model)}-{source_label(config.source)}")
@@ -243,11 +248,11 @@ def score_flow(config: ScoreConfig = ScoreConfig(), data_root: str | None = None
             emit_drift(config.source, model.uri, list(stats.drift.warnings), stats.drift.metrics)
         predictions = publish(stage.file("predictions.parquet"), config.out) if config.out \
             else str(stage.file("predictions.parquet"))
-        create_markdown_artifact(summary(model, stats, predictions, run_id, state.name, settings),
+        create_markdown_artifact(redact_all(summary(model, stats, predictions, run_id, state.name, settings)),
                                  key="scoring-summary", description="sentiflow scoring: rows, statuses, metrics")
         rec.outcome.update(scoring_outcome(model, stats, run_id))
     return ScoreOutcome(model=model, stage=stage, state=state.name, predictions=predictions, stats=stats,
-                        evaluation_run_id=run_id, tracking_uri=settings.resolved_tracking_uri)
+                        evaluation_run_id=run_id, tracking_uri=redact(settings.resolved_tracking_uri))
 
 
 def model_label(model: ModelRef) -> str:

@@ -18,6 +18,7 @@ from sentiflow.flows.events import champion_payload, emit_champion
 from sentiflow.flows.presets import PRESETS, Preset, apply_preset, describe
 from sentiflow.flows.recorded import config_parameter, recorded
 from sentiflow.flows.runs import confine_deployment_paths, run_settings
+from sentiflow.storage.names import ModelName
 from sentiflow.storage.redact import redact, redact_all
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.tracking import REGISTERED_MODEL
@@ -25,6 +26,7 @@ from sentiflow.tasks.config import Config
 from sentiflow.tasks.core.model import ModelParams
 from sentiflow.tasks.release.gate import GateParams
 from sentiflow.tasks.release.select import SelectResult, select_task
+from sentiflow.tasks.training.embeddings import PACKAGE_NAME
 from sentiflow.tasks.training.train import (
     TrainConfig,
     TrainParams,
@@ -46,7 +48,7 @@ class TrainFlowConfig(Config):
     data: DataConfig = DataConfig()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
-    model_name: str = Field(REGISTERED_MODEL, description="Registered model name")
+    model_name: ModelName = Field(REGISTERED_MODEL, description="Registered model name (MLflow's rules: no '/' or ':')")
     gate: GateParams = GateParams()
 
 
@@ -119,8 +121,9 @@ def run_config(config: TrainFlowConfig, settings: Settings) -> TrainFlowConfig:
     (``apply_preset``), the path parameters confined in a deployment's run (as given: the
     settings' own sources are the operator's), then the settings' sources where it names none."""
     config = apply_preset(config)
-    confine_deployment_paths(settings, source=config.data.source, gate_source=config.gate.source,
-                             pretrained=None if config.train.pretrained == "glove-6b-50d" else config.train.pretrained)
+    confine_deployment_paths(settings, datasets={"source": config.data.source, "gate_source": config.gate.source},
+                             files={"pretrained": None if config.train.pretrained == PACKAGE_NAME
+                                    else config.train.pretrained})
     return settings.fill(config)
 
 

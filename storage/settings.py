@@ -20,6 +20,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sentiflow.storage.names import ExperimentName
+
 DEFAULT_SOURCE = "stanfordnlp/imdb"
 
 
@@ -58,7 +60,7 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "SENTIFLOW_TRACKING_URI"),
         description="MLflow tracking URI; default: a SQLite file under the data root",
     )
-    experiment: str = Field("sentiflow", description="MLflow experiment name")
+    experiment: ExperimentName = Field("sentiflow", description="MLflow experiment name")
     workers: int = Field(0, ge=0, description="Processes for tokenization; 0 = all cores")
     task_runner: Literal["local", "dask"] = Field(
         "local",
@@ -79,13 +81,14 @@ class Settings(BaseSettings):
                     "source, a gate source, an --out - must lie in, besides the data root: a run "
                     "created through the Prefect API reads and writes nothing else")
 
-    def confine(self, path: str | None, what: str) -> None:
+    def confine(self, path: str | None, what: str, dataset: bool = False) -> None:
         """Refuse ``path`` (a flow run's parameter ``what``) unless it lies in the data root or a
-        ``path_roots`` folder, links resolved. A Hugging Face dataset id is not a path."""
+        ``path_roots`` folder, links resolved. ``dataset``: the parameter may name a Hugging Face
+        dataset id instead (a relative name with no such file), which is not a path."""
         if not path:
             return
         p = Path(path).expanduser()
-        if not p.is_absolute() and not p.exists() and _HUB_ID.match(path):
+        if dataset and not p.is_absolute() and not p.exists() and _HUB_ID.match(path):
             return
         target = p.resolve()
         roots = [r.expanduser().resolve() for r in (self.data_root, *self.path_roots)]

@@ -14,8 +14,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import os
+import re
 import shutil
 import time
 import uuid
@@ -30,6 +32,14 @@ from pydantic import BaseModel
 
 MANIFEST = "manifest.json"
 STALE_SECONDS = 3600  # a .tmp-*/.trash-*/.lock-* entry untouched this long belongs to a dead process
+
+
+_LOCK_ATTEMPTS = 100  # tries to create a lock file whose folder another process removes meanwhile
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a stage name or key: one plain path segment
+
+
+class LockError(RuntimeError):
+    """A lock file that cannot be created."""
 
 
 class StageError(RuntimeError):
@@ -156,6 +166,11 @@ class Store:
         self.root = Path(root)
 
     def ref(self, stage: str, key: str) -> StageRef:
+        """The folder of ``stage``'s ``key``: both must be one plain path segment (a key is a
+        hash; a name a user gives is hashed first: ``sentiflow.storage.names.name_key``)."""
+        for part in (stage, key):
+            if not _SEGMENT.match(part) or ".." in part:
+                raise ValueError(f"stage folder name {part!r}: not one plain path segment")
         return StageRef(stage=stage, key=key, path=(self.root / stage / key).resolve())
 
     # -- validity -------------------------------------------------------------------------------
@@ -206,12 +221,14 @@ class Store:
         """
         parent = ref.path.parent
         path = parent / f".lock-{ref.key}"
-        while True:
+        for attempt in itertools.count():
             parent.mkdir(parents=True, exist_ok=True)
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            except FileNotFoundError:  # the stage folder was removed as empty meanwhile
-                continue
+            except FileNotFoundError:  # the stage folder was removed as empty meanwhile: again,
+                if attempt < _LOCK_ATTEMPTS:  # a few times (a race is over in microseconds)
+                    continue
+                raise LockError(f"cannot create the lock file {path}: its folder keeps disappearing") from None
             try:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

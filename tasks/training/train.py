@@ -28,9 +28,11 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field, field_validator
 from torch import nn
 
+from sentiflow.storage.redact import scrubbed
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef, Store, stable_hash
 from sentiflow.storage.tracking import configure, log_stage_datasets
@@ -445,7 +447,8 @@ def load_checkpoint(run_id: str, epoch: int, model: nn.Module, tmp: Path) -> Non
 
 # -- task -----------------------------------------------------------------------------------------
 
-@task(name="train")
+@task(name="train", cache_policy=NO_CACHE)
+@scrubbed
 def train_task(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_ref: StageRef,
                lineage: dict[str, Any] | None, settings: Settings, run_name: str | None = None,
                tags: dict[str, str] | None = None) -> TrainResult:
