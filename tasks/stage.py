@@ -6,7 +6,8 @@ so the key and the manifest cannot drift apart. ``run_stage`` returns the stored
 when it is valid, otherwise builds it atomically, holding the key's lock so that two runs on one
 data root build it once. ``cache_key_fn`` gives Prefect the same key, or ``None`` (run, store no
 record) when the folder is missing or damaged, so a stored Prefect record never points at a
-folder that is not there.
+folder that is not there. The records themselves are read and written by
+``sentiflow.tasks.stage_records`` alone: plain JSON, whatever a record claims about itself.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel
 
-from sentiflow.storage.store import StageRef, Store, stable_hash, stage_key
+from sentiflow.storage.redact import scrubbed
+from sentiflow.storage.store import StageRef, Store, stage_key
 
 log = logging.getLogger("sentiflow.stage")
 
@@ -119,19 +121,19 @@ def cache_key_fn(planner: Callable[[dict[str, Any]], StageRef]):
     with no record yet: the key too, so the run that builds it stores the record and the next run
     is Cached. Missing or damaged folder with a record: ``None``, so the stale record is not
     served and the stage is rebuilt in place (the record then points at a valid folder again).
+    A record that is not a good one (``stage_records.read_record``) counts as none.
     """
 
     def key(context: Any, parameters: dict[str, Any]) -> str | None:
+        from sentiflow.tasks import stage_records
+
         if parameters.get("force"):
             return None
         ref = planner(parameters)
-        # the folder's location is part of the key: two data roots never share a record
-        k = f"sentiflow-{ref.stage}-{ref.key}-{stable_hash(str(ref.path))[:12]}"
+        k = stage_records.record_key(ref)
         if Store(ref.path.parent.parent).is_valid(ref):
             return k
-        from prefect.results import get_result_store
-
-        return None if get_result_store().exists(k) else k
+        return None if stage_records.read_record(k) is not None else k
 
     return key
 
@@ -151,7 +153,10 @@ class StageTask:
     def task(self) -> Any:
         from prefect import task
 
-        made = task(**self._options)(self.fn)
+        from sentiflow.tasks import stage_records
+
+        options = {**stage_records.task_options(cache_key_fn(self.planner)), **self._options}
+        made = task(**options)(scrubbed(self.fn))  # a failure's message stored without a password
         made.planner = self.planner
         return made
 
@@ -167,16 +172,16 @@ class StageTask:
 def stage_task(name: str, planner: Callable[[dict[str, Any]], StageRef], per_shard: bool = False,
                **options: Any) -> Callable[[Callable[..., StageRef]], StageTask]:
     """The ``@task`` of a stage: cached by its stage key (``cache_key_fn`` of ``planner``: the
-    task's arguments → its folder), its result (a ``StageRef``) stored as JSON, so a cache record
-    on a shared volume is read, never unpickled. The task keeps ``planner`` as ``.planner``: what
-    ``sentiflow status`` plans without running anything (and without importing Prefect: the task
-    is made on first use, ``StageTask``). ``per_shard``: one task run a shard, named
+    task's arguments → its folder), its result (a ``StageRef``) stored as plain JSON and read back
+    by sentiflow's own reader (``stage_records``): a cache record on a shared volume is never
+    unpickled, and nothing it names is imported or called. The task keeps ``planner`` as
+    ``.planner``: what ``sentiflow status`` plans without running anything (and without importing
+    Prefect: the task is made on first use, ``StageTask``). ``per_shard``: one task run a shard, named
     ``<stage>-<part>-<index>`` from its ``part`` and ``index`` arguments."""
     if per_shard:
         options.setdefault("task_run_name", name + "-{part}-{index}")
 
     def decorate(fn: Callable[..., StageRef]) -> StageTask:
-        return StageTask(fn, planner, {"name": name, "cache_key_fn": cache_key_fn(planner),
-                                       "result_serializer": "json", **options})
+        return StageTask(fn, planner, {"name": name, **options})
 
     return decorate

@@ -1,5 +1,5 @@
-"""Nothing unpickled (issue 10): the stage tasks' cache records are JSON, and a cached stage is
-served from them as a ``StageRef``."""
+"""Nothing unpickled (issues 10, 19): the stage tasks' cache records are plain JSON, the StageRef's
+fields, and a cached stage is served from them as a ``StageRef``."""
 
 from __future__ import annotations
 
@@ -28,9 +28,7 @@ def test_stage_cache_records_are_json_and_serve_stage_refs(tmp_path, prefect_har
         records[ref.stage + ref.key] = matches[0]
     for path in records.values():
         raw = path.read_bytes()
-        record = json.loads(raw)  # the whole record is JSON text
-        assert record["metadata"]["serializer"]["type"] == "json"
-        assert b"pickle" not in raw.lower() and not raw.startswith(b"\x80")
-        stored = json.loads(record["result"])  # the reference itself, as JSON
-        assert stored["__class__"] == "sentiflow.storage.store.StageRef"
-        assert Path(stored["data"]["path"]).name == stored["data"]["key"]
+        stored = json.loads(raw)  # the whole record is the reference, as plain JSON
+        assert set(stored) == {"stage", "key", "path"}
+        assert b"pickle" not in raw.lower() and b"__class__" not in raw and not raw.startswith(b"\x80")
+        assert Path(stored["path"]).name == stored["key"]
