@@ -5,6 +5,7 @@ Variables are resolved from .env.example alone, as a fresh `cp .env.example .env
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 
 WORKERS = ("worker", "worker-gpu")
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN")
+SECRET_VARIABLE = re.compile(r"PASSWORD|SECRET")  # the .env variables secrets-check vets (not names, keys' ids)
 # $$ (a literal $), $NAME, ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}
 REFERENCE = re.compile(r"\$(?:(?P<escaped>\$)|(?P<named>[A-Za-z_]\w*)|\{(?P<braced>[^}]*)\})")
 BRACED = re.compile(r"(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?])(?P<arg>.*))?", re.DOTALL)
@@ -114,6 +116,16 @@ ONE_SHOTS = {
 LONG_RUNNING = sorted(set(SERVICES) - ONE_SHOTS)
 
 
+def secret_variables(node) -> set[str]:
+    """The secret .env variables that ``node`` (a raw service, or the whole file) refers to."""
+    return {name for text in strings(node) for name, _ in references(text) if SECRET_VARIABLE.search(name)}
+
+
+# Values that pass docker/check_secrets.sh: .env.example with each secret replaced.
+GOOD_ENV = {k: (f"{k.lower().replace('_', '-')}-Xq7v2Lm9pR4t" if SECRET_VARIABLE.search(k) else v)
+            for k, v in ENV.items()}
+
+
 def test_compose_file_matches_the_compose_spec_schema():
     import jsonschema
     from check_jsonschema.builtin_schemas import get_builtin_schema
@@ -146,10 +158,42 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path):
         assert done.returncode == 0, done.stderr
     missing = config("")  # no .env: the credentials are required, not defaulted
     assert missing.returncode != 0 and "in .env" in missing.stderr, missing.stderr
+    good = "".join(f"{k}={v}\n" for k, v in GOOD_ENV.items())
+    assert config(good).returncode == 0
+    for name in sorted(secret_variables(RAW)):  # each secret alone missing: refused, by its name
+        without = "".join(f"{k}={v}\n" for k, v in GOOD_ENV.items() if k != name)
+        done = config(without)
+        assert done.returncode != 0 and f"set {name} in .env" in done.stderr, (name, done.stderr)
 
 
-def test_one_shots_are_the_database_and_bucket_setup_and_never_restart():
-    assert ONE_SHOTS == {"postgres-init", "create-bucket"}
+def test_secrets_check_vets_every_secret_before_any_service_that_uses_it():
+    """Every secret the file refers to is in secrets-check's list, and every service that refers
+    to one waits for secrets-check to succeed; a `cp .env.example .env` stack refuses to start,
+    good values start (the script itself: tests/test_compose_secrets.py)."""
+    check = RAW_SERVICES["secrets-check"]
+    script = [v["source"] if isinstance(v, dict) else v.split(":")[0] for v in check["volumes"]]
+    assert "./docker/check_secrets.sh" in script and "./.env.example" in script, script
+    assert check["entrypoint"][-2:] == ["-e", "/checks/env.example"]
+    checked = set(check["command"])
+    assert checked == secret_variables(RAW), checked ^ secret_variables(RAW)
+    assert set(environment(check)) == checked and not check.get("restart")
+    users = sorted(n for n, service in RAW_SERVICES.items() if n != "secrets-check" and secret_variables(service))
+    assert {"postgres", "seaweedfs", "mlflow", "mlflow-users", "worker", "prefect-server"} <= set(users)
+    for name in users:
+        dep = (SERVICES[name].get("depends_on") or {}).get("secrets-check") or {}
+        assert dep.get("condition") == "service_completed_successfully", f"{name} does not wait for secrets-check"
+
+    def run(env: dict[str, str]) -> subprocess.CompletedProcess:
+        return subprocess.run(["/bin/sh", ROOT / "docker/check_secrets.sh", "-e", ENV_EXAMPLE, *check["command"]],
+                              env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=30)
+
+    assert run(ENV).returncode == 1  # .env.example as it is
+    done = run(GOOD_ENV)
+    assert done.returncode == 0, done.stderr
+
+
+def test_one_shots_are_the_checks_and_setups_and_never_restart():
+    assert ONE_SHOTS == {"secrets-check", "postgres-init", "create-bucket", "mlflow-users"}
     for name in ONE_SHOTS:
         assert SERVICES[name].get("restart", "no") == "no", name
 
@@ -276,6 +320,53 @@ def test_workers_reach_the_servers_by_service_name_without_storage_credentials()
         assert not [k for k in env if k.startswith("AWS_")
                     or (SECRET_NAME.search(k) and k != "MLFLOW_TRACKING_PASSWORD")], name
         assert REQUIRED_REF.fullmatch(environment(RAW_SERVICES[name])["MLFLOW_TRACKING_PASSWORD"]), name
+
+
+@pytest.mark.parametrize("name", WORKERS)
+def test_workers_log_in_to_mlflow_as_their_own_user_not_the_admin(name: str):
+    raw = environment(RAW_SERVICES[name])
+    assert raw["MLFLOW_TRACKING_USERNAME"].startswith("${MLFLOW_WORKER_USER:?")
+    assert raw["MLFLOW_TRACKING_PASSWORD"].startswith("${MLFLOW_WORKER_PASSWORD:?")
+    assert not [n for n, _ in (r for t in strings(RAW_SERVICES[name]) for r in references(t)) if "ADMIN" in n]
+    assert ENV["MLFLOW_WORKER_USER"] != ENV["MLFLOW_ADMIN_USER"]
+    # the user exists, with its grants, before a worker starts: the one-shot that makes it
+    deps = SERVICES[name]["depends_on"]
+    assert deps["mlflow-users"]["condition"] == "service_completed_successfully"
+    users = SERVICES["mlflow-users"]
+    assert users["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert users["command"] == ["python", "/checks/mlflow_users.py"]
+    assert any(v.startswith("./docker/mlflow_users.py:/checks/mlflow_users.py") for v in users["volumes"])
+    assert {"MLFLOW_ADMIN_USER", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_WORKER_USER", "MLFLOW_WORKER_PASSWORD"} <= set(
+        environment(users))
+    assert environment(users)["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+
+
+def _networks(service: dict) -> set[str]:
+    nets = service.get("networks", ["default"])
+    return set(nets) if isinstance(nets, list) else set(nets)
+
+
+def test_object_store_answers_only_s3_with_credentials_and_only_to_its_users():
+    """SeaweedFS's master, volume server and filer serve objects without credentials: they bind
+    to the container's loopback, the S3 gateway alone to every address, with an identity file and
+    no anonymous identity; nothing is published; only MLflow and the bucket one-shot share its
+    network, which has no route out."""
+    weed = SERVICES["seaweedfs"]
+    assert not weed.get("ports") and weed.get("network_mode") is None
+    script = weed["command"][0]
+    args = script[script.index("server "):].split()
+    for arg in ("-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3.ip.bind=0.0.0.0", "-s3", "-s3.config=/tmp/s3.json"):
+        assert arg in args, arg
+    identities = re.search(r"printf '(\{.*\})'", script, re.DOTALL)[1]
+    config = json.loads(identities.replace("%s", "x"))
+    assert [i["name"] for i in config["identities"]] == ["sentiflow"]  # no "anonymous"
+    assert config["identities"][0]["credentials"] == [{"accessKey": "x", "secretKey": "x"}]
+    on_storage = {n for n, s in SERVICES.items() if "storage" in _networks(s)}
+    assert on_storage == {"seaweedfs", "create-bucket", "mlflow"}, on_storage
+    assert _networks(weed) == {"storage"} and RAW["networks"]["storage"].get("internal") is True
+    for name in (*WORKERS, "prefect-server", "postgres"):
+        assert "storage" not in _networks(SERVICES[name]), name
+    assert environment(SERVICES["mlflow"])["MLFLOW_S3_ENDPOINT_URL"] == "http://seaweedfs:8333"
 
 
 def test_mlflow_server_requires_a_login_from_env():
