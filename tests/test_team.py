@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from tests.conftest import write_imdb_folder
-from tests.servers import BIN, ROOT, base_env, flow_runs, post, prefect_server
+from tests.servers import BIN, ROOT, base_env, flow_runs, post, prefect_server, wait_final
 
 README = ROOT / "README.md"
 MARK = "<!-- team-block"
@@ -220,6 +220,8 @@ def test_the_readme_team_block_deploys_and_runs_through_a_worker(tmp_path):
             assert {name: d["work_pool_name"] for name, d in after.items()} == \
                 {**cpu, **declared(ROOT / "prefect-gpu.yaml")}
             assert all(after[name]["id"] == deployments[name]["id"] for name in cpu)
+
+            _refuses_what_escapes(api, deployments["on-demand"]["id"], env, checkout, tmp_path)
     finally:
         receiver.shutdown()
 
@@ -228,3 +230,31 @@ def test_the_readme_team_block_deploys_and_runs_through_a_worker(tmp_path):
     source_ids = pq.read_table(src / "test.parquet").column("id").to_pylist()
     assert sorted(predictions.column("id").to_pylist()) == sorted(source_ids)
     print(f"team block: {time.monotonic() - started:.0f} s")
+
+
+def _refuses_what_escapes(api: str, deployment_id: str, env: dict[str, str], checkout: Path, tmp: Path) -> None:
+    """Through a worker (started here as the block starts it), ``score/on-demand`` runs whose
+    parameters reach outside the worker's folders fail, each with one line naming its parameter,
+    and write nothing: a ``data_root`` parameter cannot widen the folders a run may use, nor a
+    ``model`` parameter load a model from a folder."""
+    outside = tmp / "outside"  # not the worker's data root (checkout/data), nor a path root
+    outside.mkdir()
+    (outside / "in.csv").write_text("text\nfine\n")
+    cases = [({"config": {"source": str(outside / "in.csv"), "out": str(outside / "out.parquet")}, "data_root": "/"},
+              "data_root '/' is outside the folders a deployment's run may use"),
+             ({"config": {"model": str(checkout / "data"), "out": "data/escaped.parquet"}},
+              f"model {str(checkout / 'data')!r}: a deployment's run scores a model of the configured registry only")]
+    with open(tmp / "worker-2.log", "w") as log:
+        worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "sentiflow"],
+                                  env={**env, "PREFECT_API_URL": api}, cwd=checkout, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        for parameters, refusal in cases:
+            run = post(f"{api}/deployments/{deployment_id}/create_flow_run", {"parameters": parameters})
+            state = wait_final(api, run["id"], time.monotonic() + 300, [tmp / "worker-2.log"])["state"]
+            assert state["type"] == "FAILED", state
+            assert refusal in state["message"] and "\n" not in state["message"].strip(), state["message"]
+    finally:
+        _end_group(worker.pid)
+    assert sorted(p.name for p in outside.iterdir()) == ["in.csv"]  # nothing written beside the input
+    assert not (checkout / "data" / "escaped.parquet").exists()
