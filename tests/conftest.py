@@ -174,3 +174,14 @@ def _environment_per_test(_environment_per_module):
     before = {k: os.environ.get(k) for k in _LEAKY}
     yield
     _restore(before)
+
+
+SLOW_TIMEOUT = 900  # seconds; pyproject.toml's ``timeout`` (300) for the rest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test marked ``slow`` (servers, trainings, killed commands: up to 160 s on CI's 2 cores)
+    gets ``SLOW_TIMEOUT`` unless it names its own ``timeout``."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))

@@ -97,11 +97,18 @@ def _sql(url: str, query: str, *args) -> list[tuple]:
         return conn.execute(query, args).fetchall()
 
 
-def test_train_and_score_against_servers(servers):
-    tmp, env, mlflow_url = servers["tmp"], servers["env"], servers["mlflow"]
-    src = write_imdb_folder(tmp / "src", n_train=240, n_test=60, seed=5)
+@pytest.fixture(scope="module")
+def trained(servers) -> Path:
+    """The source folder, and version 1 of the model (the champion) trained on it through the
+    servers with ``sentiflow train``: once for the module, whichever of its tests runs first."""
+    src = write_imdb_folder(servers["tmp"] / "src", n_train=240, n_test=60, seed=5)
     _cli(["train", "--source", str(src), "--max-epochs", "2", "--pretrained", "none", "--embed-dim", "16", "--hidden-dim", "16",
-          "--batch-size", "16", "--workers", "1"], env)
+          "--batch-size", "16", "--workers", "1"], servers["env"])
+    return src
+
+
+def test_train_and_score_against_servers(servers, trained):
+    tmp, env, mlflow_url, src = servers["tmp"], servers["env"], servers["mlflow"], trained
     out = tmp / "predictions.parquet"
     _cli(["score", "--source", str(src), "--out", str(out), "--workers", "1"], env)
     assert pq.read_metadata(out).num_rows == 60
@@ -140,13 +147,11 @@ def test_train_and_score_against_servers(servers):
     assert flow_run_ids <= {r[0] for r in rows}
 
 
-def test_serve_runs_a_triggered_score_deployment(servers):
+def test_serve_runs_a_triggered_score_deployment(servers, trained):
     """``sentiflow serve`` registers both deployments; a run created through the API executes in
-    the serving process with the form's parameters. Needs the model of the test above."""
-    tmp, env, api = servers["tmp"], servers["env"], servers["prefect"]
-    src = tmp / "src"
-    if not src.exists():
-        pytest.skip("needs the model trained by test_train_and_score_against_servers")
+    the serving process with the form's parameters, and one whose form names a path outside the
+    allowed folders fails, naming that path."""
+    tmp, env, api, src = servers["tmp"], servers["env"], servers["prefect"], trained
     with process([sys.executable, "-m", "sentiflow.flows.cli", "serve", "--cron", "0 3 * * 1"], env, tmp / "serve.log"):
         deadline = time.monotonic() + 120
         while True:
@@ -174,24 +179,25 @@ def test_serve_runs_a_triggered_score_deployment(servers):
         state = run_on_demand({"source": str(src / "test.parquet"), "out": str(out)})
         assert state["type"] == "COMPLETED", (tmp / "serve.log").read_text()[-3000:]
         assert pq.read_metadata(out).num_rows == 60
-        # a parameter form is no way to read or write any file the worker can
-        for config in ({"source": "/etc/hostname"}, {"source": str(src / "test.parquet"), "out": str(tmp / "x.parquet")}):
+        # a parameter form is no way to read or write any file the worker can: each run fails on
+        # its own parameter (its state's message, the run's own record, not the shared log)
+        for config, refused in (({"source": "/etc/hostname"}, "source"),
+                                ({"source": str(src / "test.parquet"), "out": str(tmp / "x.parquet")}, "out")):
             state = run_on_demand(config)
             assert state["type"] == "FAILED", state
-            assert "outside the folders a deployment's run may use" in (tmp / "serve.log").read_text()
+            assert f"{refused} {config[refused]!r} is outside the folders a deployment's run may use" \
+                in state["message"], state
         assert not (tmp / "x.parquet").exists()
 
 
-def test_workers_run_a_scheduled_training_and_a_score_at_once(servers):
+def test_workers_run_a_scheduled_training_and_a_score_at_once(servers, trained):
     """``prefect.yaml``'s deployments on a process work pool served by two real ``prefect worker``
     processes (one flow run at a time each). A schedule added to train/weekly fires within seconds;
     the server's scheduler creates the run, a worker picks it up, and while it trains a score run
     created through the API goes to the other worker. Both complete; the registry stays consistent.
-    Needs the model of the first test (the score run uses the champion)."""
+    The score run uses the champion of ``trained``."""
     tmp, env, api, mlflow_api = servers["tmp"], servers["env"], servers["prefect"], f"{servers['mlflow']}/api/2.0/mlflow"
-    src = tmp / "src"
-    if not src.exists():
-        pytest.skip("needs the model trained by test_train_and_score_against_servers")
+    src = trained
     pool = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"][0]["work_pool"]["name"]
     # a worker runs flows from this checkout (prefect.yaml's pull step); it polls every second
     worker_env = {**env, "SENTIFLOW_PROJECT_DIR": str(ROOT), "PREFECT_WORKER_QUERY_SECONDS": "1"}
@@ -210,7 +216,7 @@ def test_workers_run_a_scheduled_training_and_a_score_at_once(servers):
         assert [s["schedule"]["cron"] for s in weekly["schedules"]] == ["0 3 * * 1"]  # as declared
 
         # a second schedule of train/weekly that fires in seconds, with a tiny training as its
-        # parameters (another seed than the first test's training: a new training key)
+        # parameters (another seed than ``trained``'s: a new training key)
         config = {"data": {"source": str(src)}, "model": {"embed_dim": 16, "hidden_dim": 16, "head": "last+max"},
                   "train": {"max_epochs": 2, "batch_size": 16, "seed": 7, "pretrained": "none"}}
         anchor = datetime.now(timezone.utc) + timedelta(seconds=3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -386,6 +387,63 @@ def test_replacing_a_stage_never_opens_a_gap(tmp_path: Path):
     reads, errors = _poll_while_rebuilding(store, ref, lambda i: 3)
     assert reads > 50 and errors == []
     assert store.is_valid(ref) and not list((tmp_path / "demo").glob(".t*"))
+
+
+def _no_exchange(monkeypatch, how: str) -> list[str]:
+    """Make ``renameat2(RENAME_EXCHANGE)`` unavailable as ``how`` says: ``missing`` (no such
+    function: macOS, an old C library) or ``einval`` (the call fails with EINVAL: NFS, and other
+    filesystems without the flag). Returns a list that gets an entry each time it is asked."""
+    import ctypes
+    import errno
+    from types import SimpleNamespace
+
+    real, asked = ctypes.CDLL, []
+
+    def renameat2(*args) -> int:
+        asked.append("renameat2")
+        ctypes.set_errno(errno.EINVAL)
+        return -1
+
+    def cdll(name, *args, **kwargs):
+        if name is not None:  # another library: the real one
+            return real(name, *args, **kwargs)
+        asked.append("libc")
+        return SimpleNamespace() if how == "missing" else SimpleNamespace(renameat2=renameat2)
+
+    monkeypatch.setattr(ctypes, "CDLL", cdll)
+    return asked
+
+
+@pytest.mark.parametrize("how", ["missing", "einval"])
+def test_without_rename_exchange_a_reader_meets_a_gap_never_a_part(tmp_path: Path, monkeypatch, how):
+    """Where the system cannot swap two folders, the old folder is moved aside (and removed)
+    before the new one is renamed into place: between the two renames the stage is absent. A
+    reader polling it then is refused (StageError: no manifest, or a listed shard gone), never
+    handed a part of a folder or an empty list; every other read finds a whole folder, and the
+    stage ends whole with nothing left beside it."""
+    store = Store(tmp_path)
+    ref = _build(store)
+    asked = _no_exchange(monkeypatch, how)
+    real_replace, moved_aside, in_gap = os.replace, [], []
+
+    def replace(src, dst):  # the fallback's first rename: the old folder to .trash-*
+        real_replace(src, dst)
+        if Path(dst).name.startswith(".trash-"):
+            moved_aside.append(dst)
+            if len(moved_aside) == 1:  # in the gap now: what a reader gets there
+                try:
+                    ref.shards()
+                except Exception as e:  # noqa: BLE001 - checked below
+                    in_gap.append(e)
+
+    monkeypatch.setattr(os, "replace", replace)
+    reads, errors = _poll_while_rebuilding(store, ref, lambda i: 3)
+    assert len(moved_aside) == 150 and len(asked) >= 150  # every rebuild took the fallback
+    assert [type(e).__name__ for e in in_gap] == ["StageError"] and "no readable manifest" in str(in_gap[0])
+    gap = re.compile(r"StageError\(.*(no readable manifest|cannot be read \(.*No such file or directory)")
+    assert reads > 50 and all(gap.search(e) for e in errors), [e for e in errors if not gap.search(e)][:3]
+    assert store.is_valid(ref) and ref.manifest()["total_rows"] == 3
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == ["k1"]
 
 
 def test_a_reader_caught_between_two_different_builds_is_refused_not_misled(tmp_path: Path):
