@@ -317,25 +317,29 @@ class Store:
         if target.exists() and _exchange(tmp, target):  # tmp now holds the old folder
             shutil.rmtree(tmp, ignore_errors=True)
             return
-        for _ in range(10):
-            if target.exists():  # invalid, or forced: move it aside, then drop it
-                trash = target.with_name(f".trash-{target.name}-{uuid.uuid4().hex[:8]}")
+        trashed: list[Path] = []  # removed once the new folder is in: the gap is two renames long
+        try:
+            for _ in range(10):
+                if target.exists():  # invalid, or forced: move it aside
+                    trash = target.with_name(f".trash-{target.name}-{uuid.uuid4().hex[:8]}")
+                    try:
+                        os.replace(target, trash)
+                        trashed.append(trash)
+                    except FileNotFoundError:  # someone else moved it meanwhile
+                        pass
                 try:
-                    os.replace(target, trash)
-                except FileNotFoundError:  # someone else moved it meanwhile
-                    pass
-                else:
-                    shutil.rmtree(trash, ignore_errors=True)
-            try:
-                os.replace(tmp, target)
-                return
-            except OSError as e:
-                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-            if self.is_valid(ref):  # another publisher's complete folder: keep it
-                shutil.rmtree(tmp, ignore_errors=True)
-                return
-        raise OSError(errno.EBUSY, f"{target}: could not be replaced (other writers keep publishing)")
+                    os.replace(tmp, target)
+                    return
+                except OSError as e:
+                    if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+                if self.is_valid(ref):  # another publisher's complete folder: keep it
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return
+            raise OSError(errno.EBUSY, f"{target}: could not be replaced (other writers keep publishing)")
+        finally:
+            for trash in trashed:
+                shutil.rmtree(trash, ignore_errors=True)
 
     def sweep(self, stage_dir: Path, older_than: float = STALE_SECONDS) -> list[Path]:
         """Remove ``.tmp-*``/``.trash-*`` folders and free ``.lock-*`` files untouched for

@@ -416,8 +416,8 @@ def _no_exchange(monkeypatch, how: str) -> list[str]:
 
 @pytest.mark.parametrize("how", ["missing", "einval"])
 def test_without_rename_exchange_a_reader_meets_a_gap_never_a_part(tmp_path: Path, monkeypatch, how):
-    """Where the system cannot swap two folders, the old folder is moved aside (and removed)
-    before the new one is renamed into place: between the two renames the stage is absent. A
+    """Where the system cannot swap two folders, the old folder is moved aside, the new one renamed
+    into place, and only then the old one removed: between the two renames the stage is absent. A
     reader polling it then is refused (StageError: no manifest, or a listed shard gone), never
     handed a part of a folder or an empty list; every other read finds a whole folder, and the
     stage ends whole with nothing left beside it."""
