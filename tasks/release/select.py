@@ -11,10 +11,13 @@
 4. ``register``: a new version of the registered model, with descriptions;
 5. ``promote``: the champion gate (``tasks/release/gate.py``) scores this version and the current
    champion on the same rows; the alias ``champion`` moves only when this version wins there,
-   otherwise it gets ``challenger``.
+   otherwise it gets ``challenger``. The champion is read first (``tasks/release/champion.py``),
+   before anything of this version is written: an outage of the tracking server there is tried
+   again, then ends the selection with no verdict (a rerun judges again); a champion that is
+   really gone (its files, its run, its own split's stages) is kept and reported.
 
 Registering, judging and moving the alias hold one lock per registered model under the data
-root (``<data root>/select/.lock-<name>``), so two selections on one data root never race on the
+root (``<data root>/select/.lock-<hash of the name>``, ``storage.names.name_key``), so two selections on one data root never race on the
 alias; the gate judges against the champion of the moment.
 """
 
@@ -30,14 +33,16 @@ import numpy as np
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
+from sentiflow.storage.names import name_key
+from sentiflow.storage.redact import scrubbed
 from sentiflow.storage.settings import Settings
 from sentiflow.storage.store import StageRef, Store
 from sentiflow.storage.tracking import (
     CHALLENGER,
     CHAMPION,
-    alias_version,
     configure,
     log_stage_datasets,
 )
@@ -45,11 +50,12 @@ from sentiflow.tasks.core.inference import Encoded, Scorer, accuracy
 from sentiflow.tasks.core.model import SentimentRNN
 from sentiflow.tasks.core.text import TokenizeParams, Vocab
 from sentiflow.tasks.metrics import confusion, confusion_figure
+from sentiflow.tasks.release.champion import find_champion, load_champion
+from sentiflow.tasks.release.errors import GONE, classify
 from sentiflow.tasks.release.gate import (
     GateParams,
     GateResult,
     GateRows,
-    champion_rows,
     judge,
     source_rows,
     split_rows,
@@ -200,7 +206,8 @@ def register(client: MlflowClient, model_uri: str, name: str, description: str) 
 # -- 5. promote -----------------------------------------------------------------------------------
 
 def gate_rows(gate: GateParams, val_ref: StageRef, test_ref: StageRef | None, max_len: int | None) -> GateRows:
-    """The rows the gate judges on: the gate source, else the test split, else validation."""
+    """The rows the gate judges on: the gate source, else the test split, else validation
+    (read a batch at a time when judged)."""
     if gate.source:
         return source_rows(gate.source)
     has_test = test_ref is not None and test_ref.manifest().get("total_rows")
@@ -224,8 +231,10 @@ def promote(client: MlflowClient, name: str, version: str, tags: dict[str, objec
 def _version_or_none(client: MlflowClient, name: str, version: str) -> ModelVersion | None:
     try:
         return client.get_model_version(name, version)
-    except mlflow.exceptions.MlflowException:  # deleted since: register again
-        return None
+    except mlflow.exceptions.MlflowException as e:
+        if classify(e) == GONE:  # deleted since: register again
+            return None
+        raise  # an outage is not a deleted version: registering again would make a second
 
 
 def _version_of_run(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
@@ -252,7 +261,7 @@ def select(result: TrainResult, config: TrainConfig, tokenize: TokenizeParams, v
     configure(settings)
     client = MlflowClient()
     store = Store(settings.data_root)
-    with store.lock(store.ref("select", model_name)):
+    with store.lock(store.ref("select", name_key(model_name))):
         done = client.get_run(result.run_id).data.tags.get(f"{VERSION_TAG}.{model_name}")
         v = _version_or_none(client, model_name, done) if done else None
         if v is not None:
@@ -274,36 +283,36 @@ def _select(client: MlflowClient, store: Store, result: TrainResult, config: Tra
     killed selection registered but never judged; it is judged and promoted, not registered again."""
     epoch, val_acc = choose_epoch(client, result.run_id)
     vocab_file = vocab_ref.file("vocab.parquet")
-    champion = alias_version(model_name, CHAMPION)
-    champion_val_acc = float(champion.tags["val_acc"]) if champion and champion.tags.get("val_acc") else None
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=result.run_id):
-        scorer = load_epoch(result.run_id, epoch, config, tokenize, Vocab.read(vocab_file), Path(tmp))
-        test_acc = evaluate_epoch(client, result.run_id, epoch, scorer, val_ref, test_ref)
-        mlflow.log_metrics({"best_epoch": epoch, "best_val_acc": val_acc})
-        rows = gate_rows(gate, val_ref, test_ref, config.train.max_len)
-        guard = None if gate.source or champion is None else \
-            champion_rows(store, client.get_run(champion.run_id).data.params, rows)
-        # on the test split the challenger's figure is its test_acc, measured just above
-        known = test_acc if not gate.source and rows.on.startswith("test ") else None
-        verdict = judge(scorer, vocab_file, rows,
-                        None if champion is None else f"models:/{model_name}/{champion.version}", gate.margin,
-                        guard, known)
-        mlflow.log_metrics({"gate_challenger_acc": verdict.challenger_acc,
-                            **({} if verdict.champion_acc is None else {"gate_champion_acc": verdict.champion_acc})})
-        evaluation = Evaluation(val_acc, test_acc)
-        description = version_description(client.get_run(result.run_id), epoch, evaluation, verdict)
-        if earlier is None:
-            stats_file = training_stats(client, result.run_id, store, val_ref, scorer.vocab.unk_id, Path(tmp))
-            info = log_model(scorer, vocab_file, {"best_epoch": epoch}, Path(tmp), stats_file)
-            version = register(client, info.model_uri, model_name, description)
-        else:
-            version = str(earlier.version)
-            client.update_model_version(model_name, version, description=description)
-        tags = {"val_acc": val_acc, "best_epoch": epoch, "run_id": result.run_id,
-                "test_acc": "" if test_acc is None else test_acc,
-                "champion_val_acc": "" if champion_val_acc is None else champion_val_acc}
-        alias = promote(client, model_name, version, tags, verdict)
-        mlflow.set_tag(f"{VERSION_TAG}.{model_name}", version)  # last: a rerun registers again
+    current = find_champion(client, model_name)
+    champion_val_acc = float(current.tags["val_acc"]) if current and current.tags.get("val_acc") else None
+    rows = gate_rows(gate, val_ref, test_ref, config.train.max_len)
+    with tempfile.TemporaryDirectory() as tmp:
+        # the champion first, outside the run: an outage ends the selection here, nothing written
+        champion = None if current is None else \
+            load_champion(client, store, model_name, current, rows, not gate.source, Path(tmp) / "champion")
+        with mlflow.start_run(run_id=result.run_id):
+            scorer = load_epoch(result.run_id, epoch, config, tokenize, Vocab.read(vocab_file), Path(tmp))
+            test_acc = evaluate_epoch(client, result.run_id, epoch, scorer, val_ref, test_ref)
+            mlflow.log_metrics({"best_epoch": epoch, "best_val_acc": val_acc})
+            # on the test split the challenger's figure is its test_acc, measured just above
+            known = test_acc if not gate.source and rows.on.startswith("test ") else None
+            verdict = judge(scorer, vocab_file, rows, champion, gate.margin, known)
+            mlflow.log_metrics({"gate_challenger_acc": verdict.challenger_acc, **(
+                {} if verdict.champion_acc is None else {"gate_champion_acc": verdict.champion_acc})})
+            evaluation = Evaluation(val_acc, test_acc)
+            description = version_description(client.get_run(result.run_id), epoch, evaluation, verdict)
+            if earlier is None:
+                stats_file = training_stats(client, result.run_id, store, val_ref, scorer.vocab.unk_id, Path(tmp))
+                info = log_model(scorer, vocab_file, {"best_epoch": epoch}, Path(tmp), stats_file)
+                version = register(client, info.model_uri, model_name, description)
+            else:
+                version = str(earlier.version)
+                client.update_model_version(model_name, version, description=description)
+            tags = {"val_acc": val_acc, "best_epoch": epoch, "run_id": result.run_id,
+                    "test_acc": "" if test_acc is None else test_acc,
+                    "champion_val_acc": "" if champion_val_acc is None else champion_val_acc}
+            alias = promote(client, model_name, version, tags, verdict)
+            mlflow.set_tag(f"{VERSION_TAG}.{model_name}", version)  # last: a rerun registers again
     log.info("registered %s version %s (%s): best epoch %d, val_acc %.4f, test_acc %s; gate: %s",
              model_name, version, alias, epoch, val_acc, test_acc, verdict.reason)
     return SelectResult(run_id=result.run_id, best_epoch=epoch, val_acc=val_acc, test_acc=test_acc,
@@ -311,7 +320,8 @@ def _select(client: MlflowClient, store: Store, result: TrainResult, config: Tra
                         gate=verdict)
 
 
-@task(name="select")
+@task(name="select", cache_policy=NO_CACHE)
+@scrubbed
 def select_task(result: TrainResult, config: TrainConfig, tokenize: TokenizeParams, vocab_ref: StageRef,
                 val_ref: StageRef, test_ref: StageRef | None, model_name: str, settings: Settings,
                 gate: GateParams | None = None) -> SelectResult:
