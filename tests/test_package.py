@@ -122,7 +122,9 @@ def test_a_deployment_path_must_lie_in_the_configured_roots(tmp_path):
 
     s = Settings(data_root=tmp_path / "data", path_roots=[tmp_path / "in"])
     for ok in (tmp_path / "data" / "x.parquet", tmp_path / "in" / "sub" / "r.csv", "stanfordnlp/imdb"):
-        s.confine(str(ok), "source")
+        s.confine(str(ok), "source", dataset=True)
+    with pytest.raises(PathNotAllowed, match="outside the folders"):  # an out is a path, never a dataset id
+        s.confine("stanfordnlp/imdb", "out")
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "escape").symlink_to("/etc")
     for bad in ("/etc/hostname", str(tmp_path / "in" / ".." / "other.parquet"), str(tmp_path / "in" / "escape" / "passwd"),
