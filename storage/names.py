@@ -32,6 +32,9 @@ def check_model_name(name: str) -> str:
     if "/" in name or ":" in name:
         raise ValueError(f"registered model name {name!r}: names cannot contain '/' or ':'")
     _check_plain(name, "registered model name", MAX_MODEL_NAME)
+    norm = posixpath.normpath(name)
+    if norm != name or norm == "." or norm.startswith(".."):
+        raise ValueError(f"registered model name {name!r} would be read as the path {norm!r}")
     return name
 
 
@@ -49,9 +52,6 @@ def _check_plain(name: str, what: str, longest: int) -> None:
         raise ValueError(f"{what} {name[:40]!r}…: longer than {longest} characters")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise ValueError(f"{what} {name!r}: control characters are not allowed")
-    norm = posixpath.normpath(name)
-    if what.startswith("registered") and (norm != name or norm == "." or norm.startswith(("..", "/"))):
-        raise ValueError(f"{what} {name!r} would be read as the path {norm!r}")
 
 
 def name_key(name: str) -> str:
