@@ -127,7 +127,7 @@ def run_metrics(stats: ScoreStats) -> dict[str, float]:
     and the drift metrics where the model carries its training split's statistics."""
     return {**(stats.metrics() or {}), "rows": stats.rows, "rows_scored": stats.statuses["ok"],
             "rows_labeled": stats.labeled_rows, "rows_out_of_domain": stats.statuses[OUT_OF_DOMAIN],
-            "reviews_per_second": stats.reviews_per_second, **(stats.drift.metrics if stats.drift else {}),
+            "rows_cut": stats.cut, "reviews_per_second": stats.reviews_per_second, **(stats.drift.metrics if stats.drift else {}),
             **({"drift_warning": float(stats.drift.drifted)} if stats.drift else {})}
 
 
@@ -277,6 +277,9 @@ def summary(model: ModelRef, stats: ScoreStats, predictions: str, run_id: str | 
              + (f", scored from the cached encode stage `{stats.reused}`" if stats.reused else ""), "",
              "| status | rows |", "|---|---|",
              *(f"| {k} | {v:,} |" for k, v in stats.statuses.items())]
+    if stats.cut:
+        lines += ["", f"{stats.cut:,} reviews longer than {stats.max_chars:,} characters (the model's "
+                  f"character budget) were scored on their first {stats.max_chars:,}."]
     m = stats.metrics()
     if m:
         lines += ["", f"Evaluation on {stats.labeled_rows:,} labeled rows, MLflow run {_run_link(run_id, settings)}:",

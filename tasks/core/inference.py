@@ -35,7 +35,13 @@ from sentiflow.tasks.core.rows import (
     oov_counts,
     oov_shares,
 )
-from sentiflow.tasks.core.text import TokenizeParams, Vocab, tokenize_texts
+from sentiflow.tasks.core.text import (
+    MAX_REVIEW_CHARS,
+    TokenizeParams,
+    Vocab,
+    char_budget,
+    tokenize_texts,
+)
 
 # Padded tokens per evaluation batch at most: bounds memory whatever the review lengths.
 MAX_BATCH_TOKENS = 1 << 16
@@ -202,9 +208,10 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
 # -- text in, probabilities out -------------------------------------------------------------------
 
 def token_ids(texts: Sequence[str], vocab: Vocab, tokenize: TokenizeParams,
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Texts → the ids of their whole token lists: (flat ids, int32; offsets, n + 1)."""
-    ids = vocab.encode(tokenize_texts(list(texts), tokenize))
+              max_chars: int = MAX_REVIEW_CHARS) -> tuple[np.ndarray, np.ndarray]:
+    """Texts → the ids of their whole token lists, each text cut to ``max_chars`` first: (flat
+    ids, int32; offsets, int64, n + 1)."""
+    ids = vocab.encode(tokenize_texts(list(texts), tokenize, max_chars))
     return ids.values.to_numpy(zero_copy_only=False), ids.offsets.to_numpy()
 
 
@@ -222,12 +229,17 @@ class Judged:
 
 
 class Scorer:
-    """Vocabulary, tokenizer settings and network: review text → P(positive)."""
+    """Vocabulary, tokenizer settings and network: review text → P(positive). A review is read
+    up to ``max_chars`` characters (``char_budget(max_len)``)."""
 
     def __init__(self, net: SentimentRNN, vocab: Vocab, tokenize: TokenizeParams,
                  max_len: int | None = None, batch_size: int = 256):
         self.net, self.vocab, self.tokenize, self.max_len = net.eval(), vocab, tokenize, max_len
         self.batch_size = batch_size
+
+    @property
+    def max_chars(self) -> int:
+        return char_budget(self.max_len)
 
     @classmethod
     def from_files(cls, config_file: Path, vocab_file: Path, weights_file: Path) -> Scorer:
@@ -272,10 +284,11 @@ def score_texts(scorer: Scorer, values: Sequence[Any], max_oov: float | None = N
     (``sentiflow.tasks.core.rows``), P(positive) (float64, NaN where it is not ``ok``) and OOV
     share (float64, NaN where it was not tokenized or has no token). The one path from a raw
     value to a scored row: ``sentiflow score`` applies ``Scorer.judge`` the same way to the token
-    ids its worker processes make, ``sentiflow predict`` and the served model call this."""
+    ids its worker processes make, ``sentiflow predict`` and the served model call this. A text
+    longer than ``scorer.max_chars`` is judged on its cut (``checked``)."""
     values = list(values)
-    statuses, texts = checked(values)
-    flat, offsets = token_ids(texts, scorer.vocab, scorer.tokenize)
+    statuses, texts, _ = checked(values, scorer.max_chars)
+    flat, offsets = token_ids(texts, scorer.vocab, scorer.tokenize, scorer.max_chars)
     judged = scorer.judge(statuses, flat, offsets.astype(np.int64), max_oov)
     probs = np.full(len(values), np.nan)
     if len(judged.to_score):

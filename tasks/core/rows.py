@@ -1,8 +1,12 @@
-"""What a row to score is: its status, its text and its OOV share (plain Python and numpy).
+"""What a row to score is: its status, its text and its OOV share (plain Python and numpy, and the
+character budget of ``sentiflow.tasks.core.text``).
 
 A raw value, whatever a source or a request holds, gets a status (``status_of``): ``null``
 (None or a float NaN, as pandas holds a missing value), ``not_text`` (a number, bytes that are
-not UTF-8, anything else that is not text), ``empty`` (text of whitespace only) or ``ok``. An
+not UTF-8, anything else that is not text), ``empty`` (text of whitespace only) or ``ok``. Text
+longer than the model's character budget (``sentiflow.tasks.core.text.char_budget``) is cut to
+it first (``cut_text``), and everything after is that of the cut text: its status, its tokens,
+its OOV share, its probability (``checked`` counts such rows). An
 ``ok`` row is tokenized whole; its OOV share is the share of its tokens outside the model's
 vocabulary (``<unk>``), NaN without a token; a row whose share exceeds ``max_oov`` becomes
 ``out_of_domain`` and is not scored (``in_domain``). Every ``ok`` row after that is scored.
@@ -18,6 +22,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from sentiflow.tasks.core.text import MAX_REVIEW_CHARS, cut_text
 
 OK, NULL, EMPTY, NOT_TEXT = "ok", "null", "empty", "not_text"
 OUT_OF_DOMAIN = "out_of_domain"  # tokenized, but too many of its tokens outside the vocabulary (max_oov)
@@ -41,13 +47,18 @@ def status_of(value: Any) -> str:
     value = decoded(value)
     if not isinstance(value, str):
         return NOT_TEXT
-    return EMPTY if not value.strip() else OK
+    return EMPTY if not value or value.isspace() else OK  # isspace: no copy of a long text
 
 
-def checked(values: Sequence[Any]) -> tuple[list[str], list[str]]:
-    """Raw values → (their statuses, the texts of the ``ok`` ones, in order)."""
-    statuses = [status_of(v) for v in values]
-    return statuses, [decoded(v) for v, s in zip(values, statuses) if s == OK]
+def checked(values: Sequence[Any], max_chars: int = MAX_REVIEW_CHARS) -> tuple[list[str], list[str], int]:
+    """Raw values → (their statuses, the texts of the ``ok`` ones in order, how many of those
+    were cut), each text cut to ``max_chars`` (``cut_text``) before its status is judged."""
+    texts = [decoded(v) for v in values]
+    long = [isinstance(t, str) and len(t) > max_chars for t in texts]
+    texts = [cut_text(t, max_chars) if cut else t for t, cut in zip(texts, long)]
+    statuses = [status_of(t) for t in texts]
+    ok = [s == OK for s in statuses]
+    return statuses, [t for t, k in zip(texts, ok) if k], sum(c and k for c, k in zip(long, ok))
 
 
 def oov_counts(flat: np.ndarray, offsets: np.ndarray, unk_id: int) -> np.ndarray:

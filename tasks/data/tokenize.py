@@ -3,8 +3,11 @@ token counts), with spaCy's English tokenizer (``spacy.blank("en")``, the same r
 ``en_core_web_sm``), lower-cased. A shard is a stage of its own (``tokenize-shard``), keyed by its
 content (``sentiflow.tasks.data.shards``); a part's shards are then gathered (``tokenize``).
 
-The tokenizer itself (settings, ``<br />`` handling, ``tokenize_texts``) lives in
-``sentiflow.tasks.core.text``, which the served model carries too.
+The tokenizer itself (settings, ``<br />`` handling, the character budget, ``tokenize_texts``)
+lives in ``sentiflow.tasks.core.text``, which the served model carries too. A review is cut to
+``MAX_REVIEW_CHARS`` characters before it is tokenized (the stage does not know ``max_len``),
+in Arrow before its text is copied into Python (``kept_texts``). The stored token lists are
+``list<string>`` (32-bit offsets: a shard holds fewer than 2^31 tokens), what encode reads.
 
 Locally, shards are tokenized in parallel by a process pool (``worker_pool``, one for the data
 flow run, forked by the thread of the first shard that needs tokenizing, with spaCy imported just
@@ -44,8 +47,10 @@ import pyarrow.parquet as pq
 from sentiflow.storage.store import StageRef
 from sentiflow.tasks import stage
 from sentiflow.tasks.core.text import (  # noqa: F401
+    MAX_REVIEW_CHARS,
     TokenizeParams,
     _tokenizer,
+    kept_texts,
     spacy_version,
     tokenize_text,
     tokenize_texts,
@@ -65,17 +70,18 @@ def tokenize_shard(in_file: Path, out_dir: Path, params: TokenizeParams) -> int:
     """One shard of reviews → ``tokens.parquet`` (id, label, tokens) and ``counts.parquet``
     (token, count: what vocab merges). Returns its token count."""
     table = pq.read_table(in_file, columns=["id", "text", "label"])
-    tokens = tokenize_texts(table.column("text").to_pylist(), params)
-    out = pa.Table.from_arrays([table.column("id"), table.column("label"), tokens], schema=SCHEMA)
+    tokens = tokenize_texts(kept_texts(table.column("text"), MAX_REVIEW_CHARS), params)
+    out = pa.Table.from_arrays([table.column("id"), table.column("label"),
+                                tokens.cast(SCHEMA.field("tokens").type)], schema=SCHEMA)
     pq.write_table(out.combine_chunks(), out_dir / TOKENS, compression="zstd")
     pq.write_table(count_tokens(tokens), out_dir / COUNTS, compression="zstd")
     return len(tokens.values)
 
 
-def count_tokens(tokens: pa.ListArray) -> pa.Table:
+def count_tokens(tokens: pa.ListArray | pa.LargeListArray) -> pa.Table:
     """Each distinct token and how often it occurs, by token."""
-    vc = pc.value_counts(pc.list_flatten(tokens).cast(pa.string()))
-    counts = pa.table({"token": vc.field("values"), "count": vc.field("counts")})
+    vc = pc.value_counts(pc.list_flatten(tokens))
+    counts = pa.table({"token": vc.field("values").cast(pa.string()), "count": vc.field("counts")})
     return counts.sort_by("token")
 
 

@@ -39,6 +39,7 @@ from sentiflow.storage.store import StageError, StageRef, Store, file_sha256
 from sentiflow.tasks.config import Config
 from sentiflow.tasks.core.inference import Encoded, Scorer
 from sentiflow.tasks.core.rows import OK, decoded, status_of
+from sentiflow.tasks.core.text import MAX_REVIEW_CHARS, char_budget, kept_texts
 from sentiflow.tasks.data.shards import shards_of
 from sentiflow.tasks.release.errors import ChampionGone, reading
 from sentiflow.tasks.scoring.score_sources import open_reviews
@@ -198,6 +199,7 @@ def split_rows(encoded: StageRef, max_len: int | None, with_encoding: bool = Tru
     raw, part = _input(_present(tokens), "ingest", "split")
     shards = [s.path for s in shards_of(_present(raw), part)]
     encoded_shards = encoded.shards() if with_encoding else None
+    max_chars = char_budget(max_len)  # a long review is read up to that, never whole
     origin = f"{raw.stage} {raw.key} {part}"
 
     def batches() -> Iterator[GateBatch]:
@@ -213,7 +215,7 @@ def split_rows(encoded: StageRef, max_len: int | None, with_encoding: bool = Tru
                                      f"(rows {start + 1:,} to {start + table.num_rows:,})")
                 enc = Encoded.from_table(code, max_len)
             start += table.num_rows
-            yield GateBatch(table.column("text").to_pylist(),
+            yield GateBatch(kept_texts(table.column("text"), max_chars),
                             table.column("label").to_numpy().astype(np.float32), enc)
         if codes is not None and next(codes, None) is not None:
             raise ValueError(f"encode {encoded.key}: it has more rows than {origin} ({start:,})")
@@ -221,13 +223,14 @@ def split_rows(encoded: StageRef, max_len: int | None, with_encoding: bool = Tru
     return GateRows(f"{part} split {encoded.key}", batches, encoded.manifest().get("total_rows"))
 
 
-def source_rows(source: str, batch_rows: int = GATE_BATCH_ROWS) -> GateRows:
+def source_rows(source: str, batch_rows: int = GATE_BATCH_ROWS, max_chars: int = MAX_REVIEW_CHARS) -> GateRows:
     """The labelled, scorable rows of a gate source (its test part when it has one), read when
     ``batches`` is called: a source without labels, or without a labelled review, is a
-    ``ValueError`` then."""
+    ``ValueError`` then. A review is read up to ``max_chars`` + 1 characters (the challenger's
+    character budget: each model cuts it again to its own, ``Scorer.max_chars``)."""
 
     def batches() -> Iterator[GateBatch]:
-        stream = open_reviews(source, "auto", batch_rows)
+        stream = open_reviews(source, "auto", batch_rows, max_chars)
         if not stream.labeled:
             raise ValueError(f"gate source {source!r} has no labels: a gate needs labelled reviews")
         found = 0

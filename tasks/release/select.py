@@ -48,7 +48,7 @@ from sentiflow.storage.tracking import (
 )
 from sentiflow.tasks.core.inference import Encoded, Scorer, accuracy
 from sentiflow.tasks.core.model import SentimentRNN
-from sentiflow.tasks.core.text import TokenizeParams, Vocab
+from sentiflow.tasks.core.text import TokenizeParams, Vocab, char_budget
 from sentiflow.tasks.metrics import confusion, confusion_figure
 from sentiflow.tasks.release.champion import find_champion, load_champion
 from sentiflow.tasks.release.errors import GONE, classify
@@ -209,7 +209,7 @@ def gate_rows(gate: GateParams, val_ref: StageRef, test_ref: StageRef | None, ma
     """The rows the gate judges on: the gate source, else the test split, else validation
     (read a batch at a time when judged)."""
     if gate.source:
-        return source_rows(gate.source)
+        return source_rows(gate.source, max_chars=char_budget(max_len))
     has_test = test_ref is not None and test_ref.manifest().get("total_rows")
     return split_rows(test_ref if has_test else val_ref, max_len)
 

@@ -8,6 +8,12 @@ place with a null ``prob_pos``/``pred`` and a ``status`` saying why (``null``, `
 ``max_oov`` allows); ``ok`` rows are scored. ``oov_share``: the share of the review's tokens
 outside the vocabulary (null where it was not tokenized, or has no token).
 
+A review longer than the model's character budget (``Scorer.max_chars``:
+``sentiflow.tasks.core.text.char_budget``, 100,000 characters unless ``max_len`` asks more) is
+read only up to it (``open_reviews``: a 1 GB review costs no more than that once read, besides
+what its format makes the reader hold) and scored on its first part; ``ScoreStats.cut`` counts
+such rows.
+
 How far the reviews are from the model's training data (``sentiflow.tasks.scoring.drift``): the run's
 review lengths and OOV shares (``ScoreStats.profile``) are compared with the training split's,
 which the model carries (``train_stats.json``); the result (``ScoreStats.drift``) holds the drift
@@ -47,7 +53,7 @@ from sentiflow.storage.store import StageRef, Store, file_sha256
 from sentiflow.tasks import stage
 from sentiflow.tasks.core.inference import Encoded, Scorer
 from sentiflow.tasks.core.rows import OK, STATUSES
-from sentiflow.tasks.core.text import TokenizeParams
+from sentiflow.tasks.core.text import MAX_REVIEW_CHARS, TokenizeParams
 from sentiflow.tasks.cpu import release_memory, tune_cpu
 from sentiflow.tasks.data import encode
 from sentiflow.tasks.data import tokenize as tokenize_stage
@@ -76,6 +82,10 @@ CODE = ["sentiflow.tasks.scoring.score", "sentiflow.tasks.scoring.score_pool",
 class ScoreStats(BaseModel):
     rows: int = 0
     statuses: dict[str, int] = Field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
+    # ok rows longer than the model's character budget, scored on their first part (not counted
+    # when the cached encode stage is scored: the data stages cut at the same budget)
+    cut: int = 0
+    max_chars: int | None = None  # that budget (Scorer.max_chars)
     labeled: bool = False
     labeled_rows: int = 0  # scored rows with a label: what the metrics are computed on
     confusion: list[list[int]] = [[0, 0], [0, 0]]  # [[tn, fp], [fn, tp]]
@@ -146,7 +156,7 @@ def score(scorer: Scorer, source: str, out_dir: Path, params: ScoreParams = Scor
     """Score ``source`` into ``out_dir/predictions.parquet``; returns the counts and timing, and
     the drift against ``train_stats`` (the model's training split) when given."""
     started = time.perf_counter()
-    stats = ScoreStats(reused=reuse.key if reuse else None)
+    stats = ScoreStats(reused=reuse.key if reuse else None, max_chars=scorer.max_chars)
     tune_cpu()
     _score(scorer, source, out_dir, params, workers, batch_rows, reuse, stats)
     judge_drift(stats, train_stats)
@@ -154,6 +164,9 @@ def score(scorer: Scorer, source: str, out_dir: Path, params: ScoreParams = Scor
     (out_dir / "stats.json").write_text(stats.model_dump_json(indent=2))
     log.info("scored %d reviews in %.1f s (%.0f/s): %s", stats.rows, stats.seconds,
              stats.reviews_per_second, ", ".join(f"{k} {v}" for k, v in stats.statuses.items() if v))
+    if stats.cut:
+        log.warning("%d reviews longer than %d characters were scored on their first %d",
+                    stats.cut, scorer.max_chars, scorer.max_chars)
     return stats
 
 
@@ -178,7 +191,7 @@ def _score(scorer: Scorer, source: str, out_dir: Path, params: ScoreParams, work
         with closing(Writer(out_dir / "predictions.parquet", True, params.threshold, stats)) as writer:
             score_shards(scorer, reuse.shards(), writer, params.max_oov)
     else:
-        stream = open_reviews(source, params.split, batch_rows)
+        stream = open_reviews(source, params.split, batch_rows, scorer.max_chars)
         stats.labeled = stream.labeled
         with closing(Writer(out_dir / "predictions.parquet", stream.labeled, params.threshold, stats)) as writer:
             score_batches(scorer, stream.batches, writer, workers, params.max_oov)
@@ -186,12 +199,14 @@ def _score(scorer: Scorer, source: str, out_dir: Path, params: ScoreParams, work
 
 def _score_rows(scorer: Scorer, writer: Writer, max_oov: float | None, ids: list[str],
                 labels: list[int | None] | None, statuses: list[str], flat: np.ndarray, offsets: np.ndarray,
-                threads: Callable[[], int] | None = None) -> None:
-    """One batch: a status per row, and the token ids of its ``ok`` rows (whole reviews:
-    ``flat``, ``offsets``), judged as ``score_texts`` judges them (``Scorer.judge``: OOV shares,
+                threads: Callable[[], int] | None = None, cut: int = 0) -> None:
+    """One batch: a status per row, and the token ids of its ``ok`` rows (whole reviews, or
+    their first ``Scorer.max_chars`` characters for the ``cut`` longer ones: ``flat``,
+    ``offsets``), judged as ``score_texts`` judges them (``Scorer.judge``: OOV shares,
     the ``max_oov`` cut). Their lengths and OOV shares go to the run's profile; the rows still
     ``ok`` are scored (with ``threads()`` PyTorch threads, asked again every ``SCORE_CHUNK``
     reviews, when given)."""
+    writer.stats.cut += cut
     judged = scorer.judge(statuses, flat, offsets, max_oov)
     writer.stats.profile.add(Profile.of(judged.lengths, judged.unk))
     probs = _predict(scorer, judged.to_score, threads)
@@ -233,10 +248,10 @@ def score_batches(scorer: Scorer, batches: Iterator[ReviewBatch], writer: Writer
     # closed on any error too: the worker pool goes with the failed run
     with closing(prepared(batches, scorer, workers)) as batches_prepared, \
             (torch_threads(torch.get_num_threads()) if workers >= 2 else nullcontext()):
-        for batch, (statuses, flat, offsets), tokenizing in batches_prepared:
+        for batch, (statuses, flat, offsets, cut), tokenizing in batches_prepared:
             threads = (lambda busy=tokenizing: max(1, beside) if busy() else workers) if workers >= 2 else None
             _score_rows(scorer, writer, max_oov, batch.ids, batch.labels, statuses, flat.astype(np.int64),
-                        offsets.astype(np.int64), threads)
+                        offsets.astype(np.int64), threads, cut)
             release_memory()
 
 
@@ -295,7 +310,8 @@ def run(model: ModelRef, source: str, source_fp: str, params: ScoreParams, root:
         with tempfile.TemporaryDirectory(prefix="sentiflow-model-") as tmp:
             files = download_model(model, Path(tmp))
             scorer = Scorer.from_files(files["config"], files["vocab"], files["weights"])
-            reuse = cached_encoding(root, files["vocab"], scorer.tokenize, source_fp, params.split)
+            reuse = (cached_encoding(root, files["vocab"], scorer.tokenize, source_fp, params.split)
+                     if scorer.max_chars == MAX_REVIEW_CHARS else None)  # the data stages' cut
             if reuse is not None:
                 log.info("scoring the cached encode stage %s (no tokenizing)", reuse.key)
             score(scorer, source, out, params, workers, batch_rows, reuse,

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from sentiflow.storage.store import StageRef
 from sentiflow.tasks import stage
 from sentiflow.tasks.core.inference import Scorer
+from sentiflow.tasks.core.text import MAX_REVIEW_CHARS
 from sentiflow.tasks.cpu import tune_cpu
 from sentiflow.tasks.scoring import drift as drift_stats
 from sentiflow.tasks.scoring.score import (
@@ -91,7 +92,9 @@ def plan_work(model: ModelRef, source: str, source_fp: str, params: ScoreParams,
     folder.mkdir(parents=True)
     try:
         files = download_model(model, folder / "model")
-        reuse = cached_encoding(root, files["vocab"], _load(files).tokenize, source_fp, params.split)
+        scorer = _load(files)
+        reuse = (cached_encoding(root, files["vocab"], scorer.tokenize, source_fp, params.split)
+                 if scorer.max_chars == MAX_REVIEW_CHARS else None)  # the data stages' cut
         common = {"folder": str(folder), "model_files": {k: str(v) for k, v in files.items()}}
         stats_file = str(files[TRAIN_STATS]) if TRAIN_STATS in files else None
         if reuse is not None:
@@ -124,13 +127,13 @@ def score_part(part: ScorePart, params: ScoreParams, batch_rows: int = BATCH_ROW
         _part_scorer.clear()
         _part_scorer[part.folder] = scorer
     started = time.perf_counter()
-    stats = ScoreStats(labeled=part.labeled)
+    stats = ScoreStats(labeled=part.labeled, max_chars=scorer.max_chars)
     tune_cpu()
     with closing(Writer(part.out_file, part.labeled, params.threshold, stats)) as writer:
         if part.encoded is not None:
             score_shards(scorer, [Path(part.encoded)], writer, params.max_oov)
         else:
-            score_batches(scorer, part_batches(part.source, batch_rows), writer, 1, params.max_oov)
+            score_batches(scorer, part_batches(part.source, batch_rows, scorer.max_chars), writer, 1, params.max_oov)
     stats.seconds = time.perf_counter() - started
     part.stats_file.write_text(stats.model_dump_json())
     return stats
@@ -150,6 +153,8 @@ def assemble(work: ScoreWork, out_dir: Path) -> ScoreStats:
                 writer.write_table(f.read_row_group(g))
             stats.rows += done.rows
             stats.labeled_rows += done.labeled_rows
+            stats.cut += done.cut
+            stats.max_chars = done.max_chars
             for k, v in done.statuses.items():
                 stats.statuses[k] += v
             cm += np.array(done.confusion)

@@ -2,8 +2,9 @@
 model's own vocabulary in worker processes, ahead of the process that scores them.
 
 A batch's prepared form is what ``sentiflow.tasks.core.inference.score_texts`` computes before
-the model runs: each row's status (``sentiflow.tasks.core.rows.checked``) and the token ids of
-its ``ok`` rows (``token_ids``); the scoring process then judges and scores them as
+the model runs: each row's status (``sentiflow.tasks.core.rows.checked``), the token ids of
+its ``ok`` rows (``token_ids``), each cut to the model's character budget first, and how many
+were cut; the scoring process then judges and scores them as
 ``score_texts`` does (``Scorer.judge``). With two or more workers, half of them tokenize while the
 scoring process scores the batch before (``prepared``); PyTorch gets the other cores then, all of
 them once tokenizing is done.
@@ -34,32 +35,34 @@ from sentiflow.tasks.scoring.score_sources import ReviewBatch
 # test part (25,000 reviews) while it is scored, and a bound on memory whatever the input's size
 AHEAD = 6
 
-Prepared = tuple[list[str], np.ndarray, np.ndarray]  # statuses, ids of the ok rows, their offsets
+# statuses, ids of the ok rows, their offsets, how many of them were cut (Scorer.max_chars)
+Prepared = tuple[list[str], np.ndarray, np.ndarray, int]
 
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(itos: list[str], params: TokenizeParams) -> None:
+def _init_worker(itos: list[str], params: TokenizeParams, max_chars: int) -> None:
     """A worker process (see sentiflow.tasks.data.tokenize): it never logs, it ends with its
     parent, it trims its heap after each batch as the scoring process does (``release_memory``)."""
     logging.disable(logging.CRITICAL)
     tokenize_stage.exit_with_parent()
-    _worker.update(vocab=Vocab(itos), params=params, trim=True)
+    _worker.update(vocab=Vocab(itos), params=params, max_chars=max_chars, trim=True)
 
 
 def _prepare(texts: list[Any]) -> Prepared:
     """In a worker process: ``prepare`` with its vocabulary and settings, then trim its heap."""
-    prepared = prepare(texts, _worker["vocab"], _worker["params"])
+    prepared = prepare(texts, _worker["vocab"], _worker["params"], _worker["max_chars"])
     if _worker["trim"]:
         release_memory()
     return prepared
 
 
-def prepare(texts: list[Any], vocab: Vocab, params: TokenizeParams) -> Prepared:
-    """Raw values → (status per row, token ids of the ``ok`` rows, their offsets)."""
-    statuses, ok = checked(texts)
-    flat, offsets = token_ids(ok, vocab, params)
-    return statuses, flat, offsets
+def prepare(texts: list[Any], vocab: Vocab, params: TokenizeParams, max_chars: int) -> Prepared:
+    """Raw values → (status per row, token ids of the ``ok`` rows, their offsets, how many of
+    them were cut to ``max_chars``)."""
+    statuses, ok, cut = checked(texts, max_chars)
+    flat, offsets = token_ids(ok, vocab, params, max_chars)
+    return statuses, flat, offsets, cut
 
 
 def tokenizer_processes(workers: int) -> int:
@@ -80,14 +83,17 @@ def prepared(batches: Iterator[ReviewBatch], scorer: Scorer, workers: int,
     OpenMP threads beside any other busy process spin: see docs/benchmarks.md."""
     if workers <= 1:  # here: no global state, so a Dask worker may score parts in several threads
         for b in batches:
-            yield b, prepare(b.texts, scorer.vocab, scorer.tokenize), lambda: False
+            yield b, prepare(b.texts, scorer.vocab, scorer.tokenize, scorer.max_chars), lambda: False
         return
     tokenize_stage._tokenizer()  # built before the fork (see sentiflow.tasks.data.tokenize): workers only use it
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     n = tokenizer_processes(workers)
     batches = ramped(batches)
     with ProcessPoolExecutor(n, mp_context=mp.get_context(method), initializer=_init_worker,
-                             initargs=(scorer.vocab.itos, scorer.tokenize)) as pool:
+                             initargs=(scorer.vocab.itos, scorer.tokenize, scorer.max_chars)) as pool:
+        # every worker forked before a batch is read: none shares (and keeps alive, copy on
+        # write) the memory of one, such as the Arrow buffers of a huge review
+        pool.submit(int).result()
         pending = deque((b, pool.submit(_prepare, b.texts)) for b in itertools.islice(batches, AHEAD))
 
         def tokenizing() -> bool:

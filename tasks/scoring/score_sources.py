@@ -10,6 +10,17 @@ so its row-group size bounds memory, and a CSV in 4 MB blocks. Hub datasets
 and aclImdb folders or archives come whole through ``sentiflow.tasks.data.sources.read_source`` (their size
 bounds memory) and are then cut into batches.
 
+Long reviews (``max_chars``, the model's character budget: ``Scorer.max_chars``). A review is
+handed on with at most ``max_chars`` + 1 characters, what ``sentiflow.tasks.core.text.cut_text``
+looks at, so scoring gives what it gives for the whole review and never copies a long one into
+Python: a text file's line is read ``LINE_CHUNK`` bytes at a time, its first characters kept and
+the rest only checked to be UTF-8; a Parquet, CSV or TSV value is cut in Arrow. The reader still
+holds what the format makes it hold: a Parquet page with the whole value, decompressed (about
+3.6 times the value while Arrow decodes it), so a row group of such values is refused from the
+file's footer before it is read (``refuse_long_values``); a CSV row of more than about two of its
+4 MB blocks is refused (a ``SourceError``: Arrow's "straddling object"). A long value
+that is not UTF-8 is handed on as ``NOT_UTF8`` (status ``not_text``, as the whole value gets).
+
 Columns, ids, labels, parts and fingerprints follow ``sentiflow.tasks.data.reviews``, as ingest does;
 unlike ingest, a missing label (null, -1, empty) is no label (``missing="none"``), and a null id is
 replaced by ``<split>-<n>``. In a folder, a file's ``split`` column must agree with the file.
@@ -17,12 +28,14 @@ replaced by ``<split>-<n>``. In a folder, a file's ``split`` column must agree w
 
 from __future__ import annotations
 
+import codecs
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -30,6 +43,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from sentiflow.tasks.core.rows import decoded
+from sentiflow.tasks.core.text import kept_texts
 from sentiflow.tasks.data import sources
 from sentiflow.tasks.data.reviews import (
     ID_COLUMNS,
@@ -47,6 +61,11 @@ from sentiflow.tasks.data.reviews import (
 )
 
 Split = Literal["auto", "test", "train", "all"]
+LINE_CHUNK = 1 << 20  # bytes of a text file's line read at a time (with max_chars)
+# A Parquet row group's text past this size, of values averaging more than 4 bytes a character
+# of the budget, is refused (``refuse_long_values``)
+LONG_GROUP_BYTES = 64 << 20
+NOT_UTF8 = b"\xff"  # stands for a long value that is not UTF-8: status not_text, its bytes never used
 
 
 @dataclass
@@ -64,14 +83,17 @@ class ReviewStream:
 
 # -- opening a source -----------------------------------------------------------------------------
 
-def open_reviews(source: str, split: Split = "auto", batch_rows: int = 2048) -> ReviewStream:
-    """The reviews of ``source`` (``auto``: its test part if it has one, else all of it)."""
+def open_reviews(source: str, split: Split = "auto", batch_rows: int = 2048,
+                 max_chars: int | None = None) -> ReviewStream:
+    """The reviews of ``source`` (``auto``: its test part if it has one, else all of it); with
+    ``max_chars``, each with at most ``max_chars`` + 1 characters (see the module docstring)."""
     found = _resolve(source, split)
     if found.kind == "text":
-        return ReviewStream(False, _text_lines(Path(source).expanduser(), batch_rows))
+        return ReviewStream(False, _text_lines(Path(source).expanduser(), batch_rows, max_chars))
     if found.kind == "whole":
-        return _whole(source, split, batch_rows)
-    return ReviewStream(found.labeled, _files(found.files, batch_rows, found.fill_labels, found.in_folder))
+        return _whole(source, split, batch_rows, max_chars)
+    return ReviewStream(found.labeled, _files(found.files, batch_rows, found.fill_labels, found.in_folder,
+                                              max_chars=max_chars))
 
 
 @dataclass
@@ -178,9 +200,41 @@ def _record_batches(path: Path, batch_rows: int, columns: list[str],
         raise SourceError(f"{path}: cannot be read: {e}") from e
 
 
+def refuse_long_values(path: Path, column: str, max_chars: int, span: tuple[int, int] | None = None) -> None:
+    """A ``SourceError`` for a Parquet row group (of ``span``'s, or any) whose ``column`` holds
+    more than ``LONG_GROUP_BYTES`` uncompressed at more than 4 bytes a character of the budget
+    (``max_chars`` + 1) a value on average: reviews that long would be decoded whole, at about
+    3.6 times their size (see the module docstring), to be cut to ``max_chars``. Read from the
+    file's footer, before any row is. A long value among many ordinary ones in a row group is not
+    seen here (the footer has no value's size) and is read."""
+    meta = pq.ParquetFile(path).metadata
+    index = meta.schema.names.index(column) if column in meta.schema.names else None
+    if index is None:
+        return
+    limit = 4 * (max_chars + 1)
+    for g, (start, stop) in enumerate(_group_bounds_of(meta)):
+        if span is not None and not (stop > span[0] and start < span[1]):
+            continue
+        chunk = meta.row_group(g).column(index)
+        size, values = chunk.total_uncompressed_size, max(chunk.num_values, 1)
+        if size > LONG_GROUP_BYTES and size / values > limit:
+            raise SourceError(
+                f"{path}: row group {g} (rows {start + 1:,} to {stop:,}), column {column!r}: "
+                f"{size / (1 << 20):,.0f} MB of text in {chunk.num_values:,} "
+                f"value{'s' if chunk.num_values != 1 else ''}, "
+                f"{size / values / (1 << 20):,.1f} MB a review; a review is scored on its first "
+                f"{max_chars:,} characters, and Parquet values this long would be read whole. "
+                f"Cut the reviews before writing the file, or give them as a text file (one review "
+                f"a line), which is read in bounded chunks")
+
+
 def _group_bounds(f: pq.ParquetFile) -> list[tuple[int, int]]:
     """Each row group's rows [start, stop) in the file."""
-    ends = list(itertools.accumulate(f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)))
+    return _group_bounds_of(f.metadata)
+
+
+def _group_bounds_of(meta: pq.FileMetaData) -> list[tuple[int, int]]:
+    ends = list(itertools.accumulate(meta.row_group(g).num_rows for g in range(meta.num_row_groups)))
     return list(zip([0, *ends[:-1]], ends))
 
 
@@ -211,7 +265,7 @@ def _single_file(path: Path, split: Split) -> _Resolved:
 
 def _files(files: list[tuple[str, Path]], batch_rows: int, labeled: bool | None,
            in_folder: bool = False, counters: dict[str, int] | None = None,
-           span: tuple[int, int] | None = None) -> Iterator[ReviewBatch]:
+           span: tuple[int, int] | None = None, max_chars: int | None = None) -> Iterator[ReviewBatch]:
     """Batches of the given (split, file) pairs. A file with a ``split`` column: in a folder
     (``in_folder``) it must agree with the file's split; alone, it gives only the rows of that
     split, or all its rows for split ``*``. ``labeled``: give every batch a label list (None where
@@ -223,6 +277,8 @@ def _files(files: list[tuple[str, Path]], batch_rows: int, labeled: bool | None,
         text_col = pick(names, TEXT_COLUMNS, str(path), "text")
         id_col, label_col = pick(names, ID_COLUMNS), pick(names, LABEL_COLUMNS)
         wanted = [c for c in (id_col, text_col, label_col, "split" if "split" in names else None) if c]
+        if max_chars is not None and path.suffix.lower() == ".parquet":
+            refuse_long_values(path, text_col, max_chars, span)
         row = span[0] if span else 0  # rows of the file read so far, for error messages
         for rb in _record_batches(path, batch_rows, wanted, span):
             table = pa.Table.from_batches([rb])
@@ -238,24 +294,59 @@ def _files(files: list[tuple[str, Path]], batch_rows: int, labeled: bool | None,
                 continue
             row_splits = (table.column("split").cast(pa.string()).to_pylist() if split == "*"
                           else [split] * table.num_rows)
-            yield _batch(table, (text_col, id_col, label_col), row_splits, rows, counters, bool(labeled), path)
+            yield _batch(table, (text_col, id_col, label_col), row_splits, rows, counters, bool(labeled), path,
+                         max_chars)
 
 
 def _batch(table: pa.Table, columns: tuple[str, str | None, str | None], row_splits: list[str],
-           rows: list[int], counters: dict[str, int], labeled: bool, origin: Path | str) -> ReviewBatch:
+           rows: list[int], counters: dict[str, int], labeled: bool, origin: Path | str,
+           max_chars: int | None = None) -> ReviewBatch:
     """One batch of a source's rows: ids (the source's, else ingest's ``<split>-<n>``, n counted
-    per split in ``counters``), raw texts (UTF-8 bytes decoded), labels (None without a label
-    column, or a list of Nones when another file of the source has labels)."""
+    per split in ``counters``), raw texts (UTF-8 bytes decoded; cut to ``max_chars`` + 1
+    characters, ``_texts``), labels (None without a label column, or a list of Nones when another
+    file of the source has labels)."""
     text_col, id_col, label_col = columns
     ids = make_ids(table.column(id_col).cast(pa.string()).to_pylist() if id_col else None,
                    row_splits, counters)
     found = (labels(table.column(label_col).to_pylist(), label_col, str(origin), rows, missing="none")
              if label_col else ([None] * table.num_rows if labeled else None))
-    return ReviewBatch(ids, _decoded(table.column(text_col).to_pylist()), found)
+    return ReviewBatch(ids, _texts(table.column(text_col), max_chars), found)
 
 
 def _decoded(values: list[Any]) -> list[Any]:
     return [decoded(v) for v in values]
+
+
+def _texts(column: pa.ChunkedArray, max_chars: int | None) -> list[Any]:
+    """A text column as raw Python values, UTF-8 bytes decoded; with ``max_chars``, a value
+    longer than ``max_chars`` + 1 characters cut to that in Arrow before Python copies it."""
+    if max_chars is None:
+        return _decoded(column.to_pylist())
+    out: list[Any] = []
+    for chunk in column.chunks:
+        binary = pa.types.is_binary(chunk.type) or pa.types.is_large_binary(chunk.type)
+        out += _binary_texts(chunk, max_chars) if binary else _decoded(kept_texts(chunk, max_chars))
+    return out
+
+
+def _binary_texts(chunk: pa.Array, max_chars: int) -> list[Any]:
+    """Binary values (a CSV's reviews) decoded; one of more than ``max_chars`` + 1 bytes checked
+    to be UTF-8 whole where it lies (a string view of its bytes, no copy), then cut as text, or
+    ``NOT_UTF8``."""
+    long = pc.fill_null(pc.greater(pc.binary_length(chunk), max_chars + 1), False)
+    if not pc.any(long).as_py():
+        return _decoded(chunk.to_pylist())
+    out = _decoded(pc.if_else(long, pa.scalar(None, chunk.type), chunk).to_pylist())
+    text = chunk.view(pa.large_string() if pa.types.is_large_binary(chunk.type) else pa.string())
+    for i in np.flatnonzero(long.to_numpy(zero_copy_only=False)):
+        value = text.slice(int(i), 1)
+        try:
+            value.validate(full=True)
+        except pa.ArrowInvalid:
+            out[i] = NOT_UTF8
+            continue
+        out[i] = kept_texts(value, max_chars)[0]
+    return out
 
 
 # -- parts: contiguous rows scored on their own (one Dask task each) --------------------------------
@@ -301,13 +392,13 @@ def plan_parts(source: str, split: Split = "auto", part_rows: int = 10_000) -> t
     return found.labeled, parts
 
 
-def part_batches(part: SourcePart, batch_rows: int) -> Iterator[ReviewBatch]:
+def part_batches(part: SourcePart, batch_rows: int, max_chars: int | None = None) -> Iterator[ReviewBatch]:
     if part.kind == "text":
-        return _text_lines(Path(part.source), batch_rows)
+        return _text_lines(Path(part.source), batch_rows, max_chars)
     if part.kind == "whole":
-        return _whole(part.source, part.split, batch_rows).batches  # type: ignore[arg-type]
+        return _whole(part.source, part.split, batch_rows, max_chars).batches  # type: ignore[arg-type]
     return _files([(part.split, Path(part.path))], batch_rows, part.fill_labels, part.in_folder,  # type: ignore[arg-type]
-                  part.counters, part.span)
+                  part.counters, part.span, max_chars)
 
 
 def _file_spans(path: Path, split: str, in_folder: bool, part_rows: int, need_counts: bool,
@@ -362,13 +453,18 @@ def _spans(bounds: list[tuple[int, int]], part_rows: int) -> list[tuple[int, int
     return spans
 
 
-def _text_lines(path: Path, batch_rows: int) -> Iterator[ReviewBatch]:
-    """One review per line (``\\n`` or ``\\r\\n``); a line that is not UTF-8 is kept as bytes."""
+def _text_lines(path: Path, batch_rows: int, max_chars: int | None = None) -> Iterator[ReviewBatch]:
+    """One review per line (``\\n`` or ``\\r\\n``); a line that is not UTF-8 is kept as bytes.
+    With ``max_chars``, a line is read ``LINE_CHUNK`` bytes at a time; a longer one is kept to its
+    first ``max_chars`` + 1 characters (``_long_line``)."""
     ids, texts, n = [], [], 0
     with open(path, "rb") as f:
-        for raw in f:
+        while raw := (f.readline() if max_chars is None else f.readline(LINE_CHUNK)):
             n += 1
-            texts.append(decoded(raw.rstrip(b"\r\n")))  # not UTF-8: kept as bytes, status not_text
+            if max_chars is not None and len(raw) == LINE_CHUNK and not raw.endswith(b"\n"):
+                texts.append(_long_line(f, raw, max_chars + 1))
+            else:
+                texts.append(decoded(raw.rstrip(b"\r\n")))  # not UTF-8: kept as bytes, status not_text
             ids.append(line_id(n))
             if len(texts) == batch_rows:
                 yield ReviewBatch(ids, texts, None)
@@ -377,7 +473,42 @@ def _text_lines(path: Path, batch_rows: int) -> Iterator[ReviewBatch]:
         yield ReviewBatch(ids, texts, None)
 
 
-def _whole(source: str, split: Split, batch_rows: int) -> ReviewStream:
+def _long_line(f: Any, chunk: bytes, keep: int) -> Any:
+    """The rest of a line whose first ``LINE_CHUNK`` bytes (``chunk``) hold no newline, read a
+    chunk at a time: its first ``keep`` characters (less the ``\\r\\n`` that end it, as a short
+    line), or ``NOT_UTF8`` when any of it is not UTF-8. Memory: a chunk and ``keep`` characters."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    kept: list[str] = []
+    room, valid, held = keep, True, 0  # held: b"\r" read last, the line's end if only \r\n follow
+
+    def feed(data: bytes, final: bool = False) -> None:
+        nonlocal room, valid
+        if valid:
+            try:
+                text = decoder.decode(data, final)
+            except UnicodeDecodeError:
+                valid = False
+                return
+            if room > 0:
+                kept.append(text[:room])
+                room -= len(kept[-1])
+
+    while True:
+        end = chunk.endswith(b"\n") or len(chunk) < LINE_CHUNK  # the line's last piece (or the file's)
+        body = chunk.rstrip(b"\r\n") if end else chunk.rstrip(b"\r")
+        if body:  # the held \r's were inside the line: one is enough to check, room's worth to keep
+            if held:
+                feed(b"\r" * max(1, min(held, room)))
+            feed(body)
+            held = 0
+        if end:
+            feed(b"", final=True)
+            return "".join(kept) if valid else NOT_UTF8
+        held += len(chunk) - len(body)
+        chunk = f.readline(LINE_CHUNK)
+
+
+def _whole(source: str, split: Split, batch_rows: int, max_chars: int | None = None) -> ReviewStream:
     parts = list(sources.read_source(source, strict=False))
     chosen = _choose(split, [s for s in SPLITS if any(p.split == s for p in parts)], source)
     parts = [p for p in parts if p.split in chosen]
@@ -393,6 +524,6 @@ def _whole(source: str, split: Split, batch_rows: int) -> ReviewStream:
                 t = part.table.slice(start, batch_rows)
                 rows = [(part.rows[start + j] if part.rows else start + j) for j in range(t.num_rows)]
                 yield _batch(t, (text_col, id_col, label_col), [part.split] * t.num_rows, rows, counters,
-                             labeled, part.origin)
+                             labeled, part.origin, max_chars)
 
     return ReviewStream(labeled, batches())
