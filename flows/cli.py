@@ -29,6 +29,7 @@ from sentiflow.flows.options import (
     PREDICT,
     PREPARE,
     SCORE,
+    SWEEP,
     TRAIN,
     AsJson,
     Average,
@@ -60,13 +61,19 @@ from sentiflow.flows.options import (
     NgramEpochs,
     Ngrams,
     Out,
+    Parallel,
     Preset,
     Pretrained,
     Seed,
     Source,
+    Space,
     Split,
+    SweepName,
+    SweepSeed,
     Threshold,
+    Timeout,
     TrainSeed,
+    Trials,
     ValFraction,
     WordDropout,
     Workers,
@@ -185,6 +192,50 @@ def train(
     print_trained(outcome, outcome.tracking_uri)
 
 
+@app.command(cls=SWEEP.command)
+def sweep(
+    trials: Trials = None, timeout: Timeout = None, parallel: Parallel = None, name: SweepName = None,
+    space: Space = None, sweep_seed: SweepSeed = None,
+    source: Source = None, data_root: DataRoot = None, preset: Preset = None,
+    max_epochs: MaxEpochs = None, batch_size: BatchSize = None, lr: Lr = None,
+    lr_schedule: LrSchedule = None, word_dropout: WordDropout = None, average: Average = None,
+    max_len: MaxLen = None, train_seed: TrainSeed = None, device: Device = None,
+    embed_dim: EmbedDim = None, hidden_dim: HiddenDim = None, cell: Cell = None, layers: Layers = None,
+    bidirectional: Bidirectional = None, dropout: Dropout = None, head: Head = None,
+    ngrams: Ngrams = None, ngram_epochs: NgramEpochs = None, pretrained: Pretrained = None,
+    freeze_embeddings: FreezeEmbeddings = None, model_name: ModelName = None,
+    gate_source: GateSource = None, gate_margin: GateMargin = None,
+    val_fraction: ValFraction = None, seed: Seed = None, lowercase: Lowercase = None,
+    html_breaks: HtmlBreaks = None, min_freq: MinFreq = None, max_size: MaxSize = None,
+    workers: Workers = None,
+) -> None:
+    """Search the training options with Optuna; the best trial goes through the gate.
+
+    Each trial is an ordinary training (MLflow child runs under one parent run), pruned on its
+    per-epoch val_acc. The training options given here are fixed for every trial and left out
+    of the search. Killed, the same command continues the sweep."""
+    with user_errors():
+        server = start_prefect_early(launch_now=True)
+        settings = command_settings(data_root=data_root, source=source, workers=workers)
+        config = SWEEP.build(
+            trials=trials, timeout=timeout, parallel=parallel, name=name, space=str(space) if space else None,
+            sweep_seed=sweep_seed,
+            preset=preset, max_epochs=max_epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
+            average=average, word_dropout=word_dropout, max_len=max_len, train_seed=train_seed,
+            device=device, pretrained=pretrained, freeze_embeddings=freeze_embeddings,
+            embed_dim=embed_dim, hidden_dim=hidden_dim, cell=cell, layers=layers,
+            bidirectional=bidirectional, dropout=dropout, head=head, ngrams=ngrams,
+            ngram_epochs=ngram_epochs, model_name=model_name, gate_source=gate_source,
+            gate_margin=gate_margin, val_fraction=val_fraction, seed=seed, lowercase=lowercase,
+            html_breaks=html_breaks, min_freq=min_freq, max_size=max_size)
+        from sentiflow.flows.sweep_flow import sweep_flow_for
+        from sentiflow.flows.views import print_swept
+
+        server.join()
+        outcome = sweep_flow_for(settings)(config=config)
+    print_swept(outcome)
+
+
 @app.command(cls=SCORE.command)
 def score(
     source: Source = None, data_root: DataRoot = None, model: ModelUri = None, out: Out = None,
@@ -249,7 +300,7 @@ def serve(
     cron: Annotated[str, typer.Option(help="Retraining schedule (cron, UTC); '' for none.")] = RETRAIN_CRON,
     limit: Annotated[Optional[int], typer.Option(help="Flow runs at once at most.")] = 1,
 ) -> None:
-    """Serve the deployments train/weekly and score/on-demand from this process.
+    """Serve the deployments train/weekly, score/on-demand and sweep/search from this process.
 
     Scheduled and triggered runs execute here, no worker needed (Ctrl-C stops)."""
     from prefect import serve as prefect_serve

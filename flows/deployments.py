@@ -1,7 +1,7 @@
-"""The deployments: weekly retraining and on-demand scoring.
+"""The deployments: weekly retraining, on-demand scoring, and sweeps run by hand.
 
 ``sentiflow serve`` serves these from one process (no worker, no work pool); ``prefect.yaml``
-declares the same two for a work pool and its workers (``prefect deploy --all``). A test checks
+declares the same three for a work pool and its workers (``prefect deploy --all``). A test checks
 that both agree: names, entrypoints, schedules.
 
 A deployment's run builds its settings from the worker's environment when it starts
@@ -29,15 +29,18 @@ from typing import Any
 
 RETRAIN = "weekly"  # deployment train/weekly
 SCORE = "on-demand"  # deployment score/on-demand
+SWEEP = "search"  # deployment sweep/search: an Optuna study (sentiflow.flows.sweep_flow), run by hand
 RETRAIN_CRON = "0 3 * * 1"  # Mondays 03:00 UTC
 TAGS = ["sentiflow"]
 
 
 def runner_deployments(cron: str | None = RETRAIN_CRON, timezone: str = "UTC") -> list[Any]:
-    """``RunnerDeployment``s of the train flow (on ``cron``) and the score flow (run by hand)."""
+    """``RunnerDeployment``s of the train flow (on ``cron``), the score flow and the sweep flow
+    (both run by hand)."""
     from prefect.schedules import Cron
 
     from sentiflow.flows.score_flow import score_flow
+    from sentiflow.flows.sweep_flow import sweep_flow
     from sentiflow.flows.train_flow import train_flow
 
     return [
@@ -50,4 +53,9 @@ def runner_deployments(cron: str | None = RETRAIN_CRON, timezone: str = "UTC") -
         score_flow.to_deployment(
             name=SCORE, tags=TAGS, enforce_parameter_schema=True,
             description="Score reviews with a registered model (default models:/sentiflow@champion)."),
+        sweep_flow.to_deployment(
+            name=SWEEP, tags=TAGS, enforce_parameter_schema=True,
+            concurrency_limit=1,  # trials share the machine's cores: one sweep at a time
+            description="Search the training's options with Optuna (trials pruned on val_acc, children of "
+                        "one MLflow run); the best trial goes through the gate."),
     ]

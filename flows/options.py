@@ -129,6 +129,12 @@ def _train_config():
     return TrainFlowConfig()
 
 
+def _sweep_config():
+    from sentiflow.flows.sweep_flow import SweepConfig
+
+    return SweepConfig()
+
+
 def _score_config():
     from sentiflow.tasks.scoring.score_config import ScoreConfig  # no Prefect: predict uses it too
 
@@ -153,6 +159,11 @@ TRAIN = Fields(_train_config, {
     "model_name": "model_name",
     "gate_source": "gate.source", "gate_margin": "gate.margin",
 }, frozenset({"max_size", "max_len", "average"}))
+SWEEP = Fields(_sweep_config, {
+    **{name: f"training.{path}" for name, path in TRAIN.paths.items()},
+    "trials": "trials", "timeout": "timeout", "parallel": "parallel", "name": "name", "space": "space",
+    "sweep_seed": "seed",
+}, TRAIN.zero_is_none | {"timeout"})
 SCORE = Fields(_score_config, {"model": "model", "out": "out", "split": "params.split",
                                "threshold": "params.threshold", "max_oov": "params.max_oov"})
 PREDICT = Fields(_score_config, {"model": "model", "threshold": "params.threshold", "max_oov": "params.max_oov"})
@@ -205,6 +216,14 @@ Pretrained = Annotated[Optional[str], _opt(
     "(random initialisation).")]
 FreezeEmbeddings = Annotated[Optional[bool], _opt("Keep the pretrained vectors fixed.")]
 ModelName = Annotated[Optional[str], _opt("Registered model name.")]
+Trials = Annotated[Optional[int], _opt("Trials to finish (complete or pruned), an earlier run's counted.")]
+Timeout = Annotated[Optional[float], _opt("Start no trial after this many minutes (0: no limit).")]
+Parallel = Annotated[Optional[int], _opt("Trials at once (threads here; Dask workers with SENTIFLOW_TASK_RUNNER=dask).")]
+SweepName = Annotated[Optional[str], typer.Option("--name", help="The sweep's name: rerun it to continue "
+                                                  "(default: from the space, the fixed options and the data).")]
+Space = Annotated[Optional[Path], typer.Option("--space", help="Search space, a YAML file (default: the "
+                                               "one shipped, tasks/training/sweep_space.yaml).")]
+SweepSeed = Annotated[Optional[int], _opt("The sampler's seed.")]
 GateSource = Annotated[Optional[str], _opt(
     "Judge challenger and champion on this labelled source (env SENTIFLOW_GATE_SOURCE; default: "
     "the new run's test split).")]

@@ -132,6 +132,27 @@ def print_trained(outcome: Any, tracking_uri: str) -> None:
         say(f"champion gate: {'promoted' if s.gate.promote else 'not promoted'}: {s.gate.reason}")
 
 
+def print_swept(outcome: Any) -> None:
+    """``sentiflow sweep``'s result: a row per trial, the best, the registration, the gate."""
+    from rich.table import Table
+
+    table = Table("trial", "state", "val_acc", "epochs", "MLflow run", title=f"sweep {outcome.name}")
+    for t in outcome.trials:
+        state = f"pruned after {t.pruned_at}" if t.pruned_at is not None else "complete"
+        mark = " (best)" if t.number == outcome.best.number else ""
+        table.add_row(f"{t.number}{mark}", state, f"{t.value:.4f}", f"{t.epochs}/{t.max_epochs}", t.run_id)
+    console.print(table)
+    pruned = sum(t.pruned_at is not None for t in outcome.trials)
+    say(f"{len(outcome.trials)} trials, {pruned} pruned ({outcome.epochs_saved} epochs saved); parent MLflow run "
+        f"{outcome.parent_run_id}" + (f"; resumed trial(s) {outcome.requeued}" if outcome.requeued else ""))
+    s = outcome.selected
+    say(f"best: trial {outcome.best.number}, epoch {s.best_epoch}: val_acc {s.val_acc:.4f}"
+        + (f", test_acc {s.test_acc:.4f}" if s.test_acc is not None else ""))
+    say(f"registered {s.model_name} version {s.version} as @{s.alias}  (models:/{s.model_name}@{s.alias})")
+    if s.gate is not None:
+        say(f"champion gate: {'promoted' if s.gate.promote else 'not promoted'}: {s.gate.reason}")
+
+
 def print_scored(outcome: Any) -> None:
     """``sentiflow score``'s result: rows by status, speed, metrics where labelled, drift."""
     s, m = outcome.stats, outcome.stats.metrics()

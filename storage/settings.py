@@ -75,6 +75,11 @@ class Settings(BaseSettings):
                     "Its workers must see the data root at the same path",
     )
 
+    sweep_storage: str | None = Field(
+        None, description="Where sweeps keep their Optuna studies (an SQLAlchemy URL: sqlite:///… or "
+                          "postgresql+psycopg://…), so a killed sweep continues; default: a SQLite "
+                          "file under the data root (<data_root>/sweeps.db)")
+
     path_roots: list[Path] = Field(
         default_factory=list,
         description="Folders (JSON list) that the path parameters of a deployment's flow run - a "
@@ -131,6 +136,12 @@ class Settings(BaseSettings):
                 if filled is not value:
                     update[name] = filled
         return config.model_copy(update=update) if update else config
+
+    @property
+    def resolved_sweep_storage(self) -> str:
+        if self.sweep_storage:
+            return self.sweep_storage
+        return f"sqlite:///{(self.data_root / 'sweeps.db').resolve()}"
 
     @property
     def resolved_tracking_uri(self) -> str:

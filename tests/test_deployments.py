@@ -20,7 +20,7 @@ import yaml
 from typer.testing import CliRunner
 
 from sentiflow.flows.cli import app
-from sentiflow.flows.deployments import RETRAIN, RETRAIN_CRON, SCORE, runner_deployments
+from sentiflow.flows.deployments import RETRAIN, RETRAIN_CRON, SCORE, SWEEP, runner_deployments
 from tests.conftest import stop_group, write_imdb_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,19 +33,20 @@ def _prefect_yaml(name: str = "prefect.yaml") -> dict:
 def test_prefect_yaml_matches_the_served_deployments():
     declared = {d["name"]: d for d in _prefect_yaml()["deployments"]}
     served = {d.name: d for d in runner_deployments()}
-    # `prefect deploy --all` deploys these two alone: the GPU copy is in its own file
-    assert set(served) == {RETRAIN, SCORE} and set(declared) == {RETRAIN, SCORE}
+    # `prefect deploy --all` deploys these three alone: the GPU copy is in its own file
+    assert set(served) == {RETRAIN, SCORE, SWEEP} and set(declared) == {RETRAIN, SCORE, SWEEP}
     for name in served:
         d = declared[name]
         assert d["entrypoint"].split(":")[0] == served[name].entrypoint.split(":")[0].lstrip("./"), name
         assert d["work_pool"]["name"] == "sentiflow"
     crons = {name: [s["cron"] for s in d.get("schedules") or []] for name, d in declared.items()}
-    assert crons == {RETRAIN: [RETRAIN_CRON], SCORE: []}
+    assert crons == {RETRAIN: [RETRAIN_CRON], SCORE: [], SWEEP: []}
     assert declared[RETRAIN]["schedules"][0]["timezone"] == "UTC"
     assert [s.schedule.cron for s in served[RETRAIN].schedules] == [RETRAIN_CRON]
-    assert not served[SCORE].schedules
-    # one training at a time: two runs of one key would share one MLflow run
-    assert declared[RETRAIN]["concurrency_limit"] == 1 and served[RETRAIN].concurrency_limit == 1
+    assert not served[SCORE].schedules and not served[SWEEP].schedules
+    # one training at a time: two runs of one key would share one MLflow run; one sweep at a time
+    for name in (RETRAIN, SWEEP):
+        assert declared[name]["concurrency_limit"] == 1 and served[name].concurrency_limit == 1, name
 
 
 def test_the_gpu_deploy_file_is_the_weekly_training_on_the_gpu_pool():
@@ -65,11 +66,15 @@ def test_entrypoints_load_the_flows_and_forms_are_pydantic():
 
     for d in _prefect_yaml()["deployments"] + _prefect_yaml("prefect-gpu.yaml")["deployments"]:
         flow = load_flow_from_entrypoint(str(ROOT / d["entrypoint"]))
-        assert flow.name == {"weekly": "train", "weekly-gpu": "train", "on-demand": "score"}[d["name"]]
+        assert flow.name == {"weekly": "train", "weekly-gpu": "train", "on-demand": "score",
+                             "search": "sweep"}[d["name"]]
     schemas = {d.name: d._parameter_openapi_schema.model_dump() for d in runner_deployments()}
     train_defs, score_defs = schemas[RETRAIN]["definitions"], schemas[SCORE]["definitions"]
     assert {"TrainFlowConfig", "ModelParams", "TrainParams", "DataConfig"} <= set(train_defs)
     assert {"ScoreConfig", "ScoreParams"} <= set(score_defs)
+    sweep_defs = schemas[SWEEP]["definitions"]
+    assert {"SweepConfig", "TrainFlowConfig"} <= set(sweep_defs)
+    assert sweep_defs["SweepConfig"]["properties"]["parallel"]["default"] == 1
     assert score_defs["ScoreConfig"]["properties"]["model"]["default"] == "models:/sentiflow@champion"
     # the pipeline's model is the deployments' default too: the models' own defaults
     assert train_defs["TrainFlowConfig"]["properties"]["model"]["default"]["head"] == "max"
@@ -78,7 +83,7 @@ def test_entrypoints_load_the_flows_and_forms_are_pydantic():
     (choice, _none) = train_defs["TrainFlowConfig"]["properties"]["preset"]["anyOf"]
     assert choice["enum"] == ["fast", "default", "best", "seed"]
     # every form and every model in it refuses unknown keys: a Prefect server refuses such a run
-    for defs in (train_defs, score_defs):
+    for defs in (train_defs, score_defs, sweep_defs):
         assert {name: d.get("additionalProperties") for name, d in defs.items()} == dict.fromkeys(defs, False)
     # nothing in a form is read from the environment when the flows are imported
     for defs in (train_defs["DataConfig"], score_defs["ScoreConfig"]):

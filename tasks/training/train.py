@@ -57,6 +57,9 @@ from sentiflow.tasks.training.schedule import Schedule, WeightAverage, lr_factor
 
 log = logging.getLogger("sentiflow.train")
 TRAIN_KEY_TAG, COMPLETE_TAG = "sentiflow.train_key", "sentiflow.complete"
+PRUNED_TAG = "sentiflow.pruned_at_epoch"  # a sweep's trial stopped after this epoch (status KILLED)
+# after each epoch, (epoch, val_acc) → True to stop the training there (a sweep's pruner)
+Report = Callable[[int, float], bool]
 # the modules whose code decides what a training computes (part of the training key)
 TRAIN_CODE = ["sentiflow.tasks.training.train", "sentiflow.tasks.training.batching",
               "sentiflow.tasks.training.embeddings", "sentiflow.tasks.training.schedule",
@@ -117,6 +120,7 @@ class TrainResult(BaseModel):
     experiment_id: str
     epochs: int
     resumed_from: int = 0
+    pruned_at: int | None = None  # the epoch after which ``report`` stopped it (run KILLED, not complete)
 
 
 # -- the loop -------------------------------------------------------------------------------------
@@ -264,8 +268,13 @@ def flat_params(prefix: str, model: BaseModel) -> dict[str, Any]:
 
 def train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_ref: StageRef,
           lineage: dict[str, Any] | None, settings: Settings, run_name: str | None = None,
-          tags: dict[str, str] | None = None) -> TrainResult:
+          tags: dict[str, str] | None = None, report: Report | None = None) -> TrainResult:
     """Train in an MLflow run: reuse a finished run with the same key, resume an interrupted one.
+
+    ``report`` (a sweep's pruner) is told each epoch's ``val_acc``, those of a resumed run's
+    earlier epochs first; when it answers True the training stops after that epoch: the run is
+    tagged ``sentiflow.pruned_at_epoch`` and ends KILLED, not complete, so a later training of the
+    key resumes it. A finished run is reused without a report.
 
     One run per key: the training holds the key's lock under the data root
     (``<data root>/train/.lock-<key>``) from the look-up to the end. A second training of the
@@ -277,7 +286,7 @@ def train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_ref
     waiting = lambda: log.info("training %s is running in another process: waiting for it", key)  # noqa: E731
     with store.lock(store.ref("train", key), on_wait=waiting):
         return _train(config, train_ref, val_ref, vocab_ref, lineage, settings, key, inputs,
-                      run_name or f"train-{key[:6]}", tags or {})
+                      run_name or f"train-{key[:6]}", tags or {}, report)
 
 
 def input_tokens(train_ref: StageRef, val_ref: StageRef, vocab_ref: StageRef) -> list[str]:
@@ -287,7 +296,7 @@ def input_tokens(train_ref: StageRef, val_ref: StageRef, vocab_ref: StageRef) ->
 
 def _train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_ref: StageRef,
            lineage: dict[str, Any] | None, settings: Settings, key: str, inputs: list[str],
-           run_name: str, tags: dict[str, str]) -> TrainResult:
+           run_name: str, tags: dict[str, str], report: Report | None = None) -> TrainResult:
     experiment_id = configure(settings)
     done = find_run(experiment_id, key, complete=True)
     if done is not None:
@@ -333,6 +342,12 @@ def _train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_re
         with run_ctx as run:
             if interrupted is not None and tags:
                 mlflow.set_tags(tags)  # the flow run resuming it
+            if interrupted is not None and PRUNED_TAG in interrupted.data.tags:
+                mlflow.delete_tag(PRUNED_TAG)  # a pruned trial trained on
+            if interrupted is not None and report is not None:
+                stop = _report_logged(run.info.run_id, start_epoch, report)
+                if stop is not None:
+                    return _pruned(run.info.run_id, experiment_id, config, start_epoch - 1, stop)
             if start_epoch == 1:
                 logged = {} if interrupted is None else interrupted.data.params
                 _log_setup(config, inputs, lineage, model, found, len(vocab), device, logged)
@@ -356,8 +371,9 @@ def _train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_re
                                                         vocab.pad_id, max_tokens)
                     selected = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 release_memory()
-                metrics = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
-                           "val_acc": val_acc, **mixed, "epoch_seconds": time.perf_counter() - t0}
+                # val_acc first: MLflow's run comparison plots the runs' first shared metric
+                metrics = {"val_acc": val_acc, "val_loss": val_loss, "train_loss": train_loss,
+                           "train_acc": train_acc, **mixed, "epoch_seconds": time.perf_counter() - t0}
                 # checkpoints first, metrics last: a crash in between resumes after this epoch
                 # and logs its metrics from resume.pt, so no epoch is ever logged twice
                 _save_checkpoint(selected, model, optimizer, scaler, average, epoch, metrics, Path(tmp))
@@ -365,9 +381,30 @@ def _train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_re
                 log.info("epoch %d/%d: train_loss %.4f train_acc %.4f val_loss %.4f val_acc %.4f (%.1f s)",
                          epoch, config.train.max_epochs, train_loss, train_acc, val_loss, val_acc,
                          metrics["epoch_seconds"])
+                if report is not None and epoch < config.train.max_epochs and report(epoch, val_acc):
+                    return _pruned(run.info.run_id, experiment_id, config, start_epoch - 1, epoch)
             mlflow.set_tag(COMPLETE_TAG, "true")
             return TrainResult(run_id=run.info.run_id, experiment_id=experiment_id,
                                epochs=config.train.max_epochs, resumed_from=start_epoch - 1)
+
+
+def _report_logged(run_id: str, start_epoch: int, report: Report) -> int | None:
+    """Report a resumed run's logged epochs before ``start_epoch``, in order; the first epoch
+    after which ``report`` says stop, or None."""
+    history = sorted((m.step, m.value) for m in MlflowClient().get_metric_history(run_id, "val_acc"))
+    for epoch, value in history:
+        if epoch < start_epoch and report(epoch, value):
+            return epoch
+    return None
+
+
+def _pruned(run_id: str, experiment_id: str, config: TrainConfig, resumed_from: int, epoch: int) -> TrainResult:
+    """End the active run as a pruned trial: tagged with its last epoch, status KILLED."""
+    mlflow.set_tag(PRUNED_TAG, str(epoch))
+    mlflow.end_run("KILLED")
+    log.info("training stopped after epoch %d: pruned", epoch)
+    return TrainResult(run_id=run_id, experiment_id=experiment_id, epochs=config.train.max_epochs,
+                       resumed_from=resumed_from, pruned_at=epoch)
 
 
 def _log_setup(config, inputs, lineage, model, found, vocab_size, device, logged: dict[str, str]) -> None:
