@@ -170,18 +170,11 @@ def train(
     """Prepare the data (cached), train, select the best epoch and register it.
 
     The champion alias moves only when the gate finds the new model better on the same rows."""
+    options = dict(locals())
     with user_errors():
         server = start_prefect_early(launch_now=True)
         settings = command_settings(data_root=data_root, source=source, workers=workers)
-        config = TRAIN.build(
-            preset=preset, max_epochs=max_epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
-            average=average, word_dropout=word_dropout, max_len=max_len, train_seed=train_seed,
-            device=device, pretrained=pretrained, freeze_embeddings=freeze_embeddings,
-            embed_dim=embed_dim, hidden_dim=hidden_dim, cell=cell, layers=layers,
-            bidirectional=bidirectional, dropout=dropout, head=head, ngrams=ngrams,
-            ngram_epochs=ngram_epochs, model_name=model_name, gate_source=gate_source,
-            gate_margin=gate_margin, val_fraction=val_fraction, seed=seed, lowercase=lowercase,
-            html_breaks=html_breaks, min_freq=min_freq, max_size=max_size)
+        config = TRAIN.of(options)
         force = check_force(force)
         from sentiflow.flows.runs import with_settings
         from sentiflow.flows.train_flow import train_flow
@@ -214,20 +207,11 @@ def sweep(
     Each trial is an ordinary training (MLflow child runs under one parent run), pruned on its
     per-epoch val_acc. The training options given here are fixed for every trial and left out
     of the search. Killed, the same command continues the sweep."""
+    options = dict(locals())
     with user_errors():
         server = start_prefect_early(launch_now=True)
         settings = command_settings(data_root=data_root, source=source, workers=workers)
-        config = SWEEP.build(
-            trials=trials, timeout=timeout, parallel=parallel, name=name, space=str(space) if space else None,
-            sweep_seed=sweep_seed,
-            preset=preset, max_epochs=max_epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
-            average=average, word_dropout=word_dropout, max_len=max_len, train_seed=train_seed,
-            device=device, pretrained=pretrained, freeze_embeddings=freeze_embeddings,
-            embed_dim=embed_dim, hidden_dim=hidden_dim, cell=cell, layers=layers,
-            bidirectional=bidirectional, dropout=dropout, head=head, ngrams=ngrams,
-            ngram_epochs=ngram_epochs, model_name=model_name, gate_source=gate_source,
-            gate_margin=gate_margin, val_fraction=val_fraction, seed=seed, lowercase=lowercase,
-            html_breaks=html_breaks, min_freq=min_freq, max_size=max_size)
+        config = SWEEP.of({**options, "space": str(space) if space else None})
         from sentiflow.flows.sweep_flow import sweep_flow_for
         from sentiflow.flows.views import print_swept
 

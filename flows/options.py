@@ -69,6 +69,11 @@ class Fields:
             node[leaf] = value
         return type(self.default()).model_validate(data)
 
+    def of(self, options: dict[str, Any]) -> Any:
+        """``build`` from a command's arguments (its ``locals()``): the options this form knows,
+        the rest (``source``, ``data_root``, ``workers``: settings) left out."""
+        return self.build(**{name: value for name, value in options.items() if name in self.paths})
+
     def defaults(self) -> dict[str, Any]:
         """Each option's default: the default configuration's field, as the option spells it."""
         default, out = self.default(), {}
