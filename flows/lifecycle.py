@@ -205,8 +205,9 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
     from sentiflow.tasks.data.sources import SourceError
     from sentiflow.tasks.scoring.serving import ModelError
+    from sentiflow.tasks.training.sweep import SweepError
 
-    return (SourceError, ModelError, ValidationError, OSError, MlflowException)
+    return (SourceError, ModelError, SweepError, ValidationError, OSError, MlflowException)
 
 
 class _NoTracebackForUserErrors(logging.Filter):

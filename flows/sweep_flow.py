@@ -119,13 +119,13 @@ def check_space(space: sweep.Space) -> sweep.Space:
     """Each entry must be a model or training field, or ``preset``, and each value valid for it."""
     for path, dim in space.dimensions.items():
         if path != "preset" and path not in SEARCHABLE:
-            raise sweep.SpaceError(f"search space {space.origin}: {path}: not a field a sweep searches "
+            raise sweep.SweepError(f"search space {space.origin}: {path}: not a field a sweep searches "
                                    f"(preset, model.*, train.*; the data is prepared once for every trial)")
         for value in dim.choice or (dim.float_ or dim.int_):
             try:
                 trial_config(TrainFlowConfig(), {path: value})
             except ValueError as e:
-                raise sweep.SpaceError(f"search space {space.origin}: {path}: {value!r} is not valid: "
+                raise sweep.SweepError(f"search space {space.origin}: {path}: {value!r} is not valid: "
                                        f"{str(e).splitlines()[-1].strip()}") from e
     return space
 
@@ -326,7 +326,7 @@ def sweep_flow(config: SweepConfig = SweepConfig(), data_root: str | None = None
                 study_name=name, space=space, training=training.model_copy(update={"data": filled.data}),
                 data=data, parent_run_id=parent, trials=config.trials, parallel=config.parallel, deadline=deadline,
                 seed=config.seed)
-            best_trial = study.best_trial  # complete trials only: a pruned one never wins
+            best_trial = best_complete(study, name)
             best_config = TrainConfig.model_validate(best_trial.user_attrs["config"])
             best = TrainResult(run_id=best_trial.user_attrs["run_id"], experiment_id=configure(settings),
                                epochs=best_config.train.max_epochs)
@@ -340,6 +340,14 @@ def sweep_flow(config: SweepConfig = SweepConfig(), data_root: str | None = None
         create_markdown_artifact(summary(outcome, study), key="sweep-summary",
                                  description="sentiflow sweep: trials, the best, the gate's verdict")
     return outcome
+
+
+def best_complete(study: optuna.Study, name: str) -> optuna.trial.FrozenTrial:
+    """The complete trial with the best ``val_acc`` (a pruned one never wins); none: an error."""
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        raise sweep.SweepError(f"sweep {name}: no trial completed ({len(sweep.counted(study))} pruned): "
+                               "nothing to select; give it more trials or time (--trials, --timeout)")
+    return study.best_trial
 
 
 def outcome_of(study: optuna.Study, name: str, parent: str, results: list[TrialResult], requeued: list[int],

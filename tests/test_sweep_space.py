@@ -33,7 +33,7 @@ def test_the_shipped_space_covers_the_issues_options_and_is_valid():
     ("train.lr: [unclosed", "cannot be read"),
 ])
 def test_a_space_file_that_cannot_be_used_names_the_file_and_the_entry(tmp_path, text, says):
-    with pytest.raises(sweep.SpaceError) as e:
+    with pytest.raises(sweep.SweepError) as e:
         _space(tmp_path, text)
     assert str(tmp_path / "space.yaml") in str(e.value) and says in str(e.value)
 
@@ -46,7 +46,7 @@ def test_a_space_file_that_cannot_be_used_names_the_file_and_the_entry(tmp_path,
     ("preset: {choice: [fast, quick]}", "preset: 'quick' is not valid"),
 ])
 def test_a_space_naming_a_field_or_value_the_training_refuses_is_refused(tmp_path, text, says):
-    with pytest.raises(sweep.SpaceError) as e:
+    with pytest.raises(sweep.SweepError) as e:
         check_space(_space(tmp_path, text))
     assert says in str(e.value)
 
@@ -126,3 +126,25 @@ def test_the_pruner_stops_a_trial_behind_the_best_third_at_epoch_1_not_a_leader(
 def test_best_value_is_the_best_epochs_val_acc():
     assert sweep.best_value([(1, 0.6), (2, 0.8), (3, 0.7)]) == 0.8
     assert sweep.best_value([(1, float("nan")), (2, 0.5)]) == 0.5
+
+
+@pytest.mark.slow
+def test_the_command_refuses_a_bad_space_in_one_line_before_any_data_stage(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import write_imdb_folder
+
+    src = write_imdb_folder(tmp_path / "src", n_train=40, n_test=10, seed=1)
+    (tmp_path / "space.yaml").write_text("model.hiden_dim: {choice: [64, 128]}\n")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "SENTIFLOW_DATA_ROOT": str(tmp_path / "data"),
+           "MLFLOW_TRACKING_URI": "", "SENTIFLOW_TRACKING_URI": "", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([str(Path(sys.executable).parent / "sentiflow"), "sweep", "--source", str(src),
+                           "--space", str(tmp_path / "space.yaml")], env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert f"error: search space {tmp_path / 'space.yaml'}: model.hiden_dim: not a field" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not (tmp_path / "data" / "ingest").exists()  # refused before the data stages

@@ -45,8 +45,9 @@ COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
-class SpaceError(ValueError):
-    """A search space that cannot be used: the message names the file and the entry."""
+class SweepError(ValueError):
+    """A sweep that cannot run as asked, in one line: a search space that cannot be used (naming
+    the file and the entry), a bad name, a sweep with no trial to select."""
 
 
 class Dimension(BaseModel):
@@ -117,16 +118,16 @@ def load_space(path: Path | str | None = None) -> Space:
     try:
         raw = yaml.safe_load(file.read_text())
     except (OSError, yaml.YAMLError) as e:
-        raise SpaceError(f"search space {file}: cannot be read: {e}") from e
+        raise SweepError(f"search space {file}: cannot be read: {e}") from e
     if not isinstance(raw, dict) or not raw:
-        raise SpaceError(f"search space {file}: expected a mapping of field paths to ranges, got {raw!r}")
+        raise SweepError(f"search space {file}: expected a mapping of field paths to ranges, got {raw!r}")
     dims = {}
     for key, spec in raw.items():
         try:
             dims[str(key)] = Dimension.model_validate(spec)
         except ValueError as e:
             first = e.errors()[0]["msg"] if hasattr(e, "errors") else str(e)
-            raise SpaceError(f"search space {file}: {key}: {first.removeprefix('Value error, ')}") from e
+            raise SweepError(f"search space {file}: {key}: {first.removeprefix('Value error, ')}") from e
     return Space(dimensions=dims, origin=str(file))
 
 
@@ -134,7 +135,7 @@ def check_study_name(name: str) -> str:
     """A sweep's name: letters, digits, ``.``, ``_``, ``-``, at most 100 (it names a study, an
     MLflow run and, hashed, a lock)."""
     if not STUDY_NAME.fullmatch(name):
-        raise ValueError(f"sweep name {name!r}: use 1 to 100 letters, digits, '.', '_' or '-', "
+        raise SweepError(f"sweep name {name!r}: use 1 to 100 letters, digits, '.', '_' or '-', "
                          "starting with a letter or digit")
     return name
 
