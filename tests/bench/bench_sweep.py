@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--source", default="../shared/data/imdb")
     ap.add_argument("--data-root", type=Path, required=True)
     ap.add_argument("--trials", type=int, default=12)
+    ap.add_argument("--name", default="bench", help="the sweep's name (a new one starts a new study)")
     ap.add_argument("--skip-train", action="store_true", help="the sweep alone (the baseline measured before)")
     args = ap.parse_args()
     root = args.data_root.resolve()
@@ -55,7 +56,7 @@ def main() -> None:
     if not args.skip_train:
         result["train_s"] = timed(["train"], env, root / "bench-train.log")
         print(json.dumps({"train_s": result["train_s"]}), file=sys.stderr, flush=True)
-    result["sweep_s"] = timed(["sweep", "--trials", str(args.trials), "--name", "bench"], env, root / "bench-sweep.log")
+    result["sweep_s"] = timed(["sweep", "--trials", str(args.trials), "--name", args.name], env, root / "bench-sweep.log")
     result["load_after"] = os.getloadavg()[0]
 
     from mlflow.tracking import MlflowClient
@@ -63,7 +64,7 @@ def main() -> None:
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("sentiflow").experiment_id
     runs = client.search_runs([exp], max_results=1000)
-    parent = next(r for r in runs if r.info.run_name == "bench")
+    parent = next(r for r in runs if r.info.run_name == args.name)
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     best_val = lambda r: max((m.value for m in client.get_metric_history(r.info.run_id, "val_acc")), default=0.0)  # noqa: E731
     trained = {r.info.run_id: len(client.get_metric_history(r.info.run_id, "val_acc")) for r in trials}
