@@ -125,8 +125,12 @@ def print_trained(outcome: Any, tracking_uri: str) -> None:
     s = outcome.selected
     console.print(stage_table(outcome.data))
     say(f"MLflow run: {outcome.train.run_id}  (tracking URI {tracking_uri})")
-    say(f"best epoch {s.best_epoch}: val_acc {s.val_acc:.4f}"
-        + (f", test_acc {s.test_acc:.4f}" if s.test_acc is not None else ""))
+    say_selected(s, f"best epoch {s.best_epoch}")
+
+
+def say_selected(s: Any, best: str) -> None:
+    """A selection's lines: ``best`` with its accuracies, the registration, the gate's verdict."""
+    say(f"{best}: val_acc {s.val_acc:.4f}" + (f", test_acc {s.test_acc:.4f}" if s.test_acc is not None else ""))
     say(f"registered {s.model_name} version {s.version} as @{s.alias}  (models:/{s.model_name}@{s.alias})")
     if s.gate is not None:
         say(f"champion gate: {'promoted' if s.gate.promote else 'not promoted'}: {s.gate.reason}")
@@ -145,12 +149,7 @@ def print_swept(outcome: Any) -> None:
     pruned = sum(t.pruned_at is not None for t in outcome.trials)
     say(f"{len(outcome.trials)} trials, {pruned} pruned ({outcome.epochs_saved} epochs saved); parent MLflow run "
         f"{outcome.parent_run_id}" + (f"; resumed trial(s) {outcome.requeued}" if outcome.requeued else ""))
-    s = outcome.selected
-    say(f"best: trial {outcome.best.number}, epoch {s.best_epoch}: val_acc {s.val_acc:.4f}"
-        + (f", test_acc {s.test_acc:.4f}" if s.test_acc is not None else ""))
-    say(f"registered {s.model_name} version {s.version} as @{s.alias}  (models:/{s.model_name}@{s.alias})")
-    if s.gate is not None:
-        say(f"champion gate: {'promoted' if s.gate.promote else 'not promoted'}: {s.gate.reason}")
+    say_selected(outcome.selected, f"best: trial {outcome.best.number}, epoch {outcome.selected.best_epoch}")
 
 
 def print_scored(outcome: Any) -> None:
