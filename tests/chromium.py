@@ -25,8 +25,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def _stop_group(proc: subprocess.Popen) -> None:
     """SIGINT to the process group, then SIGKILL to whatever is left of it (``mlflow ui`` starts
-    uvicorn and huey consumers, ``prefect server`` uvicorn; chromium its zygotes and renderers)."""
-    for sig, wait in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
+    uvicorn and huey consumers, ``prefect server`` uvicorn; chromium its zygotes and renderers).
+    A short grace (conftest.STOP_GRACE): no test looks at how these stop."""
+    for sig, wait in ((signal.SIGINT, 3), (signal.SIGKILL, 10)):
         if proc.poll() is None:
             try:
                 os.killpg(proc.pid, sig)

@@ -93,7 +93,7 @@ def test_entrypoints_load_the_flows_and_forms_are_pydantic():
 @contextmanager
 def _serving(env: dict[str, str], log: Path):
     """``sentiflow serve`` (no schedule) in its own process group, stopped with SIGINT, then
-    SIGKILL if it lingers."""
+    SIGKILL if it lingers (it does: it ignored SIGINT for 20 s)."""
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "sentiflow.flows.cli", "serve", "--cron", ""], env=env,
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -226,14 +226,7 @@ def test_ui_serves_the_embedded_store(tmp_path):
                 assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()[-2000:]
                 time.sleep(0.5)
     finally:
-        import os
-        import signal
-
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
 
 
 def _free_port() -> int:

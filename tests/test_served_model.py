@@ -29,7 +29,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import write_imdb_folder
+from tests.conftest import STOP_GRACE, write_imdb_folder
 
 pytestmark = pytest.mark.slow
 
@@ -194,7 +194,7 @@ def served(trained, tmp_path_factory) -> Callable[[dict], list]:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=STOP_GRACE)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import write_imdb_folder
+from tests.conftest import STOP_GRACE, write_imdb_folder
 from tests.servers import BIN, ROOT, base_env, flow_runs, post, prefect_server, wait_final
 
 README = ROOT / "README.md"
@@ -114,15 +114,16 @@ def _checkout(tmp: Path) -> Path:
     return checkout
 
 
-def _end_group(pgid: int, timeout: float = 30) -> None:
+def _end_group(pgid: int, grace: float = STOP_GRACE) -> None:
     """End what the block left running (the worker started with ``&``) with its group: SIGTERM
-    (a background job of a non-interactive shell ignores SIGINT), then SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    (a background job of a non-interactive shell ignores SIGINT), then SIGKILL after ``grace``
+    seconds (no test looks at how the worker stops; it did not end within 30 s of SIGTERM)."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 30)):
         try:
             os.killpg(pgid, sig)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             try:
                 os.killpg(pgid, 0)
