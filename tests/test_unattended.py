@@ -3,7 +3,9 @@
 * SIGTERM to a running ``sentiflow prepare`` ends it cleanly (exit 143, the run crashed, no
   temporary folder); SIGKILL leaves no child process (Prefect's server, tokenizer workers) alive
   10 s later; a rerun after either, wherever it landed (ingest, tokenize, vocab, encode),
-  completes with the manifests of an uninterrupted run.
+  completes with the manifests of an uninterrupted run. The four kills are one chain on one
+  data root (``KillChain``): each kill's command is the rerun after the kill before it, and one
+  rerun after the last runs to the end, on what all four left (one full rerun, not four).
 * A second ``sentiflow train`` of a key started while the first trains it (holds its lock) gives
   one training run and one version.
 
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -168,28 +171,88 @@ def clean_prepare(big_source, tmp_path_factory) -> dict[str, dict]:
 # where the kill lands: the line printed just before it (the stage then running)
 IN_TOKENIZE = "Task run 'tokenize-train-0' - Finished"  # the first shard done, the workers busy with more
 IN_VOCAB = "Task run 'tokenize-test' - Finished"
+# the kills, in this order, each on what the ones before it left (SIGTERM and SIGINT first: they
+# must leave no temporary folder, and a SIGKILL before them would have left one): a rerun after
+# the first finds the first shard Cached and prints IN_TOKENIZE at once, then tokenizes the rest
+KILLS = [("term-tokenize", signal.SIGTERM, IN_TOKENIZE), ("int-tokenize", signal.SIGINT, IN_TOKENIZE),
+         ("kill-tokenize", signal.SIGKILL, IN_TOKENIZE), ("kill-vocab", signal.SIGKILL, IN_VOCAB)]
 
 
-@pytest.mark.parametrize("sig, marker", [
-    (signal.SIGTERM, IN_TOKENIZE), (signal.SIGINT, IN_TOKENIZE), (signal.SIGKILL, IN_TOKENIZE),
-    (signal.SIGKILL, IN_VOCAB),
-], ids=["term-tokenize", "int-tokenize", "kill-tokenize", "kill-vocab"])
-def test_a_killed_prepare_leaves_no_process_and_a_rerun_completes(sig, marker, big_source, clean_prepare, tmp_path):
-    env = _env(tmp_path)
-    cmd = [str(BIN / "sentiflow"), "prepare", "--source", str(big_source)]
-    proc, lines = _start_and_wait_for(cmd, env, tmp_path, marker)
-    family = _family_up(proc, workers=marker == IN_TOKENIZE, lines=lines)
-    proc.send_signal(sig)
-    code = proc.wait(timeout=60)
+@dataclass
+class Killed:
+    code: int  # the killed command's exit code
+    output: str
+    temporary: list[str]  # the temporary folders in the data root right after it ended
+    left: list[bytes]  # the command lines of its processes still alive after up to 15 s
+
+
+class KillChain:
+    """``sentiflow prepare`` on one data root (and one PREFECT_HOME), killed as ``KILLS`` says,
+    one kill after another: each command is the rerun after the kill before it, until it is
+    killed in turn; then one rerun to the end. One full rerun instead of one per kill; every kill
+    and what it left are recorded for the test of that kill, the rerun once for all four."""
+
+    def __init__(self, base: Path, source: Path):
+        self.base, self.env = base, _env(base)
+        self.cmd = [str(BIN / "sentiflow"), "prepare", "--source", str(source)]
+        self.killed: list[Killed] = []
+        self.broken: str | None = None
+        self._rerun: subprocess.CompletedProcess | None = None
+
+    def upto(self, step: int) -> Killed:
+        """The kill ``step`` of ``KILLS``, and every one before it, done (once)."""
+        while len(self.killed) <= step:
+            if self.broken:
+                pytest.fail(f"the chain of kills broke at {self.broken}: see that test")
+            name, sig, marker = KILLS[len(self.killed)]
+            self.broken = name  # until it is done
+            self.killed.append(self._kill(sig, marker))
+            self.broken = None
+        return self.killed[step]
+
+    def _kill(self, sig: int, marker: str) -> Killed:
+        proc, lines = _start_and_wait_for(self.cmd, self.env, self.base, marker)
+        try:
+            family = _family_up(proc, workers=marker == IN_TOKENIZE, lines=lines)
+        except BaseException:  # not left running on the data root the next kills use
+            proc.kill()
+            raise
+        proc.send_signal(sig)
+        code = proc.wait(timeout=60)
+        temporary = [str(p) for p in (self.base / "data").glob("*/.tmp-*")]
+        left = _left_alive(family)
+        return Killed(code, "".join(lines), temporary,
+                      [Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:200] for p in left])
+
+    def rerun(self) -> subprocess.CompletedProcess:
+        """After every kill: the command once more, to its end (once)."""
+        self.upto(len(KILLS) - 1)
+        if self._rerun is None:
+            self._rerun = subprocess.run(self.cmd, env=self.env, cwd=self.base, capture_output=True, text=True,
+                                         timeout=600)
+        return self._rerun
+
+
+@pytest.fixture(scope="module")
+def kill_chain(big_source, tmp_path_factory) -> KillChain:
+    return KillChain(tmp_path_factory.mktemp("killed"), big_source)
+
+
+@pytest.mark.parametrize("step", range(len(KILLS)), ids=[name for name, _, _ in KILLS])
+def test_a_killed_prepare_leaves_no_process_and_a_rerun_completes(step, kill_chain, clean_prepare):
+    """The kill ``KILLS[step]``, on a data root the kills before it left: a clean end for SIGTERM
+    and SIGINT, no process left; then the rerun after all four kills completes with the manifests
+    of an uninterrupted run."""
+    sig = KILLS[step][1]
+    killed = kill_chain.upto(step)
     if sig != signal.SIGKILL:  # a clean end: 128 + the signal, nothing half-written
-        assert code == 128 + sig, "".join(lines)[-3000:]
-        assert not list((tmp_path / "data").glob("*/.tmp-*")), "a temporary folder was left"
-    left = _left_alive(family)
-    assert not left, [Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:200] for p in left]
+        assert killed.code == 128 + sig, killed.output[-3000:]
+        assert not killed.temporary, f"a temporary folder was left: {killed.temporary}"
+    assert not killed.left, killed.left
 
-    rerun = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    rerun = kill_chain.rerun()
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-    assert _manifests(tmp_path / "data") == clean_prepare
+    assert _manifests(kill_chain.base / "data") == clean_prepare
 
 
 def test_two_trainings_of_one_key_give_one_run_and_one_version(tmp_path):
