@@ -172,8 +172,9 @@ def clean_prepare(big_source, tmp_path_factory) -> dict[str, dict]:
 IN_TOKENIZE = "Task run 'tokenize-train-0' - Finished"  # the first shard done, the workers busy with more
 IN_VOCAB = "Task run 'tokenize-test' - Finished"
 # the kills, in this order, each on what the ones before it left (SIGTERM and SIGINT first: they
-# must leave no temporary folder, and a SIGKILL before them would have left one): a rerun after
-# the first finds the first shard Cached and prints IN_TOKENIZE at once, then tokenizes the rest
+# must leave no temporary folder, and a SIGKILL before them would have left one). A rerun finds
+# the shards tokenized before it Cached and prints IN_TOKENIZE at once; its workers then tokenize
+# the rest (seen here: the first kill lands in tokenize-train, the next two in tokenize-val)
 KILLS = [("term-tokenize", signal.SIGTERM, IN_TOKENIZE), ("int-tokenize", signal.SIGINT, IN_TOKENIZE),
          ("kill-tokenize", signal.SIGKILL, IN_TOKENIZE), ("kill-vocab", signal.SIGKILL, IN_VOCAB)]
 
@@ -305,7 +306,8 @@ def test_a_killed_score_leaves_no_process_and_a_rerun_gives_the_same_predictions
                               "--pretrained", "none", "--embed-dim", "8", "--hidden-dim", "8", "--workers", "1"],
                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stderr[-2000:]
-    score = [str(BIN / "sentiflow"), "score", "--source", str(big_source / "train.parquet"), "--workers", "2"]
+    # the smaller part (5,000 reviews as long as IMDb's): its tokenizing still takes seconds
+    score = [str(BIN / "sentiflow"), "score", "--source", str(big_source / "test.parquet"), "--workers", "2"]
     proc, lines = _start_and_wait_for(score, env, tmp_path, "Beginning flow run")
     # the score stage being written (its temporary folder) while its tokenizer workers run
     _poll("the score stage written", lambda: list((tmp_path / "data" / "score").glob(".tmp-*")), proc,
@@ -329,4 +331,4 @@ def test_a_killed_score_leaves_no_process_and_a_rerun_gives_the_same_predictions
     assert "died earlier: marked Crashed in Prefect\n" in errs[0], errs[0][-2000:]
     assert not any("Failed to initialize" in e for e in errs), errs
     assert pq.read_table(out[0]).equals(pq.read_table(out[1]))
-    assert pq.read_metadata(out[0]).num_rows == 20_000
+    assert pq.read_metadata(out[0]).num_rows == pq.read_metadata(big_source / "test.parquet").num_rows == 5_000
