@@ -128,7 +128,7 @@ print(json.dumps({"records": records,
 """
 
 
-def test_model_loads_with_neither_prefect_nor_sentiflow_installed(model_dir, trained, tmp_path):
+def test_model_loads_with_neither_prefect_nor_sentiflow_installed(model_dir, trained, predicted, tmp_path):
     """``python -S``: site-packages without its .pth files, so the editable sentiflow install is
     invisible; the model's own code is all there is of sentiflow."""
     import site
@@ -143,7 +143,7 @@ def test_model_loads_with_neither_prefect_nor_sentiflow_installed(model_dir, tra
     assert "sentiflow.tasks.training.train" not in out["loaded"]
     # the same probabilities as the installed package gives (a 2-epoch model on 240 reviews: its
     # answers, not their quality, are what is checked here)
-    want = _predict_cli(trained)
+    want = predicted
     got = out["records"]
     assert [r["status"] for r in got] == [r["status"] for r in want] == ["ok", "ok", "empty", "ok"]
     assert got[2] == {"prob_pos": None, "status": "empty", "oov_share": None}  # blank: no probability
@@ -208,7 +208,14 @@ def _predict_cli(trained: Trained) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
-def test_predict_runs_without_prefect(trained, tmp_path):
+@pytest.fixture(scope="module")
+def predicted(trained) -> list[dict]:
+    """``sentiflow predict --json`` of ``REVIEWS`` with the champion: the answers the other paths
+    are compared with, from one run of the command for the module (the model does not change)."""
+    return _predict_cli(trained)
+
+
+def test_predict_runs_without_prefect(trained, predicted, tmp_path):
     """``sentiflow predict`` loads the model and scores without Prefect: with ``import prefect``
     made to fail (a ``sitecustomize``), it gives the same answers."""
     (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['prefect'] = None\n")
@@ -217,15 +224,15 @@ def test_predict_runs_without_prefect(trained, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     without = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert without == _predict_cli(trained)
+    assert without == predicted
     check = subprocess.run([sys.executable, "-c", "import prefect"], env=env, capture_output=True, text=True)
     assert check.returncode != 0  # the block works
 
 
-def test_mlflow_models_serve_answers_like_sentiflow_predict(trained, served):
+def test_mlflow_models_serve_answers_like_sentiflow_predict(predicted, served):
     answers = (served({"inputs": REVIEWS}),
                served({"dataframe_split": {"columns": ["text"], "data": [[r] for r in REVIEWS]}}))
-    cli = _predict_cli(trained)
+    cli = predicted
     assert [c["status"] for c in cli] == ["ok", "ok", "empty", "ok"]
     for answer in answers:
         assert [a["status"] for a in answer] == [c["status"] for c in cli]
