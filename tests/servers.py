@@ -22,11 +22,18 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+# An ``mlflow server``/``mlflow ui`` (``sentiflow ui`` execs it) on a SQL store otherwise starts
+# huey job consumers, each importing all of MLflow: CPU for GenAI jobs no test runs (as in
+# docker-compose.yml). For every server or UI a test starts.
+NO_JOBS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def base_env() -> dict[str, str]:
-    """This environment without Prefect, MLflow, sentiflow or PostgreSQL settings; telemetry off."""
+    """This environment without Prefect, MLflow, sentiflow or PostgreSQL settings; telemetry off,
+    and no MLflow job consumers (``NO_JOBS``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SENTIFLOW_", "PG"))}
     env.update({"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-                "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"})
+                "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", **NO_JOBS})
     return env
 
 

@@ -29,7 +29,13 @@ import pytest
 
 from tests.chromium import CHROMIUM, Chromium
 from tests.conftest import write_imdb_folder
-from tests.servers import free_port, get, post, process  # the servers, started and stopped as there
+from tests.servers import (  # the servers, started and stopped as there
+    NO_JOBS,
+    free_port,
+    get,
+    post,
+    process,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -100,7 +106,7 @@ def mlflow_ui(trained) -> Iterator[dict]:
     port, log = free_port(), trained["tmp"] / "mlflow-ui.log"
     cmd = [sys.executable, "-m", "sentiflow.flows.cli", "ui", "--data-root", str(trained["data"]), "--port", str(port)]
     base = f"http://127.0.0.1:{port}"
-    with process(cmd, trained["env"], log, f"{base}/health", timeout=180):
+    with process(cmd, {**trained["env"], **NO_JOBS}, log, f"{base}/health", timeout=180):
         api = f"{base}/api/2.0/mlflow"
         experiment = get(f"{api}/experiments/get-by-name?experiment_name=sentiflow")["experiment"]
         run = get(f"{api}/runs/get?run_id={trained['run_id']}")["run"]

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from sentiflow.flows.cli import app
 from sentiflow.flows.deployments import RETRAIN, RETRAIN_CRON, SCORE, SWEEP, runner_deployments
 from tests.conftest import stop_group, write_imdb_folder
+from tests.servers import NO_JOBS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -213,7 +214,8 @@ def test_ui_serves_the_embedded_store(tmp_path):
     mlflow.MlflowClient(uri).create_experiment("sentiflow")
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "sentiflow.flows.cli", "ui", "--data-root", str(root), "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                            env={**os.environ, **NO_JOBS}, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 90
         while True:

@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.chromium import CHROMIUM, Chromium
 from tests.conftest import write_imdb_folder
-from tests.servers import free_port, process
+from tests.servers import NO_JOBS, free_port, process
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -132,7 +132,7 @@ def test_the_mlflow_ui_shows_the_sweep_as_one_parent_with_its_trials_and_their_p
     port, log = free_port(), tmp / "mlflow-ui.log"
     cmd = [str(BIN / "sentiflow"), "ui", "--data-root", str(tmp / "data"), "--port", str(port)]
     base = f"http://127.0.0.1:{port}"
-    with process(cmd, _env(tmp), log, f"{base}/health", timeout=180):
+    with process(cmd, {**_env(tmp), **NO_JOBS}, log, f"{base}/health", timeout=180):
         client = _client(tmp)
         parent = _parent(client)
         children = sorted(c.info.run_name for c in _children(client, parent.info.run_id))

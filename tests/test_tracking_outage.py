@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import write_imdb_folder
-from tests.servers import free_port, process
+from tests.servers import NO_JOBS, free_port, process
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 BIN = Path(sys.executable).parent
@@ -28,7 +28,7 @@ def _env(tmp: Path, uri: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SENTIFLOW_"))}
     env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1",
                HF_HUB_OFFLINE="1", PREFECT_HOME=str(tmp / "prefect"), SENTIFLOW_DATA_ROOT=str(tmp / "data"),
-               MLFLOW_TRACKING_URI=uri)
+               MLFLOW_TRACKING_URI=uri, **NO_JOBS)  # NO_JOBS: for the mlflow server started with it
     return env
 
 
