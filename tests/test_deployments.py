@@ -82,7 +82,7 @@ def test_entrypoints_load_the_flows_and_forms_are_pydantic():
     assert train_defs["TrainFlowConfig"]["properties"]["train"]["default"]["pretrained"] == "glove-6b-50d"
     # the preset is a field of the form: a choice of the presets' names
     (choice, _none) = train_defs["TrainFlowConfig"]["properties"]["preset"]["anyOf"]
-    assert choice["enum"] == ["fast", "default", "best", "seed"]
+    assert choice["enum"] == ["fast", "default", "best", "rnn", "seed"]
     # every form and every model in it refuses unknown keys: a Prefect server refuses such a run
     for defs in (train_defs, score_defs, sweep_defs):
         assert {name: d.get("additionalProperties") for name, d in defs.items()} == dict.fromkeys(defs, False)

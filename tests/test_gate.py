@@ -45,7 +45,8 @@ from tests.conftest import NEUTRAL, write_imdb_folder
 from tests.servers import base_env, free_port, process
 
 # a small model of the seed's kind: one direction, its final state, random embeddings, a constant rate
-SMALL = TrainConfig(model=ModelParams(embed_dim=16, hidden_dim=16, dropout=0.2, bidirectional=False, head="last"),
+SMALL = TrainConfig(model=ModelParams(embed_dim=16, hidden_dim=16, dropout=0.2, bidirectional=False, head="last",
+                                     ngrams=0),
                     train=TrainParams(max_epochs=4, batch_size=16, lr=1e-2, pretrained=None, lr_schedule="constant",
                                       average=None))
 

@@ -31,6 +31,7 @@ def test_seed_example_is_the_7_by_5_table():
 def test_seed_example_runs_through_the_model(cell):
     text, lengths = seed_example()
     for params in (ModelParams(embed_dim=8, hidden_dim=6, cell=cell, bidirectional=False, head="last"),  # the seed's
+                   ModelParams(embed_dim=8, hidden_dim=6, cell=cell, bidirectional=True, ngrams=0),  # the RNN preset's
                    ModelParams(embed_dim=8, hidden_dim=6, cell=cell)):  # the pipeline's
         assert SentimentRNN(20, params)(text, lengths).shape == (5,)
 

@@ -15,11 +15,17 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from sentiflow.tasks.core.inference import Encoded, Scorer
+from sentiflow.tasks.core.inference import Encoded, Scorer, accuracy
 from sentiflow.tasks.core.model import ModelParams, SentimentRNN, ngram_features
 from sentiflow.tasks.data.vocab import Vocab
-from sentiflow.tasks.training.ngrams import fit_mix, log_count_ratios
-from sentiflow.tasks.training.train import TrainConfig, TrainParams, load_checkpoint
+from sentiflow.tasks.training.ngrams import (
+    fit_mix,
+    fit_ngrams,
+    log_count_ratios,
+    ngram_logits,
+    out_of_fold_logits,
+)
+from sentiflow.tasks.training.train import TrainConfig, TrainParams, fit_epoch, load_checkpoint
 from tests.test_train import choose, data, fit, one_by_one_accuracy, settings  # noqa: F401 - fixtures
 
 PAD = 1
@@ -125,6 +131,47 @@ def test_the_mix_is_the_logistic_regression_that_generated_the_labels():
     assert bce(mix[0] * rnn + mix[1] * ngram + mix[2], labels) < bce(rnn + ngram, labels)
 
 
+def by_heart(n: int = 600, seed: int = 0, first: int = 2) -> Encoded:
+    """Reviews whose only clue is a word of their own: review i is the one word ``first + i``,
+    its label a coin toss. A term fitted on them learns its reviews' labels by heart; nothing
+    carries over to a review it did not see."""
+    rng = np.random.default_rng(seed)
+    return Encoded(np.arange(first, first + n, dtype=np.int64), np.arange(n + 1, dtype=np.int64),
+                   rng.integers(0, 2, n).astype(np.float32), [])
+
+
+def test_out_of_fold_logits_come_from_terms_that_never_saw_the_review():
+    """The term fitted on all reviews gets most of its own training reviews right (by heart);
+    each review's out-of-fold logit comes from a term fitted without it, so its own word weighs
+    nothing: chance accuracy, and one logit (the fold's term's bias) for every review of a fold."""
+    reviews, held = by_heart(), by_heart(200, seed=1, first=1000)
+    params = ModelParams(embed_dim=4, hidden_dim=4, ngrams=1, ngram_buckets=1 << 12)
+    full = SentimentRNN(1300, params, pad_id=PAD)
+    fit_ngrams(full, reviews, held, epochs=3, lr=1.0, seed=0, pad_id=PAD)
+    assert accuracy(torch.sigmoid(ngram_logits(full, reviews, PAD)).numpy(), reviews.labels) > 0.8
+    oof = out_of_fold_logits(full, reviews, held, folds=3, epochs=3, lr=1.0, seed=0, pad_id=PAD)
+    assert oof.shape == (len(reviews),)
+    assert 0.4 < accuracy(torch.sigmoid(oof).numpy(), reviews.labels) < 0.6
+    assert len(set(oof.tolist())) <= 3
+
+
+def test_the_rnn_learns_only_what_the_offset_leaves_unexplained():
+    """``fit_epoch`` with an offset trains on the RNN's logit plus the offset: an offset that
+    already explains every label leaves the RNN's weights almost where they were; without it
+    they move."""
+    reviews = by_heart(256)
+    config = TrainParams(max_epochs=1, batch_size=32, lr=1e-2, pretrained=None, average=None, lr_schedule="constant")
+    moved = {}
+    for name, offset in (("none", None), ("explained", torch.from_numpy(reviews.labels * 40 - 20))):
+        torch.manual_seed(0)
+        model = SentimentRNN(300, ModelParams(embed_dim=8, hidden_dim=8, ngrams=0), pad_id=PAD)
+        before = [p.detach().clone() for p in model.parameters()]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        fit_epoch(model, reviews, config, 1, optimizer, model.forward_fast, torch.device("cpu"), PAD, offset=offset)
+        moved[name] = sum(float((p - b).abs().sum()) for p, b in zip(model.parameters(), before))
+    assert moved["explained"] < 1e-3 * moved["none"]
+
+
 NGRAM = TrainConfig(model=ModelParams(embed_dim=16, hidden_dim=16, dropout=0.2, bidirectional=False, head="last",
                                       ngrams=2, ngram_buckets=1 << 16),
                     train=TrainParams(max_epochs=2, batch_size=16, lr=1e-2, ngram_epochs=2, ngram_lr=0.05,
@@ -140,6 +187,7 @@ def test_training_with_the_term_logs_it_and_serves_it(data, settings, tmp_path):
     client = MlflowClient(settings.resolved_tracking_uri)
     metrics = client.get_run(result.run_id).data.metrics
     assert metrics["ngram_val_acc"] > 0.9 and metrics["ngram_epoch"] in (1.0, 2.0)
+    assert NGRAM.train.rnn_target == "residual"  # the default: the RNN learnt what the term missed
     vocab = Vocab.read(data.vocab.file("vocab.parquet"))
     net = SentimentRNN(len(vocab), NGRAM.model, pad_id=vocab.pad_id)
     mlflow.set_tracking_uri(settings.resolved_tracking_uri)
@@ -151,6 +199,12 @@ def test_training_with_the_term_logs_it_and_serves_it(data, settings, tmp_path):
     logged = {m.step: m.value for m in client.get_metric_history(result.run_id, "val_acc")}
     assert len(client.get_metric_history(result.run_id, "val_acc_rnn")) == NGRAM.train.max_epochs
     assert one_by_one_accuracy(net, val, vocab.pad_id) == pytest.approx(logged[int(metrics["best_epoch"])], abs=1e-9)
+    # the parts on test, as selection logs them: the term alone by its own logits, the RNN alone
+    test = Encoded.from_shards(data.encoded["test"].shards())
+    term = torch.sigmoid(ngram_logits(net, test, vocab.pad_id)).numpy()
+    assert metrics["test_acc_ngram"] == pytest.approx(accuracy(term, test.labels), abs=1e-9)
+    with net.rnn_alone():
+        assert metrics["test_acc_rnn"] == pytest.approx(one_by_one_accuracy(net, test, vocab.pad_id), abs=1e-9)
     texts = ["A wonderful, superb and moving film.", "Awful. Boring, dreadful and tedious.", "Zyx qwv 😀 — 日本語"]
     script = ("import json, sys, mlflow; m = mlflow.pyfunc.load_model('models:/sentiflow@champion'); "
               "print(json.dumps([r['prob_pos'] for r in m.predict(json.loads(sys.argv[1]))]))")

@@ -28,7 +28,8 @@ from tests.conftest import write_imdb_folder
 
 METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "epoch_seconds"]
 # a small model of the seed's kind: one direction, its final state, random embeddings, a constant rate
-SMALL = TrainConfig(model=ModelParams(embed_dim=16, hidden_dim=16, dropout=0.2, bidirectional=False, head="last"),
+SMALL = TrainConfig(model=ModelParams(embed_dim=16, hidden_dim=16, dropout=0.2, bidirectional=False, head="last",
+                                     ngrams=0),
                     train=TrainParams(max_epochs=4, batch_size=16, lr=1e-2, pretrained=None, lr_schedule="constant",
                                       average=None))
 

@@ -63,13 +63,15 @@ def test_train_flow_end_to_end_and_rerun(tmp_path):
 
 
 def test_the_pipeline_default_model_has_one_home():
-    """The params' own defaults are the pipeline's model (docs/benchmarks.md): a bidirectional,
-    max-pooled LSTM on 50-d GloVe vectors, a cosine rate, averaged weights; the flow's form holds
-    them as they are."""
+    """The params' own defaults are the pipeline's model (docs/benchmarks.md): a max-pooled LSTM
+    on 50-d GloVe vectors beside an n-gram term over words and word pairs, the RNN trained on what
+    the term misses, 3 epochs, a cosine rate, averaged weights; the flow's form holds them as
+    they are."""
     assert TrainFlowConfig().model == ModelParams() == ModelParams(
-        embed_dim=50, hidden_dim=128, cell="lstm", layers=1, bidirectional=True, dropout=0.3, head="max", ngrams=0)
+        embed_dim=50, hidden_dim=128, cell="lstm", layers=1, bidirectional=False, dropout=0.3, head="max", ngrams=2)
     assert TrainFlowConfig().train == TrainParams()
     assert (TrainParams().pretrained, TrainParams().lr_schedule, TrainParams().average) == ("glove-6b-50d", "cosine", 0.998)
+    assert (TrainParams().max_epochs, TrainParams().rnn_target, TrainParams().ngram_epochs) == (3, "residual", 1)
 
 
 @pytest.mark.slow

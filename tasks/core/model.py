@@ -34,10 +34,11 @@ Head = Literal["last", "max", "mean", "last+max"]
 
 
 class ModelParams(BaseModel):
-    """The model's shape. The defaults are the pipeline's model (docs/benchmarks.md, "Accuracy on
-    IMDb"): a bidirectional LSTM of 128 with a max-pool over time, on 50-d embeddings (GloVe's,
-    ``TrainParams.pretrained``). The seed's model (one direction, its final state, 100-d) is the
-    training preset ``seed``. Unknown keys are refused."""
+    """The model's shape. The defaults are the pipeline's model (docs/benchmarks.md, "The default
+    model"): an LSTM of 128 with a max-pool over time, on 50-d embeddings (GloVe's,
+    ``TrainParams.pretrained``), beside an n-gram term over words and word pairs. The RNN alone
+    (bidirectional, no term) is the training preset ``rnn``; the seed's model (one direction, its
+    final state, 100-d) the preset ``seed``. Unknown keys are refused."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -45,11 +46,11 @@ class ModelParams(BaseModel):
     hidden_dim: int = Field(128, ge=1)
     cell: Cell = Field("lstm", description="lstm, gru, or rnn (the vanilla ReLU RNN)")
     layers: int = Field(1, ge=1)
-    bidirectional: bool = True
+    bidirectional: bool = False
     dropout: float = Field(0.3, ge=0, lt=1, description="On embeddings, between layers, before the head")
     head: Head = Field("max", description="max/mean: pooled over time; last: the final hidden state "
                                           "(the seed's); last+max: both concatenated")
-    ngrams: int = Field(0, ge=0, le=3, description="Add a linear term over the review's n-grams up to this "
+    ngrams: int = Field(2, ge=0, le=3, description="Add a linear term over the review's n-grams up to this "
                                                    "length (2: words and word pairs), fitted on its own "
                                                    "before the RNN (0: none)")
     ngram_buckets: int = Field(1 << 21, ge=2, le=1 << 30, description="Hashed n-gram features: weights kept")

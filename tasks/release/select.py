@@ -63,6 +63,7 @@ from sentiflow.tasks.release.gate import (
 from sentiflow.tasks.scoring import drift
 from sentiflow.tasks.scoring.serving import log_model
 from sentiflow.tasks.stage import read_input_token
+from sentiflow.tasks.training.ngrams import ngram_accuracy
 from sentiflow.tasks.training.train import TrainConfig, TrainResult, load_checkpoint
 
 log = logging.getLogger("sentiflow.select")
@@ -130,9 +131,21 @@ def evaluate_epoch(client: MlflowClient, run_id: str, epoch: int, scorer: Scorer
         return None
     test = Encoded.from_shards(test_ref.shards(), scorer.max_len)
     test_acc = accuracy(scorer.predict_encoded(test), test.labels)
-    mlflow.log_metric("test_acc", test_acc)
+    mlflow.log_metrics({"test_acc": test_acc, **part_accuracies(scorer, test)})
     log_stage_datasets({"test": test_ref}, client.get_run(run_id).data.params.get("data.source"))
     return test_acc
+
+
+def part_accuracies(scorer: Scorer, data: Encoded) -> dict[str, float]:
+    """With an n-gram term: the accuracy of each part of the mixed model alone on ``data``, the
+    RNN's logit (``test_acc_rnn``) and the term's (``test_acc_ngram``); nothing without one."""
+    net = scorer.net
+    if not net.params.ngrams:
+        return {}
+    with net.rnn_alone():
+        rnn = scorer.predict_encoded(data)
+    return {"test_acc_rnn": accuracy(rnn, data.labels),
+            "test_acc_ngram": ngram_accuracy(net, data, scorer.vocab.pad_id)}
 
 
 def _log_figures(client: MlflowClient, run_id: str, best: int, truth: np.ndarray, pred: np.ndarray) -> None:

@@ -61,6 +61,22 @@ def ngram_logits(model: SentimentRNN, data: Encoded, pad_id: int) -> Tensor:
     return logits
 
 
+def out_of_fold_logits(model: SentimentRNN, train: Encoded, val: Encoded, folds: int, epochs: int, lr: float,
+                      seed: int, pad_id: int) -> Tensor:
+    """[n] each training review's n-gram logit from a term fitted without it: the training rows
+    cut into ``folds`` random folds (seeded), a term fitted on all folds but one (``fit_ngrams``,
+    ``model``'s shape) scores the fold left out. What the RNN learns on top of them
+    (``TrainParams.rnn_target``, "residual") is what a term that never saw the review misses: the
+    term fitted on all rows knows its training reviews by heart, so its residual there is ~0."""
+    fold = np.random.default_rng([seed, folds]).integers(0, folds, len(train))
+    logits = torch.zeros(len(train))
+    for k in range(folds):
+        term = SentimentRNN(model.embedding.num_embeddings, model.params, pad_id=pad_id)
+        fit_ngrams(term, train.subset(fold != k), val, epochs, lr, seed, pad_id)
+        logits[torch.from_numpy(np.flatnonzero(fold == k))] = ngram_logits(term, train.subset(fold == k), pad_id)
+    return logits
+
+
 def fit_mix(rnn: Tensor, ngram: Tensor, labels: Tensor) -> Tensor:
     """[a, b, c] minimising the log loss of ``a * rnn + b * ngram + c`` (logits) on ``labels``:
     a logistic regression of three parameters, from (1, 1, 0), by L-BFGS."""

