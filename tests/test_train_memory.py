@@ -151,7 +151,8 @@ def independent_training(shards: list[Path], config: TrainConfig) -> dict[str, t
 
 def test_training_from_mapped_shards_equals_an_independent_loop(stages, tmp_path):
     train_ref, val_ref, vocab_ref = stages
-    config = TrainConfig(model=ModelParams(embed_dim=8, hidden_dim=8, bidirectional=False, head="last+max", dropout=0.2),
+    config = TrainConfig(model=ModelParams(embed_dim=8, hidden_dim=8, bidirectional=False, head="last+max", dropout=0.2,
+                                           ngrams=0),
                          train=TrainParams(max_epochs=2, batch_size=16, lr=1e-2, max_batch_tokens=600, seed=7,
                                            pretrained=None, lr_schedule="constant", average=None))
     lengths = Encoded.from_shards(train_ref.shards()).lengths
