@@ -39,10 +39,11 @@ def check_model_name(name: str) -> str:
 
 
 def check_experiment_name(name: str) -> str:
-    """``name`` if MLflow accepts it as an experiment's name (not empty, at most
-    ``MAX_EXPERIMENT_NAME`` characters), with no control characters, else ``ValueError``."""
-    if not name:
-        raise ValueError("an experiment name cannot be empty")
+    """``name`` if MLflow accepts it as an experiment's name (not blank, at most
+    ``MAX_EXPERIMENT_NAME`` characters), with no control characters, else ``ValueError``.
+    MLflow refuses a name of only spaces from 3.18 on; earlier releases took it."""
+    if not name.strip():
+        raise ValueError(f"an experiment name cannot be blank: {name!r}")
     _check_plain(name, "experiment name", MAX_EXPERIMENT_NAME)
     return name
 

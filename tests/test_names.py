@@ -33,9 +33,17 @@ def test_model_names_follow_mlflows_rules(name):
     assert _accepts(check_model_name, name, ValueError) == _accepts(_validate_model_name, name, MlflowException)
 
 
-@pytest.mark.parametrize("name", NAMES[:-1] + ["e" * 500, "e" * 501])
+@pytest.mark.parametrize("name", [n for n in NAMES[:-1] if n != " "] + ["e" * 500, "e" * 501])
 def test_experiment_names_follow_mlflows_rules(name):
     assert _accepts(check_experiment_name, name, ValueError) == _accepts(_validate_experiment_name, name, MlflowException)
+
+
+def test_a_blank_experiment_name_is_refused_as_mlflow_318_does():
+    """MLflow 3.18 refuses an experiment name of only spaces; 3.17 took it. The door follows
+    the newer rule on every release the project allows."""
+    for blank in (" ", "   ", "\u3000"):
+        with pytest.raises(ValueError, match="blank"):
+            check_experiment_name(blank)
 
 
 def test_control_characters_are_refused_though_mlflow_takes_them():
