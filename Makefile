@@ -51,8 +51,11 @@ postgres-tool:
 	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
 	  || echo "note: PostgreSQL not installed; the server tests will be skipped"; }
 
+# The modules on TEST_WORKERS processes (pytest-xdist), each module whole on one, the heaviest
+# first (tests/conftest.py: HEAVY_FIRST; --no-loadscope-reorder keeps that order)
+TEST_WORKERS ?= 3
 test: setup compose-check-tool browser-tool postgres-tool
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: setup
 	$(BIN)/python tests/bench/bench_data.py --source $(SENTIFLOW_SOURCE)

@@ -18,6 +18,13 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
+# sentiflow's rich consoles (flows/views.py) take their width when first imported, so a CliRunner's
+# env cannot widen them later: every process of the suite gets the width tests parse at
+os.environ["COLUMNS"] = "200"
+# One OpenMP/MKL thread per process: the suite runs modules side by side (pytest-xdist), and
+# OpenMP threads that spin-wait for a busy core slow every process on the machine
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
 os.environ.pop("SENTIFLOW_DATA_ROOT", None)
 os.environ.pop("SENTIFLOW_SOURCE", None)
 
@@ -184,9 +191,24 @@ def _environment_per_test(_environment_per_module):
 SLOW_TIMEOUT = 900  # seconds; pyproject.toml's ``timeout`` (300) for the rest
 
 
+# The modules that take longest (servers, kills, heartbeats), longest first: under pytest-xdist's
+# ``--dist loadfile`` a module goes whole to the next free worker in collection order, so these
+# start at once and the many short modules fill the gaps around them.
+HEAVY_FIRST = ("test_unattended", "test_team", "test_server", "test_auth", "test_browser",
+               "test_tracking_outage", "test_sweep", "test_alerts", "test_gate", "test_dead_runs",
+               "test_served_model", "test_deployments", "test_train", "test_compose_secrets")
+
+
+def _weight(item: pytest.Item) -> int:
+    name = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+    return HEAVY_FIRST.index(name) if name in HEAVY_FIRST else len(HEAVY_FIRST)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test marked ``slow`` (servers, trainings, killed commands: up to 160 s on CI's 2 cores)
-    gets ``SLOW_TIMEOUT`` unless it names its own ``timeout``."""
+    """The heaviest modules first (``HEAVY_FIRST``; the sort is stable, so a module's own order
+    stays). A test marked ``slow`` (servers, trainings, killed commands: up to 160 s on CI's 2
+    cores) gets ``SLOW_TIMEOUT`` unless it names its own ``timeout``."""
+    items.sort(key=_weight)
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))

@@ -176,7 +176,7 @@ def test_a_killed_sweep_reruns_to_its_planned_trials_resuming_the_interrupted_on
     """Killed (SIGKILL, the whole process group) while trial 3 trains, past its first epoch's
     checkpoint; the same command then finishes the sweep. The space's trials tie (``SAME_SPACE``),
     so the pruner cannot stop trial 3 before the kill."""
-    src = write_imdb_folder(tmp_path / "src", n_train=3000, n_test=200, seed=5)
+    src = write_imdb_folder(tmp_path / "src", n_train=1200, n_test=200, seed=5)
     cmd = _sweep(tmp_path, src, "--trials", "4", "--max-epochs", "6", space=SAME_SPACE)
     env = _env(tmp_path)
     with open(tmp_path / "first.log", "w") as log:
