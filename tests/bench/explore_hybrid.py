@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--train", default="{}", help="TrainParams fields as JSON")
     ap.add_argument("--rnn-max-len", type=int, default=0, help="the RNN reads this many ids of each review (0: all)")
     ap.add_argument("--tail", action="store_true", help="the last --rnn-max-len ids, not the first")
+    ap.add_argument("--offset-scale", type=float, default=1.0,
+                    help="the out-of-fold logits the residual RNN trains on, times this (1: as fitted)")
     ap.add_argument("--save", default="", help="keep each epoch's logits as PREFIX-EPOCH.pt")
     args = ap.parse_args()
     root = args.data_root
@@ -62,7 +64,8 @@ def main() -> None:
     vocab = Vocab.read(vocab_of(root, parts["train"]).file("vocab.parquet"))
     train, val, test = (Encoded.from_table(parts[n].read_shards(["label", "ids"])) for n in ("train", "val", "test"))
     config = TrainConfig.model_validate({"model": json.loads(args.model), "train": json.loads(args.train)})
-    print(json.dumps({"config": config.model_dump(mode="json"), "rnn_max_len": args.rnn_max_len, "tail": args.tail}))
+    print(json.dumps({"config": config.model_dump(mode="json"), "rnn_max_len": args.rnn_max_len, "tail": args.tail,
+                      "offset_scale": args.offset_scale}))
     tune_cpu()
     t0 = time.perf_counter()
     p, pad = config.train, vocab.pad_id
@@ -73,6 +76,7 @@ def main() -> None:
         term_val, term_test = ngram_logits(model, val, pad), ngram_logits(model, test, pad)
         if p.rnn_target == "residual":
             offset = out_of_fold_logits(model, train, val, p.ngram_folds, p.ngram_epochs, p.ngram_lr, p.seed, pad)
+            offset = offset * args.offset_scale
         print(json.dumps({"term_val": acc(term_val, val.labels), "term_test": acc(term_test, test.labels),
                           "oof_train": acc(offset, train.labels) if offset is not None else None,
                           "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
