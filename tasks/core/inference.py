@@ -267,10 +267,13 @@ class Scorer:
                       data.truncated(self.max_len) if self.max_len else data)
 
     def predict_encoded(self, data: Encoded) -> np.ndarray:
+        return torch.sigmoid(self.logits_encoded(data)).numpy()
+
+    def logits_encoded(self, data: Encoded) -> torch.Tensor:
+        """[n] the network's logit per row of ``data`` (on the CPU)."""
         device = next(self.net.parameters()).device
-        logits = predict_logits(self.net, data, self.batch_size, forward_fn(self.net, device), device,
-                                self.vocab.pad_id)
-        return torch.sigmoid(logits).numpy()
+        return predict_logits(self.net, data, self.batch_size, forward_fn(self.net, device), device,
+                              self.vocab.pad_id)
 
     def predict_proba(self, texts: Sequence[Any]) -> np.ndarray:
         """P(positive) per text (float64); NaN for a row that is not scored (``score_texts``:

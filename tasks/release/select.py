@@ -30,6 +30,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import torch
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 from prefect import task
@@ -63,7 +64,7 @@ from sentiflow.tasks.release.gate import (
 from sentiflow.tasks.scoring import drift
 from sentiflow.tasks.scoring.serving import log_model
 from sentiflow.tasks.stage import read_input_token
-from sentiflow.tasks.training.ngrams import ngram_accuracy
+from sentiflow.tasks.training.ngrams import ngram_logits
 from sentiflow.tasks.training.train import TrainConfig, TrainResult, load_checkpoint
 
 log = logging.getLogger("sentiflow.select")
@@ -130,22 +131,28 @@ def evaluate_epoch(client: MlflowClient, run_id: str, epoch: int, scorer: Scorer
     if test_ref is None or not test_ref.manifest().get("total_rows"):
         return None
     test = Encoded.from_shards(test_ref.shards(), scorer.max_len)
-    test_acc = accuracy(scorer.predict_encoded(test), test.labels)
-    mlflow.log_metrics({"test_acc": test_acc, **part_accuracies(scorer, test)})
+    probs, parts = test_predictions(scorer, test)
+    test_acc = accuracy(probs, test.labels)
+    mlflow.log_metrics({"test_acc": test_acc, **parts})
     log_stage_datasets({"test": test_ref}, client.get_run(run_id).data.params.get("data.source"))
     return test_acc
 
 
-def part_accuracies(scorer: Scorer, data: Encoded) -> dict[str, float]:
-    """With an n-gram term: the accuracy of each part of the mixed model alone on ``data``, the
-    RNN's logit (``test_acc_rnn``) and the term's (``test_acc_ngram``); nothing without one."""
+def test_predictions(scorer: Scorer, data: Encoded) -> tuple[np.ndarray, dict[str, float]]:
+    """P(positive) per row of ``data``, and with an n-gram term the accuracy of each part of the
+    mixed model alone: the RNN's logit (``test_acc_rnn``) and the term's (``test_acc_ngram``).
+    The RNN and the term each read ``data`` once; the mixed logit is their mix
+    (``SentimentRNN._with_ngrams``), not a third pass."""
     net = scorer.net
     if not net.params.ngrams:
-        return {}
+        return scorer.predict_encoded(data), {}
     with net.rnn_alone():
-        rnn = scorer.predict_encoded(data)
-    return {"test_acc_rnn": accuracy(rnn, data.labels),
-            "test_acc_ngram": ngram_accuracy(net, data, scorer.vocab.pad_id)}
+        rnn = scorer.logits_encoded(data)
+    term = ngram_logits(net, data, scorer.vocab.pad_id)
+    mix = net.mix.cpu()
+    mixed = torch.sigmoid(mix[0] * rnn + mix[1] * term + mix[2]).numpy()
+    return mixed, {"test_acc_rnn": accuracy(torch.sigmoid(rnn).numpy(), data.labels),
+                   "test_acc_ngram": accuracy(torch.sigmoid(term).numpy(), data.labels)}
 
 
 def _log_figures(client: MlflowClient, run_id: str, best: int, truth: np.ndarray, pred: np.ndarray) -> None:
