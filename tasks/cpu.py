@@ -10,7 +10,7 @@
   (37 s → 21 s, one thread). What is kept, ``release_memory`` hands back (``malloc_trim``):
   training every few batches and after each epoch, scoring after each batch. Up to
   ``KEEP_BLOCKS``: at 1 GB, batches of ever-changing shapes fragmented the kept heap between
-  trims (a default epoch on IMDb, one epoch of 5,000 reviews: 500–800 MB over its start; at
+  trims (one epoch of the default's RNN on 5,000 IMDb reviews: 500–800 MB over its start; at
   128 MB 450–480 MB, 12 % slower; at 64 MB ~390 MB, 20 % slower).
 
 Both hold for the rest of the process (a command, or a Prefect worker running a stage).

@@ -155,7 +155,12 @@ class SentimentRNN(nn.Module):
         ``rnn_alone()`` the RNN's logit as it is."""
         if not self.params.ngrams or self.training or not self.ngram_on:
             return logit
-        return self.mix[0] * logit + self.mix[1] * self.ngram_logits(text, lengths) + self.mix[2]
+        return self.mixed(logit, self.ngram_logits(text, lengths))
+
+    def mixed(self, rnn: Tensor, term: Tensor) -> Tensor:
+        """The mixed model's logit from the RNN's and the term's (``mix``, fitted on validation)."""
+        mix = self.mix.to(rnn.device)
+        return mix[0] * rnn + mix[1] * term + mix[2]
 
     @contextmanager
     def rnn_alone(self) -> Iterator[None]:

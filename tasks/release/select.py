@@ -142,15 +142,14 @@ def test_predictions(scorer: Scorer, data: Encoded) -> tuple[np.ndarray, dict[st
     """P(positive) per row of ``data``, and with an n-gram term the accuracy of each part of the
     mixed model alone: the RNN's logit (``test_acc_rnn``) and the term's (``test_acc_ngram``).
     The RNN and the term each read ``data`` once; the mixed logit is their mix
-    (``SentimentRNN._with_ngrams``), not a third pass."""
+    (``SentimentRNN.mixed``), not a third pass."""
     net = scorer.net
     if not net.params.ngrams:
         return scorer.predict_encoded(data), {}
     with net.rnn_alone():
         rnn = scorer.logits_encoded(data)
     term = ngram_logits(net, data, scorer.vocab.pad_id)
-    mix = net.mix.cpu()
-    mixed = torch.sigmoid(mix[0] * rnn + mix[1] * term + mix[2]).numpy()
+    mixed = torch.sigmoid(net.mixed(rnn, term)).numpy()
     return mixed, {"test_acc_rnn": accuracy(torch.sigmoid(rnn).numpy(), data.labels),
                    "test_acc_ngram": accuracy(torch.sigmoid(term).numpy(), data.labels)}
 

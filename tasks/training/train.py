@@ -162,7 +162,7 @@ def evaluate_mixed(model: SentimentRNN, data: Encoded, ngram: torch.Tensor, batc
     labels = torch.from_numpy(data.labels)
     mix = fit_mix(rnn, ngram, labels)
     model.mix.copy_(mix)
-    logits = mix[0] * rnn + mix[1] * ngram + mix[2]
+    logits = model.mixed(rnn, ngram)
     loss = nn.functional.binary_cross_entropy_with_logits(logits, labels).item()
     return loss, accuracy(torch.sigmoid(logits).numpy(), data.labels), {
         "val_acc_rnn": accuracy(torch.sigmoid(rnn).numpy(), data.labels),
