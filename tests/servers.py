@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import stop_group
+from tests.conftest import prefect_home, stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -126,7 +126,7 @@ def prefect_server(tmp: Path, env: dict[str, str] | None = None, **settings: str
     """A real ``prefect server start`` on SQLite under ``tmp`` and a free loopback port, its
     services on (scheduler every 2 s); yields its API URL. ``settings``: more server variables."""
     port = free_port()
-    server_env = {**(env or base_env()), "PREFECT_HOME": str(tmp / "prefect-server-home"),
+    server_env = {**(env or base_env()), "PREFECT_HOME": prefect_home(tmp / "prefect-server-home"),
                   "PREFECT_UI_ENABLED": "false", "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
                   **settings}
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]

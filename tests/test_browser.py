@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.chromium import CHROMIUM, Chromium
-from tests.conftest import write_imdb_folder
+from tests.conftest import prefect_home, write_imdb_folder
 from tests.servers import (  # the servers, started and stopped as there
     NO_JOBS,
     free_port,
@@ -75,7 +75,7 @@ def trained(tmp_path_factory) -> dict:
     a fresh database under a private PREFECT_HOME; the second run finds every stage cached."""
     tmp = tmp_path_factory.mktemp("browser")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SENTIFLOW_"))}
-    env.update({"PREFECT_HOME": str(tmp / "prefect-home"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+    env.update({"PREFECT_HOME": prefect_home(tmp / "prefect-home"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                 "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                 "DO_NOT_TRACK": "1", "COLUMNS": "200"})  # COLUMNS: rich wraps nothing we parse
     src = write_imdb_folder(tmp / "source", n_train=300, n_test=100, seed=3)

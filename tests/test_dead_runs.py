@@ -18,14 +18,14 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.conftest import write_imdb_folder
+from tests.conftest import prefect_home, write_imdb_folder
 from tests.servers import ROOT, base_env, prefect_server
 
 pytestmark = [pytest.mark.slow]
 
 
 def _env(tmp: Path, api: str | None) -> dict[str, str]:
-    env = {**base_env(), "PREFECT_HOME": str(tmp / "prefect-home"), "SENTIFLOW_DATA_ROOT": str(tmp / "data"),
+    env = {**base_env(), "PREFECT_HOME": prefect_home(tmp / "prefect-home"), "SENTIFLOW_DATA_ROOT": str(tmp / "data"),
            "PYTHONUNBUFFERED": "1"}
     if api:
         env["PREFECT_API_URL"] = api

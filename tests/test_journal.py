@@ -15,7 +15,7 @@ import pytest
 
 from sentiflow.storage.journal import Journal, Process, RunRecord, now
 from sentiflow.storage.settings import Settings, record_source
-from tests.conftest import write_imdb_folder
+from tests.conftest import prefect_home, write_imdb_folder
 from tests.servers import ROOT, base_env
 
 
@@ -79,7 +79,7 @@ def test_status_shows_the_champion_and_the_last_runs_after_train_and_score(tmp_p
     """The README's sequence on a small source: train (a source given once), then `status` and
     `score` with none: both use the source the data root was built from."""
     write_imdb_folder(tmp_path / "src", n_train=200, n_test=60)
-    env = {**base_env(), "PREFECT_HOME": str(tmp_path / "prefect-home"), "SENTIFLOW_DATA_ROOT": str(tmp_path / "data")}
+    env = {**base_env(), "PREFECT_HOME": prefect_home(tmp_path / "prefect-home"), "SENTIFLOW_DATA_ROOT": str(tmp_path / "data")}
     _cli(["train", "--source", str(tmp_path / "src"), "--preset", "fast", "--max-epochs", "1"], env)
     _cli(["score"], env)  # no --source: the recorded one's test part
     state = json.loads(_cli(["status", "--json"], env).stdout)

@@ -13,6 +13,7 @@ from mlflow.utils.validation import _validate_experiment_name, _validate_model_n
 
 from sentiflow.storage.names import check_experiment_name, check_model_name, name_key
 from sentiflow.storage.store import LockError, Store
+from tests.conftest import prefect_home
 from tests.servers import base_env
 
 BIN = Path(sys.executable).parent
@@ -82,7 +83,7 @@ def test_a_lock_whose_folder_keeps_disappearing_is_an_error_not_a_spin(tmp_path,
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["a/b", "../x"])
 def test_train_refuses_a_bad_model_name_at_once_and_creates_nothing(tmp_path, name):
-    env = {**base_env(), "SENTIFLOW_DATA_ROOT": str(tmp_path / "data"), "PREFECT_HOME": str(tmp_path / "prefect")}
+    env = {**base_env(), "SENTIFLOW_DATA_ROOT": str(tmp_path / "data"), "PREFECT_HOME": prefect_home(tmp_path / "prefect")}
     (tmp_path / "work").mkdir()
     proc = subprocess.run([str(BIN / "sentiflow"), "train", "--model-name", name, "--max-epochs", "1"], env=env,
                           cwd=tmp_path / "work", capture_output=True, text=True, timeout=300)

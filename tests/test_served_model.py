@@ -29,7 +29,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import STOP_GRACE, write_imdb_folder
+from tests.conftest import STOP_GRACE, prefect_home, write_imdb_folder
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,7 @@ def _env(root: Path, home: Path) -> dict[str, str]:
            if not k.startswith(("MLFLOW_", "SENTIFLOW_", "PREFECT_"))}
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1",
                MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_HOME=str(home / "prefect"), SENTIFLOW_DATA_ROOT=str(root),
+               PREFECT_HOME=prefect_home(home / "prefect"), SENTIFLOW_DATA_ROOT=str(root),
                MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
     return env
 

@@ -27,7 +27,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.chromium import CHROMIUM, Chromium
-from tests.conftest import write_imdb_folder
+from tests.conftest import prefect_home, write_imdb_folder
 from tests.servers import NO_JOBS, free_port, process
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ OPTIONS = ["--preset", "seed", "--embed-dim", "16", "--hidden-dim", "16", "--hea
 
 
 def _env(tmp: Path) -> dict[str, str]:
-    return {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "SENTIFLOW_DATA_ROOT": str(tmp / "data"),
+    return {**os.environ, "PREFECT_HOME": prefect_home(tmp / "prefect"), "SENTIFLOW_DATA_ROOT": str(tmp / "data"),
             "MLFLOW_TRACKING_URI": "", "SENTIFLOW_TRACKING_URI": "", "HF_HUB_OFFLINE": "1",
             "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 

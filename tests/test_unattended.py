@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import make_reviews
+from tests.conftest import make_reviews, prefect_home
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -38,7 +38,7 @@ BIN = Path(sys.executable).parent
 def _env(base: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SENTIFLOW_", "PREFECT_"))}
     env.update(HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_HOME=str(base / "prefect"),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_HOME=prefect_home(base / "prefect"),
                SENTIFLOW_DATA_ROOT=str(base / "data"), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     return env
 
