@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import prefect_home, write_imdb_folder
+from tests.conftest import write_imdb_folder
 from tests.postgres import bindir, postgres_cluster
 from tests.servers import (
     BIN,
@@ -62,7 +62,7 @@ def servers(tmp_path_factory, postgres):
                   "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     mlflow_cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
                   "--workers", "1", "--artifacts-destination", (tmp / "artifact-store").as_uri(), "--serve-artifacts"]
-    prefect_env = {**base, "PREFECT_HOME": prefect_home(tmp / "prefect-server-home"), "PREFECT_UI_ENABLED": "false",
+    prefect_env = {**base, "PREFECT_HOME": str(tmp / "prefect-server-home"), "PREFECT_UI_ENABLED": "false",
                    "PREFECT_API_DATABASE_CONNECTION_URL": postgres.url("prefect", "asyncpg"),
                    # the scheduler looks for deployments to schedule every 2 s (default 60 s)
                    "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
