@@ -95,17 +95,34 @@ def stop_group(proc: subprocess.Popen, grace: float = STOP_GRACE) -> None:
                 continue
 
 
+_TEMPLATE_DB = "SENTIFLOW_TEST_PREFECT_DB"  # set by the controller for its pytest-xdist workers
+
+
 @functools.cache
 def _started_prefect_db() -> Path:
     """A Prefect database as a first server start leaves it: every migration of the installed
     Prefect's schema run, its block types registered, no flow run (``prefect block type ls`` in
-    ephemeral mode). Made once per test process."""
+    ephemeral mode). Made once per test session where ``pytest_configure`` made it before the
+    workers started, else once per test process."""
+    if os.environ.get(_TEMPLATE_DB):
+        return Path(os.environ[_TEMPLATE_DB])
     home = Path(_HOME) / "prefect-template"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    subprocess.run([str(Path(sys.executable).parent / "prefect"), "block", "type", "ls"], env=env, check=True,
-                   capture_output=True, timeout=300)
+    # a first start runs every migration: on a loaded 2-core machine that is past Prefect's 20 s
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="300")
+    done = subprocess.run([str(Path(sys.executable).parent / "prefect"), "block", "type", "ls"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode:
+        raise RuntimeError(f"a first Prefect server start failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
     return home / "prefect.db"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist the controller makes the template database once, before its workers
+    start and load the machine, and hands them its path."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        os.environ[_TEMPLATE_DB] = str(_started_prefect_db())
 
 
 def prefect_home(path: Path) -> str:
