@@ -35,11 +35,15 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 
-def _env(base: Path) -> dict[str, str]:
+def _env(base: Path, api: str | None = None) -> dict[str, str]:
+    """A command's environment: Prefect in its ephemeral mode (the kills look for its server), or
+    the session's Prefect server (``api``, ``prefect_api``) where the mode is not looked at."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SENTIFLOW_", "PREFECT_"))}
     env.update(HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1",
                PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_HOME=prefect_home(base / "prefect"),
                SENTIFLOW_DATA_ROOT=str(base / "data"), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if api:
+        env["PREFECT_API_URL"] = api
     return env
 
 
@@ -160,21 +164,23 @@ def _manifests(root: Path) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def clean_prepare(big_source, tmp_path_factory) -> dict[str, dict]:
+def clean_prepare(big_source, tmp_path_factory, prefect_api) -> dict[str, dict]:
     base = tmp_path_factory.mktemp("clean")
-    proc = subprocess.run([str(BIN / "sentiflow"), "prepare", "--source", str(big_source)], env=_env(base),
+    proc = subprocess.run([str(BIN / "sentiflow"), "prepare", "--source", str(big_source)], env=_env(base, prefect_api),
                           cwd=base, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return _manifests(base / "data")
 
 
-# where the kill lands: the line printed just before it (the stage then running)
-IN_TOKENIZE = "Task run 'tokenize-train-0' - Finished"  # the first shard done, the workers busy with more
+# where the kill lands: the line printed before it (the stage then running). For a kill in
+# tokenize, the flow's first line: the kill then waits for the pool's workers, forked when the
+# first shard not stored yet starts tokenizing, and lands at once. (It waited for the first shard
+# to finish: on a quiet machine the first two kills' commands then tokenized every shard, and the
+# third found them all stored and no worker to kill.)
+IN_TOKENIZE = "Beginning flow run"
 IN_VOCAB = "Task run 'tokenize-test' - Finished"
 # the kills, in this order, each on what the ones before it left (SIGTERM and SIGINT first: they
-# must leave no temporary folder, and a SIGKILL before them would have left one). A rerun finds
-# the shards tokenized before it Cached and prints IN_TOKENIZE at once; its workers then tokenize
-# the rest (seen here: the first kill lands in tokenize-train, the next two in tokenize-val)
+# must leave no temporary folder, and a SIGKILL before them would have left one)
 KILLS = [("term-tokenize", signal.SIGTERM, IN_TOKENIZE), ("int-tokenize", signal.SIGINT, IN_TOKENIZE),
          ("kill-tokenize", signal.SIGKILL, IN_TOKENIZE), ("kill-vocab", signal.SIGKILL, IN_VOCAB)]
 
@@ -256,7 +262,7 @@ def test_a_killed_prepare_leaves_no_process_and_a_rerun_completes(step, kill_cha
     assert _manifests(kill_chain.base / "data") == clean_prepare
 
 
-def test_two_trainings_of_one_key_give_one_run_and_one_version(tmp_path):
+def test_two_trainings_of_one_key_give_one_run_and_one_version(tmp_path, prefect_api):
     """The second starts once the first holds the training's lock (past the data stages, which
     it left stored): it never trains, but reuses the first's run once the first has finished it.
     Whether it meets the lock still held depends on the machine (it did in both runs seen here,
@@ -264,7 +270,7 @@ def test_two_trainings_of_one_key_give_one_run_and_one_version(tmp_path):
     from tests.conftest import write_imdb_folder
 
     src = write_imdb_folder(tmp_path / "src", n_train=2000, n_test=200, seed=5)
-    env = _env(tmp_path)
+    env = _env(tmp_path, prefect_api)
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}"
     cmd = [str(BIN / "sentiflow"), "train", "--source", str(src), "--max-epochs", "3", "--pretrained", "none", "--embed-dim", "16",
            "--hidden-dim", "16", "--workers", "1"]
@@ -294,7 +300,8 @@ def test_two_trainings_of_one_key_give_one_run_and_one_version(tmp_path):
     assert "epoch 1/3" in outs[0] and "epoch 1/3" not in outs[1]
 
 
-def test_a_killed_score_leaves_no_process_and_a_rerun_gives_the_same_predictions(big_source, tmp_path):
+def test_a_killed_score_leaves_no_process_and_a_rerun_gives_the_same_predictions(big_source, tmp_path,
+                                                                                prefect_api):
     """``sentiflow score`` killed (SIGKILL) while its workers tokenize: nothing left running, and
     the rerun writes the predictions an uninterrupted run writes."""
     from tests.conftest import write_imdb_folder
@@ -304,7 +311,7 @@ def test_a_killed_score_leaves_no_process_and_a_rerun_gives_the_same_predictions
     small = write_imdb_folder(tmp_path / "small", n_train=300, n_test=50)
     trained = subprocess.run([str(BIN / "sentiflow"), "train", "--source", str(small), "--max-epochs", "1",
                               "--pretrained", "none", "--embed-dim", "8", "--hidden-dim", "8", "--workers", "1"],
-                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+                             env={**env, "PREFECT_API_URL": prefect_api}, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stderr[-2000:]
     # the smaller part (5,000 reviews as long as IMDb's): its tokenizing still takes seconds
     score = [str(BIN / "sentiflow"), "score", "--source", str(big_source / "test.parquet"), "--workers", "2"]
