@@ -197,6 +197,18 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="session")
+def prefect_api(prefect_harness) -> str:
+    """The session's Prefect server (``prefect_harness``) as a URL, for ``sentiflow`` commands run
+    as processes where Prefect's mode is not what a test checks (``PREFECT_API_URL`` in their
+    environment): each would otherwise start an ephemeral server of its own, ~8 s of CPU. The
+    ephemeral mode of the README's quick start keeps its own tests (test_browser, test_cli,
+    test_dead_runs[ephemeral], test_journal, test_unattended's kills)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
+
+
 _LEAKY = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")  # storage.tracking.URI_VARIABLES
 
 

@@ -48,21 +48,22 @@ class Trained:
     env: dict[str, str]
 
 
-def _env(root: Path, home: Path) -> dict[str, str]:
+def _env(root: Path, home: Path, api: str) -> dict[str, str]:
+    """The commands' environment: the session's Prefect server (``api``, ``prefect_api``)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MLFLOW_", "SENTIFLOW_", "PREFECT_"))}
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1",
                MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_HOME=prefect_home(home / "prefect"), SENTIFLOW_DATA_ROOT=str(root),
+               PREFECT_HOME=prefect_home(home / "prefect"), PREFECT_API_URL=api, SENTIFLOW_DATA_ROOT=str(root),
                MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
     return env
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Trained:
+def trained(tmp_path_factory, prefect_api) -> Trained:
     base = tmp_path_factory.mktemp("served")
     src = write_imdb_folder(base / "src", n_train=300, n_test=100, seed=4)
-    env = _env(base / "data", base)
+    env = _env(base / "data", base, prefect_api)
     proc = subprocess.run(
         [str(BIN / "sentiflow"), "train", "--source", str(src), "--max-epochs", "2", "--pretrained", "none", "--embed-dim", "16",
          "--hidden-dim", "16", "--batch-size", "16", "--lr", "0.02", "--workers", "1"],

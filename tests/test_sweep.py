@@ -41,8 +41,9 @@ OPTIONS = ["--preset", "seed", "--embed-dim", "16", "--hidden-dim", "16", "--hea
            "--batch-size", "16", "--workers", "1"]
 
 
-def _env(tmp: Path) -> dict[str, str]:
-    return {**os.environ, "PREFECT_HOME": prefect_home(tmp / "prefect"), "SENTIFLOW_DATA_ROOT": str(tmp / "data"),
+def _env(tmp: Path, api: str) -> dict[str, str]:
+    """The command's environment: the session's Prefect server (``api``, ``prefect_api``)."""
+    return {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": prefect_home(tmp / "prefect"), "SENTIFLOW_DATA_ROOT": str(tmp / "data"),
             "MLFLOW_TRACKING_URI": "", "SENTIFLOW_TRACKING_URI": "", "HF_HUB_OFFLINE": "1",
             "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
@@ -73,15 +74,15 @@ def _val_accs(client: MlflowClient, run_id: str) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory) -> dict:
+def swept(tmp_path_factory, prefect_api) -> dict:
     """A 6-trial sweep of 4 epochs a trial, through the CLI: its folder and its output."""
     tmp_path = tmp_path_factory.mktemp("sweep")
     src = write_imdb_folder(tmp_path / "src", n_train=600, n_test=200, seed=4)
-    done = subprocess.run(_sweep(tmp_path, src, "--trials", "6", "--max-epochs", "4"), env=_env(tmp_path),
+    done = subprocess.run(_sweep(tmp_path, src, "--trials", "6", "--max-epochs", "4"), env=_env(tmp_path, prefect_api),
                           cwd=tmp_path, capture_output=True, text=True, timeout=800)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
-    return {"tmp": tmp_path, "out": out}
+    return {"tmp": tmp_path, "out": out, "api": prefect_api}
 
 
 def test_a_sweep_prunes_logs_children_under_one_parent_and_registers_the_best(swept):
@@ -132,7 +133,7 @@ def test_the_mlflow_ui_shows_the_sweep_as_one_parent_with_its_trials_and_their_p
     port, log = free_port(), tmp / "mlflow-ui.log"
     cmd = [str(BIN / "sentiflow"), "ui", "--data-root", str(tmp / "data"), "--port", str(port)]
     base = f"http://127.0.0.1:{port}"
-    with process(cmd, {**_env(tmp), **NO_JOBS}, log, f"{base}/health", timeout=180):
+    with process(cmd, {**_env(tmp, swept["api"]), **NO_JOBS}, log, f"{base}/health", timeout=180):
         client = _client(tmp)
         parent = _parent(client)
         children = sorted(c.info.run_name for c in _children(client, parent.info.run_id))
@@ -172,13 +173,13 @@ train.max_len: {int: [1000, 100000]}
 """
 
 
-def test_a_killed_sweep_reruns_to_its_planned_trials_resuming_the_interrupted_one(tmp_path):
+def test_a_killed_sweep_reruns_to_its_planned_trials_resuming_the_interrupted_one(tmp_path, prefect_api):
     """Killed (SIGKILL, the whole process group) while trial 3 trains, past its first epoch's
     checkpoint; the same command then finishes the sweep. The space's trials tie (``SAME_SPACE``),
     so the pruner cannot stop trial 3 before the kill."""
     src = write_imdb_folder(tmp_path / "src", n_train=1200, n_test=200, seed=5)
     cmd = _sweep(tmp_path, src, "--trials", "4", "--max-epochs", "6", space=SAME_SPACE)
-    env = _env(tmp_path)
+    env = _env(tmp_path, prefect_api)
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)

@@ -24,10 +24,11 @@ pytestmark = [pytest.mark.server, pytest.mark.slow]
 BIN = Path(sys.executable).parent
 
 
-def _env(tmp: Path, uri: str) -> dict[str, str]:
+def _env(tmp: Path, uri: str, api: str) -> dict[str, str]:
+    """The command's environment: the session's Prefect server (``api``, ``prefect_api``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SENTIFLOW_"))}
     env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1",
-               HF_HUB_OFFLINE="1", PREFECT_HOME=prefect_home(tmp / "prefect"), SENTIFLOW_DATA_ROOT=str(tmp / "data"),
+               HF_HUB_OFFLINE="1", PREFECT_HOME=prefect_home(tmp / "prefect"), PREFECT_API_URL=api, SENTIFLOW_DATA_ROOT=str(tmp / "data"),
                MLFLOW_TRACKING_URI=uri, **NO_JOBS)  # NO_JOBS: for the mlflow server started with it
     return env
 
@@ -43,10 +44,10 @@ def _mlflow_cmd(tmp: Path, port: int) -> list[str]:
             "--artifacts-destination", (tmp / "artifacts").as_uri(), "--serve-artifacts"]
 
 
-def test_server_down_at_start_is_one_clear_error_after_bounded_retries(tmp_path):
+def test_server_down_at_start_is_one_clear_error_after_bounded_retries(tmp_path, prefect_api):
     src = write_imdb_folder(tmp_path / "src", n_train=200, n_test=50)
     started = time.monotonic()
-    proc = subprocess.run(_train(src, 1), env=_env(tmp_path, f"http://127.0.0.1:{free_port()}"), cwd=tmp_path,
+    proc = subprocess.run(_train(src, 1), env=_env(tmp_path, f"http://127.0.0.1:{free_port()}", prefect_api), cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
     seconds = time.monotonic() - started
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -56,11 +57,11 @@ def test_server_down_at_start_is_one_clear_error_after_bounded_retries(tmp_path)
     assert seconds < 180  # bounded: 4 retries with backoff, not MLflow's default of minutes
 
 
-def test_server_stopped_mid_training_then_back_resumes_the_run(tmp_path):
+def test_server_stopped_mid_training_then_back_resumes_the_run(tmp_path, prefect_api):
     src = write_imdb_folder(tmp_path / "src", n_train=3000, n_test=100, seed=2)
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    env = _env(tmp_path, uri)
+    env = _env(tmp_path, uri, prefect_api)
     with process(_mlflow_cmd(tmp_path, port), env, tmp_path / "mlflow-1.log", f"{uri}/health"):
         proc = subprocess.Popen(_train(src, 6), env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
