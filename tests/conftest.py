@@ -120,9 +120,12 @@ def _started_prefect_db() -> Path:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist the controller makes the template database once, before its workers
-    start and load the machine, and hands them its path."""
+    start and load the machine, and hands them its path; each worker's own PREFECT_HOME (the
+    ephemeral mode of the commands it starts with its environment) starts from a copy."""
     if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
         os.environ[_TEMPLATE_DB] = str(_started_prefect_db())
+    elif os.environ.get(_TEMPLATE_DB):  # a worker: its own PREFECT_HOME starts from the template too
+        prefect_home(Path(os.environ["PREFECT_HOME"]))
 
 
 def prefect_home(path: Path) -> str:
