@@ -160,7 +160,8 @@ TRAIN = Fields(_train_config, {
     "pretrained": "train.pretrained", "freeze_embeddings": "train.freeze_embeddings",
     "embed_dim": "model.embed_dim", "hidden_dim": "model.hidden_dim", "cell": "model.cell",
     "layers": "model.layers", "bidirectional": "model.bidirectional", "dropout": "model.dropout",
-    "head": "model.head", "ngrams": "model.ngrams", "ngram_epochs": "train.ngram_epochs",
+    "head": "model.head", "ngrams": "model.ngrams", "ngram_buckets": "model.ngram_buckets",
+    "ngram_epochs": "train.ngram_epochs", "ngram_lr": "train.ngram_lr",
     "rnn_target": "train.rnn_target",
     "model_name": "model_name",
     "gate_source": "gate.source", "gate_margin": "gate.margin",
@@ -216,7 +217,9 @@ Head = Annotated[Optional[str], _opt(
 Ngrams = Annotated[Optional[int], _opt(
     "Add a linear term over n-grams up to this length (2: words and word pairs), NB-weighted as in "
     "NBSVM and fitted before the RNN; 0 = none.")]
+NgramBuckets = Annotated[Optional[int], _opt("Hashed n-gram features of the term: the weights kept.")]
 NgramEpochs = Annotated[Optional[int], _opt("Epochs of the n-gram term's fit; the best on validation is kept.")]
+NgramLr = Annotated[Optional[float], _opt("Adam learning rate of the n-gram term's fit.")]
 RnnTarget = Annotated[Optional[str], _opt(
     "With an n-gram term, what the RNN learns: 'residual' (what a term that never saw the review misses) "
     "or 'labels' (the labels alone).")]
