@@ -29,7 +29,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import STOP_GRACE, prefect_home, write_imdb_folder
+from tests.conftest import STOP_GRACE, write_imdb_folder
 
 pytestmark = pytest.mark.slow
 
@@ -49,12 +49,13 @@ class Trained:
 
 
 def _env(root: Path, home: Path, api: str) -> dict[str, str]:
-    """The commands' environment: the session's Prefect server (``api``, ``prefect_api``)."""
+    """The commands' environment: the session's Prefect server (``api``, ``prefect_api``), so its
+    PREFECT_HOME holds no database (no template copy)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MLFLOW_", "SENTIFLOW_", "PREFECT_"))}
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1",
                MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_HOME=prefect_home(home / "prefect"), PREFECT_API_URL=api, SENTIFLOW_DATA_ROOT=str(root),
+               PREFECT_HOME=str(home / "prefect"), PREFECT_API_URL=api, SENTIFLOW_DATA_ROOT=str(root),
                MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}")
     return env
 

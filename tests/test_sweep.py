@@ -27,7 +27,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.chromium import CHROMIUM, Chromium
-from tests.conftest import prefect_home, write_imdb_folder
+from tests.conftest import write_imdb_folder
 from tests.servers import NO_JOBS, free_port, process
 
 pytestmark = pytest.mark.slow
@@ -42,8 +42,9 @@ OPTIONS = ["--preset", "seed", "--embed-dim", "16", "--hidden-dim", "16", "--hea
 
 
 def _env(tmp: Path, api: str) -> dict[str, str]:
-    """The command's environment: the session's Prefect server (``api``, ``prefect_api``)."""
-    return {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": prefect_home(tmp / "prefect"), "SENTIFLOW_DATA_ROOT": str(tmp / "data"),
+    """The command's environment: the session's Prefect server (``api``, ``prefect_api``), so its
+    PREFECT_HOME holds no database (no template copy)."""
+    return {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp / "prefect"), "SENTIFLOW_DATA_ROOT": str(tmp / "data"),
             "MLFLOW_TRACKING_URI": "", "SENTIFLOW_TRACKING_URI": "", "HF_HUB_OFFLINE": "1",
             "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
@@ -82,7 +83,7 @@ def swept(tmp_path_factory, prefect_api) -> dict:
                           cwd=tmp_path, capture_output=True, text=True, timeout=800)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-4000:]
-    return {"tmp": tmp_path, "out": out, "api": prefect_api}
+    return {"tmp": tmp_path, "out": out}
 
 
 def test_a_sweep_prunes_logs_children_under_one_parent_and_registers_the_best(swept):
@@ -125,7 +126,8 @@ def test_a_sweep_prunes_logs_children_under_one_parent_and_registers_the_best(sw
 
 @pytest.mark.server
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (`make browser-tool`)")
-def test_the_mlflow_ui_shows_the_sweep_as_one_parent_with_its_trials_and_their_parallel_coordinates(swept):
+def test_the_mlflow_ui_shows_the_sweep_as_one_parent_with_its_trials_and_their_parallel_coordinates(swept,
+                                                                                                    prefect_api):
     """As a user looks at it in ``sentiflow ui``: the runs list holds one row, the sweep's parent
     run, with an expander; expanded, the six trials under it; the trials compared, a parallel
     coordinates plot whose axes are the searched options and ``val_acc``."""
@@ -133,7 +135,7 @@ def test_the_mlflow_ui_shows_the_sweep_as_one_parent_with_its_trials_and_their_p
     port, log = free_port(), tmp / "mlflow-ui.log"
     cmd = [str(BIN / "sentiflow"), "ui", "--data-root", str(tmp / "data"), "--port", str(port)]
     base = f"http://127.0.0.1:{port}"
-    with process(cmd, {**_env(tmp, swept["api"]), **NO_JOBS}, log, f"{base}/health", timeout=180):
+    with process(cmd, {**_env(tmp, prefect_api), **NO_JOBS}, log, f"{base}/health", timeout=180):
         client = _client(tmp)
         parent = _parent(client)
         children = sorted(c.info.run_name for c in _children(client, parent.info.run_id))

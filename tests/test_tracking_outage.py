@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import prefect_home, write_imdb_folder
+from tests.conftest import write_imdb_folder
 from tests.servers import NO_JOBS, free_port, process
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -25,10 +25,11 @@ BIN = Path(sys.executable).parent
 
 
 def _env(tmp: Path, uri: str, api: str) -> dict[str, str]:
-    """The command's environment: the session's Prefect server (``api``, ``prefect_api``)."""
+    """The command's environment: the session's Prefect server (``api``, ``prefect_api``), so its
+    PREFECT_HOME holds no database (no template copy)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SENTIFLOW_"))}
     env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1",
-               HF_HUB_OFFLINE="1", PREFECT_HOME=prefect_home(tmp / "prefect"), PREFECT_API_URL=api, SENTIFLOW_DATA_ROOT=str(tmp / "data"),
+               HF_HUB_OFFLINE="1", PREFECT_HOME=str(tmp / "prefect"), PREFECT_API_URL=api, SENTIFLOW_DATA_ROOT=str(tmp / "data"),
                MLFLOW_TRACKING_URI=uri, **NO_JOBS)  # NO_JOBS: for the mlflow server started with it
     return env
 

@@ -37,10 +37,12 @@ BIN = Path(sys.executable).parent
 
 def _env(base: Path, api: str | None = None) -> dict[str, str]:
     """A command's environment: Prefect in its ephemeral mode (the kills look for its server), or
-    the session's Prefect server (``api``, ``prefect_api``) where the mode is not looked at."""
+    the session's Prefect server (``api``, ``prefect_api``) where the mode is not looked at: its
+    PREFECT_HOME then holds no database, and gets no copy of the template."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "SENTIFLOW_", "PREFECT_"))}
     env.update(HF_HUB_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_HOME=prefect_home(base / "prefect"),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_HOME=str(base / "prefect") if api else prefect_home(base / "prefect"),
                SENTIFLOW_DATA_ROOT=str(base / "data"), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if api:
         env["PREFECT_API_URL"] = api
