@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from sentiflow.tasks.core.inference import MAX_BATCH_TOKENS, Encoded, accuracy, length_batches
 from sentiflow.tasks.core.model import SentimentRNN, ngram_features
+from sentiflow.tasks.cpu import release_memory
 
 log = logging.getLogger("sentiflow.train")
 BATCH = 100  # reviews per step
@@ -34,16 +35,16 @@ def _features(model: SentimentRNN, data: Encoded, rows: np.ndarray, pad_id: int)
 def log_count_ratios(model: SentimentRNN, data: Encoded, pad_id: int, alpha: float = 1.0) -> Tensor:
     """[buckets] log(p_f / |p|) - log(q_f / |q|): p, q the counts of reviews holding feature f
     among positive and negative reviews, plus ``alpha``."""
-    buckets = model.params.ngram_buckets
-    counts = torch.zeros(2, buckets, dtype=torch.float64)
+    counts = torch.zeros(2, model.params.ngram_buckets, dtype=torch.float64)  # [negative, positive]
     for rows in length_batches(data.lengths, 256, MAX_BATCH_TOKENS):
         feats, offsets, labels = _features(model, data, rows, pad_id)
         sizes = torch.diff(offsets, append=torch.tensor([len(feats)]))
-        positive = torch.repeat_interleave(labels > 0.5, sizes)
-        counts[1] += torch.bincount(feats[positive], minlength=buckets)
-        counts[0] += torch.bincount(feats[~positive], minlength=buckets)
-    p, q = counts[1] + alpha, counts[0] + alpha
-    return (torch.log(p / p.sum()) - torch.log(q / q.sum())).float()
+        positive = torch.repeat_interleave(labels > 0.5, sizes).long()
+        # in place, one table: a bincount per batch would allocate [buckets] int64 twice a batch
+        counts.view(-1).index_add_(0, positive * counts.shape[1] + feats, torch.ones(len(feats), dtype=torch.float64))
+    counts.add_(alpha)
+    counts.div_(counts.sum(1, keepdim=True)).log_()  # whole counts: their sums are exact
+    return (counts[1] - counts[0]).float()
 
 
 def ngram_accuracy(model: SentimentRNN, data: Encoded, pad_id: int) -> float:
@@ -74,6 +75,8 @@ def out_of_fold_logits(model: SentimentRNN, train: Encoded, val: Encoded, folds:
         term = SentimentRNN(model.embedding.num_embeddings, model.params, pad_id=pad_id)
         fit_ngrams(term, train.subset(fold != k), val, epochs, lr, seed, pad_id)
         logits[torch.from_numpy(np.flatnonzero(fold == k))] = ngram_logits(term, train.subset(fold == k), pad_id)
+        del term
+        release_memory()
     return logits
 
 
@@ -125,4 +128,7 @@ def fit_ngrams(model: SentimentRNN, train: Encoded, val: Encoded, epochs: int, l
             best = (acc, epoch, model.ngram_weight.clone(), model.ngram_bias.clone())
     model.ngram_weight.copy_(best[2])
     model.ngram_bias.copy_(best[3])
-    return {"ngram_val_acc": best[0], "ngram_epoch": float(best[1]), "ngram_seconds": time.perf_counter() - t0}
+    metrics = {"ngram_val_acc": best[0], "ngram_epoch": float(best[1]), "ngram_seconds": time.perf_counter() - t0}
+    del r, w, b, optimizer, best
+    release_memory()  # the fit's buffers (a few ngram_buckets-sized tables) were freed to a kept heap
+    return metrics
