@@ -193,3 +193,18 @@ def test_gpu_benchmark_skips_cleanly_without_cuda():
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout)
     assert out["skipped"] is True and "CUDA" in out["reason"]
+
+
+def test_tune_cpu_turns_onednns_primitive_cache_off_unless_the_user_set_it(monkeypatch):
+    """One kernel per batch shape filled oneDNN's cache (up to 1,024 kernels and their buffers):
+    ~250 MB of the default training's peak (tasks/cpu.py). A value set by the user stays."""
+    import os
+
+    from sentiflow.tasks.cpu import tune_cpu
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    tune_cpu()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "0"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    tune_cpu()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
