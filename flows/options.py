@@ -215,7 +215,7 @@ Dropout = Annotated[Optional[float], _opt("Dropout.")]
 Head = Annotated[Optional[str], _opt(
     "last (the seed's final state), max, mean, or last+max (the final state and a max-pool).")]
 Ngrams = Annotated[Optional[int], _opt(
-    "Add a linear term over n-grams up to this length (2: words and word pairs), NB-weighted as in "
+    "Add a linear term over n-grams up to this length (2: words and word pairs, 3: and triples), NB-weighted as in "
     "NBSVM and fitted before the RNN; 0 = none.")]
 NgramBuckets = Annotated[Optional[int], _opt("Hashed n-gram features of the term: the weights kept.")]
 NgramEpochs = Annotated[Optional[int], _opt("Epochs of the n-gram term's fit; the best on validation is kept.")]

@@ -174,7 +174,9 @@ def test_a_served_deployment_trains_a_preset_and_refuses_an_unknown_key(prefect_
 
     mlflow = MlflowClient(f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}")
     (run,) = mlflow.search_runs([mlflow.get_experiment_by_name("sentiflow").experiment_id])
-    assert run.data.params["model.ngrams"] == "3" and run.data.tags["sentiflow.preset"] == "best"
+    # best's own value (the default is one direction), and the value given beside it over best's 5 epochs
+    assert run.data.params["model.bidirectional"] == "True" and run.data.tags["sentiflow.preset"] == "best"
+    assert run.data.params["train.max_epochs"] == "1"
     assert (run.data.params["model.embed_dim"], run.data.params["train.pretrained"]) == ("8", "None")
 
 

@@ -61,7 +61,7 @@ def test_options_given_are_fixed_for_every_trial_and_win_over_the_preset_and_the
     assert config.train.lr == 0.003 and config.model.head == "mean"  # the trial's values over the preset's
     assert config.model.embed_dim == 100 and config.model.bidirectional is False  # the preset's
     assert config.train.max_epochs == 2 and config.model.hidden_dim == 32  # given: over both
-    assert trial_config(TrainFlowConfig(), {"preset": "best"}).model.ngrams == 3
+    assert trial_config(TrainFlowConfig(), {"preset": "best"}).model.bidirectional is True  # best's, not the default's
 
 
 def test_a_name_that_could_reach_a_path_is_refused():

@@ -64,14 +64,16 @@ def test_train_flow_end_to_end_and_rerun(tmp_path):
 
 def test_the_pipeline_default_model_has_one_home():
     """The params' own defaults are the pipeline's model (docs/benchmarks.md): a max-pooled LSTM
-    on 50-d GloVe vectors beside an n-gram term over words and word pairs, the RNN trained on what
-    the term misses, 3 epochs, a cosine rate, averaged weights; the flow's form holds them as
+    on 50-d GloVe vectors beside an n-gram term over words, word pairs and triples (2^23 buckets, fitted for 3 epochs at
+    0.002), the RNN trained on what the term misses (2 out-of-fold fits), 3 epochs, a cosine rate, averaged weights; the flow's form holds them as
     they are."""
     assert TrainFlowConfig().model == ModelParams() == ModelParams(
-        embed_dim=50, hidden_dim=128, cell="lstm", layers=1, bidirectional=False, dropout=0.3, head="max", ngrams=2)
+        embed_dim=50, hidden_dim=128, cell="lstm", layers=1, bidirectional=False, dropout=0.3, head="max", ngrams=3,
+        ngram_buckets=1 << 23)
     assert TrainFlowConfig().train == TrainParams()
     assert (TrainParams().pretrained, TrainParams().lr_schedule, TrainParams().average) == ("glove-6b-50d", "cosine", 0.998)
-    assert (TrainParams().max_epochs, TrainParams().rnn_target, TrainParams().ngram_epochs) == (3, "residual", 1)
+    assert (TrainParams().max_epochs, TrainParams().rnn_target, TrainParams().ngram_folds) == (3, "residual", 2)
+    assert (TrainParams().ngram_epochs, TrainParams().ngram_lr) == (3, 0.002)
 
 
 @pytest.mark.slow

