@@ -51,7 +51,7 @@ class ModelParams(BaseModel):
     head: Head = Field("max", description="max/mean: pooled over time; last: the final hidden state "
                                           "(the seed's); last+max: both concatenated")
     ngrams: int = Field(3, ge=0, le=3, description="Add a linear term over the review's n-grams up to this "
-                                                   "length (2: words and word pairs), fitted on its own "
+                                                   "length (2: words and word pairs, 3: and triples), fitted on its own "
                                                    "before the RNN (0: none)")
     ngram_buckets: int = Field(1 << 23, ge=2, le=1 << 30, description="Hashed n-gram features: weights kept")
 
