@@ -64,9 +64,9 @@ def test_train_flow_end_to_end_and_rerun(tmp_path):
 
 def test_the_pipeline_default_model_has_one_home():
     """The params' own defaults are the pipeline's model (docs/benchmarks.md): a max-pooled LSTM
-    on 50-d GloVe vectors beside an n-gram term over words, word pairs and triples (2^23 buckets, fitted for 3 epochs at
-    0.002), the RNN trained on what the term misses (2 out-of-fold fits), 3 epochs, a cosine rate, averaged weights; the flow's form holds them as
-    they are."""
+    on 50-d GloVe vectors beside an n-gram term over words, word pairs and triples (2^23 buckets,
+    fitted for 3 epochs at 0.002), the RNN trained on what the term misses (2 out-of-fold fits),
+    3 epochs, a cosine rate, averaged weights; the flow's form holds them as they are."""
     assert TrainFlowConfig().model == ModelParams() == ModelParams(
         embed_dim=50, hidden_dim=128, cell="lstm", layers=1, bidirectional=False, dropout=0.3, head="max", ngrams=3,
         ngram_buckets=1 << 23)
