@@ -181,10 +181,17 @@ def clean_prepare(big_source, tmp_path_factory, prefect_api) -> dict[str, dict]:
 # third found them all stored and no worker to kill.)
 IN_TOKENIZE = "Beginning flow run"
 IN_VOCAB = "Task run 'tokenize-test' - Finished"
+# A kill in tokenize runs ``--force tokenize``: every shard is tokenized again, so there are
+# workers to kill whatever the kills before it stored. A SIGTERM or SIGINT lets the shard tasks
+# already submitted finish: once, the first two kills' commands stored every shard and the third
+# found no worker (CI, 2026-12-08).
+RETOKENIZE = ["--force", "tokenize"]
 # the kills, in this order, each on what the ones before it left (SIGTERM and SIGINT first: they
-# must leave no temporary folder, and a SIGKILL before them would have left one)
-KILLS = [("term-tokenize", signal.SIGTERM, IN_TOKENIZE), ("int-tokenize", signal.SIGINT, IN_TOKENIZE),
-         ("kill-tokenize", signal.SIGKILL, IN_TOKENIZE), ("kill-vocab", signal.SIGKILL, IN_VOCAB)]
+# must leave no temporary folder, and a SIGKILL before them would have left one): name, signal,
+# the line it waits for, the command's extra options
+KILLS = [("term-tokenize", signal.SIGTERM, IN_TOKENIZE, RETOKENIZE),
+         ("int-tokenize", signal.SIGINT, IN_TOKENIZE, RETOKENIZE),
+         ("kill-tokenize", signal.SIGKILL, IN_TOKENIZE, RETOKENIZE), ("kill-vocab", signal.SIGKILL, IN_VOCAB, [])]
 
 
 @dataclass
@@ -213,14 +220,14 @@ class KillChain:
         while len(self.killed) <= step:
             if self.broken:
                 pytest.fail(f"the chain of kills broke at {self.broken}: see that test")
-            name, sig, marker = KILLS[len(self.killed)]
+            name, sig, marker, extra = KILLS[len(self.killed)]
             self.broken = name  # until it is done
-            self.killed.append(self._kill(sig, marker))
+            self.killed.append(self._kill(sig, marker, extra))
             self.broken = None
         return self.killed[step]
 
-    def _kill(self, sig: int, marker: str) -> Killed:
-        proc, lines = _start_and_wait_for(self.cmd, self.env, self.base, marker)
+    def _kill(self, sig: int, marker: str, extra: list[str]) -> Killed:
+        proc, lines = _start_and_wait_for(self.cmd + extra, self.env, self.base, marker)
         try:
             family = _family_up(proc, workers=marker == IN_TOKENIZE, lines=lines)
         except BaseException:  # not left running on the data root the next kills use
@@ -247,7 +254,7 @@ def kill_chain(big_source, tmp_path_factory) -> KillChain:
     return KillChain(tmp_path_factory.mktemp("killed"), big_source)
 
 
-@pytest.mark.parametrize("step", range(len(KILLS)), ids=[name for name, _, _ in KILLS])
+@pytest.mark.parametrize("step", range(len(KILLS)), ids=[name for name, *_ in KILLS])
 def test_a_killed_prepare_leaves_no_process_and_a_rerun_completes(step, kill_chain, clean_prepare):
     """The kill ``KILLS[step]``, on a data root the kills before it left: a clean end for SIGTERM
     and SIGINT, no process left; then the rerun after all four kills completes with the manifests
