@@ -176,7 +176,7 @@ def test_a_served_deployment_trains_a_preset_and_refuses_an_unknown_key(prefect_
     (run,) = mlflow.search_runs([mlflow.get_experiment_by_name("sentiflow").experiment_id])
     # best's own value (the default is one direction), and the value given beside it over best's 5 epochs
     assert run.data.params["model.bidirectional"] == "True" and run.data.tags["sentiflow.preset"] == "best"
-    assert run.data.params["train.max_epochs"] == "1"
+    assert (run.data.params["train.max_epochs"], run.data.params["model.ngrams"]) == ("1", "3")  # and the default's term
     assert (run.data.params["model.embed_dim"], run.data.params["train.pretrained"]) == ("8", "None")
 
 

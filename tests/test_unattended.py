@@ -176,22 +176,18 @@ def clean_prepare(big_source, tmp_path_factory, prefect_api) -> dict[str, dict]:
 
 # where the kill lands: the line printed before it (the stage then running). For a kill in
 # tokenize, the flow's first line: the kill then waits for the pool's workers, forked when the
-# first shard not stored yet starts tokenizing, and lands at once. (It waited for the first shard
-# to finish: on a quiet machine the first two kills' commands then tokenized every shard, and the
-# third found them all stored and no worker to kill.)
+# first shard not stored yet starts tokenizing, and lands at once; and the command runs with
+# RETOKENIZE, so that every shard is tokenized again and there are workers to kill whatever the
+# kills before it stored. (A SIGTERM or SIGINT lets the shard tasks already submitted finish:
+# without it, the first two kills' commands once stored every shard and the third found no
+# worker to kill; CI, 2026-12-08.)
 IN_TOKENIZE = "Beginning flow run"
 IN_VOCAB = "Task run 'tokenize-test' - Finished"
-# A kill in tokenize runs ``--force tokenize``: every shard is tokenized again, so there are
-# workers to kill whatever the kills before it stored. A SIGTERM or SIGINT lets the shard tasks
-# already submitted finish: once, the first two kills' commands stored every shard and the third
-# found no worker (CI, 2026-12-08).
 RETOKENIZE = ["--force", "tokenize"]
 # the kills, in this order, each on what the ones before it left (SIGTERM and SIGINT first: they
-# must leave no temporary folder, and a SIGKILL before them would have left one): name, signal,
-# the line it waits for, the command's extra options
-KILLS = [("term-tokenize", signal.SIGTERM, IN_TOKENIZE, RETOKENIZE),
-         ("int-tokenize", signal.SIGINT, IN_TOKENIZE, RETOKENIZE),
-         ("kill-tokenize", signal.SIGKILL, IN_TOKENIZE, RETOKENIZE), ("kill-vocab", signal.SIGKILL, IN_VOCAB, [])]
+# must leave no temporary folder, and a SIGKILL before them would have left one)
+KILLS = [("term-tokenize", signal.SIGTERM, IN_TOKENIZE), ("int-tokenize", signal.SIGINT, IN_TOKENIZE),
+         ("kill-tokenize", signal.SIGKILL, IN_TOKENIZE), ("kill-vocab", signal.SIGKILL, IN_VOCAB)]
 
 
 @dataclass
@@ -220,16 +216,17 @@ class KillChain:
         while len(self.killed) <= step:
             if self.broken:
                 pytest.fail(f"the chain of kills broke at {self.broken}: see that test")
-            name, sig, marker, extra = KILLS[len(self.killed)]
+            name, sig, marker = KILLS[len(self.killed)]
             self.broken = name  # until it is done
-            self.killed.append(self._kill(sig, marker, extra))
+            self.killed.append(self._kill(sig, marker))
             self.broken = None
         return self.killed[step]
 
-    def _kill(self, sig: int, marker: str, extra: list[str]) -> Killed:
-        proc, lines = _start_and_wait_for(self.cmd + extra, self.env, self.base, marker)
+    def _kill(self, sig: int, marker: str) -> Killed:
+        in_tokenize = marker == IN_TOKENIZE
+        proc, lines = _start_and_wait_for(self.cmd + (RETOKENIZE if in_tokenize else []), self.env, self.base, marker)
         try:
-            family = _family_up(proc, workers=marker == IN_TOKENIZE, lines=lines)
+            family = _family_up(proc, workers=in_tokenize, lines=lines)
         except BaseException:  # not left running on the data root the next kills use
             proc.kill()
             raise
@@ -254,7 +251,7 @@ def kill_chain(big_source, tmp_path_factory) -> KillChain:
     return KillChain(tmp_path_factory.mktemp("killed"), big_source)
 
 
-@pytest.mark.parametrize("step", range(len(KILLS)), ids=[name for name, *_ in KILLS])
+@pytest.mark.parametrize("step", range(len(KILLS)), ids=[name for name, _, _ in KILLS])
 def test_a_killed_prepare_leaves_no_process_and_a_rerun_completes(step, kill_chain, clean_prepare):
     """The kill ``KILLS[step]``, on a data root the kills before it left: a clean end for SIGTERM
     and SIGINT, no process left; then the rerun after all four kills completes with the manifests
